@@ -1,0 +1,145 @@
+"""Adapter discovery (entry points), per-array adapter lookup, fast-path dispatch.
+
+Adapters are found through the ``normcore.backends`` entry-point group the
+first time an array needs one, never at ``import normcore``. A broken
+third-party adapter is reported with a warning and skipped, so it cannot break
+normcore itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from importlib import metadata
+from typing import Any
+
+from ._adapter import Adapter
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "REFERENCE_PATH_ENV",
+    "adapter_for",
+    "adapters",
+    "fast_path",
+    "reference_path",
+    "using_reference_path",
+]
+
+ENTRY_POINT_GROUP = "normcore.backends"
+REFERENCE_PATH_ENV = "NORMCORE_REFERENCE_PATH"
+
+_ADAPTERS: list[Adapter] | None = None
+_LOAD_ERRORS: dict[str, str] = {}
+_ADAPTER_BY_TYPE: dict[type, Adapter | None] = {}
+_FAST_PATHS: dict[str, dict[str, Callable[..., Any]]] = {}
+
+
+def _env_forces_reference() -> bool:
+    return os.environ.get(REFERENCE_PATH_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+_FORCE_REFERENCE = contextvars.ContextVar("normcore_force_reference", default=None)
+
+
+def adapters() -> list[Adapter]:
+    """Return the registered adapters, loading their entry points on first use."""
+    global _ADAPTERS
+    if _ADAPTERS is None:
+        found: list[Adapter] = []
+        for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                adapter = entry_point.load()
+                if not isinstance(adapter, Adapter):
+                    raise TypeError(
+                        f"expected a normcore.Adapter instance, got {type(adapter).__name__}"
+                    )
+            except Exception as error:  # a broken plugin must not break normcore
+                _LOAD_ERRORS[entry_point.name] = f"{type(error).__name__}: {error}"
+                warnings.warn(
+                    f"normcore could not load the backend adapter {entry_point.name!r} "
+                    f"({entry_point.value}): {error}; arrays of that library run on the "
+                    "reference path",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                continue
+            if all(existing.name != adapter.name for existing in found):
+                found.append(adapter)
+        _ADAPTERS = found
+    return _ADAPTERS
+
+
+def load_errors() -> dict[str, str]:
+    """Return ``{entry point name: error}`` for adapters that failed to load."""
+    adapters()
+    return dict(_LOAD_ERRORS)
+
+
+def adapter_for(x: Any) -> Adapter | None:
+    """Return the adapter that owns the array ``x``, or None (reference path only)."""
+    kind = type(x)
+    try:
+        return _ADAPTER_BY_TYPE[kind]
+    except KeyError:
+        pass
+    owner = next((a for a in adapters() if a.is_loaded() and a.owns(x)), None)
+    _ADAPTER_BY_TYPE[kind] = owner
+    return owner
+
+
+def using_reference_path() -> bool:
+    """Return whether fast paths are currently disabled.
+
+    True inside :func:`reference_path` or when the environment variable
+    ``NORMCORE_REFERENCE_PATH`` is set to ``1``/``true``/``yes``/``on``.
+    """
+    forced = _FORCE_REFERENCE.get()
+    return _env_forces_reference() if forced is None else forced
+
+
+@contextlib.contextmanager
+def reference_path(enabled: bool = True) -> Iterator[None]:
+    """Force (or, with ``enabled=False``, allow again) the reference Array API path.
+
+    Inside the block every normcore call runs the backend-neutral reference
+    implementation, ignoring the fast kernels that adapters register. Use it to
+    check a result or a gradient against the reference, or to rule a fast path
+    out while debugging. The setting is per thread / per asyncio task. Setting
+    the environment variable ``NORMCORE_REFERENCE_PATH=1`` has the same effect
+    for a whole process.
+
+    Parameters
+    ----------
+    enabled : bool, default True
+        True forces the reference path; False re-enables fast paths inside an
+        outer ``reference_path()`` block or despite the environment variable.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normcore
+    >>> x = np.arange(6.0).reshape(2, 3)
+    >>> with normcore.reference_path():
+    ...     y = normcore.layer_norm(x)
+    >>> bool(np.allclose(y, normcore.layer_norm(x)))
+    True
+    """
+    token = _FORCE_REFERENCE.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _FORCE_REFERENCE.reset(token)
+
+
+def fast_path(adapter: Adapter | None, primitive: str) -> Callable[..., Any] | None:
+    """Return the adapter's fast implementation of ``primitive``, if any and allowed."""
+    if adapter is None or using_reference_path():
+        return None
+    table = _FAST_PATHS.get(adapter.name)
+    if table is None:
+        table = dict(adapter.fast_paths())
+        _FAST_PATHS[adapter.name] = table
+    return table.get(primitive)

@@ -1,0 +1,114 @@
+"""Argument checks shared by every public function.
+
+Every check runs before any computation or state change. Messages name the
+argument, what was expected and what was given. Wrong types, dtypes or
+libraries raise TypeError; wrong shapes, values or devices raise ValueError.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+from ._compat import device_of, is_array, library_label, namespace_of
+
+__all__ = [
+    "check_arrays",
+    "check_eps",
+    "check_param_shape",
+    "normalize_axes",
+    "normalize_axis",
+]
+
+
+def check_arrays(x: Any, **others: Any) -> Any:
+    """Check ``x`` and the optional arrays in ``others``; return the namespace.
+
+    ``x`` must be a real floating-point array of at least one dimension. Every
+    other array that is not None must come from the same library, live on the
+    same device and have ``x``'s dtype, except that float16/bfloat16 ``x`` may
+    come with float32 parameters. Keyword names are used in messages.
+    """
+    if not is_array(x):
+        raise TypeError(
+            f"x must be an array (numpy.ndarray, torch.Tensor, cupy.ndarray or any "
+            f"Array API array), got {library_label(x)}"
+        )
+    xp = namespace_of(x)
+    if not xp.isdtype(x.dtype, "real floating"):
+        raise TypeError(f"x must have a real floating-point dtype, got {x.dtype}")
+    if x.ndim == 0:
+        raise ValueError("x must have at least one dimension, got a 0-d array")
+    x_device = None
+    for name, other in others.items():
+        if other is None:
+            continue
+        if not is_array(other) or namespace_of(other) is not xp:
+            raise TypeError(
+                f"{name} must be an array of the same library as x ({library_label(x)}), "
+                f"got {library_label(other)}; normcore never converts between libraries"
+            )
+        if x_device is None:
+            x_device = device_of(x)
+        other_device = device_of(other)
+        if other_device != x_device:
+            raise ValueError(
+                f"{name} is on device {other_device} but x is on device {x_device}; "
+                "move one of them explicitly (normcore never moves data between devices)"
+            )
+        if other.dtype != x.dtype and not _is_low_precision_with_float32(xp, x.dtype, other.dtype):
+            raise TypeError(
+                f"{name} must have dtype {x.dtype} like x (or float32 when x is float16 or "
+                f"bfloat16), got {other.dtype}"
+            )
+    return xp
+
+
+def _is_low_precision_with_float32(xp: Any, x_dtype: Any, other_dtype: Any) -> bool:
+    return other_dtype == xp.float32 and xp.finfo(x_dtype).bits < 32
+
+
+def check_eps(eps: Any, name: str = "eps") -> float:
+    """Return ``eps`` as a float after checking it is a finite real number > 0."""
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {library_label(eps)}")
+    value = float(eps)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {eps!r}")
+    return value
+
+
+def normalize_axis(axis: Any, ndim: int, name: str = "axis") -> int:
+    """Return ``axis`` as a non-negative int, checking its type and range."""
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {library_label(axis)}")
+    value = int(axis)
+    if not -ndim <= value < ndim:
+        raise ValueError(f"{name}={axis} is out of range for an input with {ndim} dimensions")
+    return value % ndim
+
+
+def normalize_axes(axis: Any, ndim: int, name: str = "axis") -> tuple[int, ...]:
+    """Return ``axis`` (an int or a tuple of ints) as a tuple of non-negative ints.
+
+    The order given is kept (it is the order of the parameters' dimensions).
+    Repeated axes and an empty tuple are rejected.
+    """
+    if isinstance(axis, tuple | list):
+        if not axis:
+            raise ValueError(f"{name} must name at least one axis, got {axis!r}")
+        axes = tuple(normalize_axis(a, ndim, name) for a in axis)
+    else:
+        axes = (normalize_axis(axis, ndim, name),)
+    if len(set(axes)) != len(axes):
+        raise ValueError(f"{name}={axis!r} repeats an axis")
+    return axes
+
+
+def check_param_shape(param: Any, expected: tuple[int, ...], name: str, what: str) -> None:
+    """Check that ``param`` (if given) has shape ``expected``; ``what`` explains it."""
+    if param is not None and tuple(param.shape) != expected:
+        raise ValueError(
+            f"{name} must have shape {expected} ({what}), got shape {tuple(param.shape)}"
+        )

@@ -1,0 +1,158 @@
+"""Every bad input raises the documented error, with a message naming the argument."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import normcore
+
+
+def _other_library_array(backend):
+    """An array from a different library than the backend's."""
+    if backend.library != "numpy":
+        return np.ones(4)
+    strict = pytest.importorskip("array_api_strict")
+    return strict.ones(4)
+
+
+FUNCTIONS = {
+    "layer_norm": lambda x, **kw: normcore.layer_norm(x, **kw),
+    "rms_norm": lambda x, **kw: normcore.rms_norm(
+        x, **{k: v for k, v in kw.items() if k != "bias"}
+    ),
+    "layer_norm_backward": lambda x, **kw: normcore.layer_norm_backward(x, x, **kw),
+    "rms_norm_backward": lambda x, **kw: normcore.rms_norm_backward(
+        x, x, **{k: v for k, v in kw.items() if k != "bias"}
+    ),
+}
+
+
+@pytest.fixture(params=sorted(FUNCTIONS))
+def function(request):
+    return FUNCTIONS[request.param]
+
+
+def test_non_array_x_is_a_type_error(function):
+    with pytest.raises(TypeError, match=r"x must be an array .* got list"):
+        function([[1.0, 2.0]])
+
+
+@pytest.mark.parametrize("bad", ["int64", "bool", "complex128"])
+def test_non_floating_dtype_is_a_type_error(backend, function, bad):
+    xp = backend.xp
+    x = xp.ones((2, 3), dtype=getattr(xp, bad), device=backend.device)
+    with pytest.raises(TypeError, match=r"x must have a real floating-point dtype, got .*"):
+        function(x)
+
+
+def test_gain_from_another_library_names_both(backend, function):
+    x = backend.asarray(np.ones((2, 4)), "float32")
+    other = _other_library_array(backend)
+    with pytest.raises(
+        TypeError, match=r"gain must be an array of the same library as x \(.+\), got"
+    ):
+        function(x, gain=other)
+
+
+def test_bias_from_another_library(backend):
+    x = backend.asarray(np.ones((2, 4)), "float32")
+    with pytest.raises(TypeError, match=r"^bias must be an array of the same library"):
+        normcore.layer_norm(x, bias=_other_library_array(backend))
+
+
+def test_gain_that_is_not_an_array(backend):
+    x = backend.asarray(np.ones((2, 4)))
+    with pytest.raises(TypeError, match=r"gain must be an array .* got list"):
+        normcore.layer_norm(x, gain=[1.0] * 4)
+
+
+def test_float32_x_with_float64_gain_is_a_type_error(backend, function):
+    x = backend.asarray(np.ones((2, 4)), "float32")
+    gain = backend.asarray(np.ones(4), "float64")
+    with pytest.raises(TypeError, match=r"gain must have dtype .*float32.* got .*float64"):
+        function(x, gain=gain)
+
+
+def test_params_on_another_device_is_a_value_error():
+    strict = pytest.importorskip("array_api_strict")
+    x = strict.ones((2, 4), dtype=strict.float32, device=strict.Device("device1"))
+    gain = strict.ones(4, dtype=strict.float32, device=strict.Device("device2"))
+    with pytest.raises(
+        ValueError, match=r"gain is on device .*device2.* but x is on device .*device1"
+    ):
+        normcore.layer_norm(x, gain)
+
+
+@pytest.mark.parametrize("name", ["gain", "bias"])
+def test_param_shape_mismatch(backend, name):
+    x = backend.asarray(np.ones((2, 3, 4)))
+    param = backend.asarray(np.ones(3))
+    with pytest.raises(ValueError, match=rf"{name} must have shape \(4,\) .* got shape \(3,\)"):
+        normcore.layer_norm(x, **{name: param})
+    with pytest.raises(ValueError, match=r"gain must have shape \(4, 3\)"):
+        normcore.layer_norm(x, gain=backend.asarray(np.ones((3, 4))), axis=(2, 1))
+
+
+@pytest.mark.parametrize(
+    ("axis", "error", "message"),
+    [
+        (2, ValueError, r"axis=2 is out of range for an input with 2 dimensions"),
+        (-3, ValueError, r"axis=-3 is out of range"),
+        ((0, -2), ValueError, r"repeats an axis"),
+        ((), ValueError, r"axis must name at least one axis"),
+        (1.0, TypeError, r"axis must be an int, got float"),
+        (True, TypeError, r"axis must be an int, got bool"),
+    ],
+)
+def test_bad_axis(backend, function, axis, error, message):
+    x = backend.asarray(np.ones((2, 3)))
+    with pytest.raises(error, match=message):
+        function(x, axis=axis)
+
+
+def test_zero_dimensional_input(backend, function):
+    x = backend.xp.asarray(1.0, device=backend.device)
+    with pytest.raises(ValueError, match=r"x must have at least one dimension, got a 0-d array"):
+        function(x)
+
+
+@pytest.mark.parametrize("eps", [0.0, -1e-5, math.inf, math.nan])
+def test_eps_must_be_finite_and_positive(backend, function, eps):
+    x = backend.asarray(np.ones((2, 3)))
+    with pytest.raises(ValueError, match=r"eps must be a finite number > 0, got"):
+        function(x, eps=eps)
+
+
+@pytest.mark.parametrize("eps", ["1e-5", None, True])
+def test_eps_must_be_a_number(backend, function, eps):
+    x = backend.asarray(np.ones((2, 3)))
+    with pytest.raises(TypeError, match=r"eps must be a real number, got"):
+        function(x, eps=eps)
+
+
+def test_dy_must_match_x(backend):
+    x = backend.asarray(np.ones((2, 3)), "float32")
+    with pytest.raises(ValueError, match=r"dy must have x's shape \(2, 3\), got \(3, 2\)"):
+        normcore.layer_norm_backward(backend.asarray(np.ones((3, 2)), "float32"), x)
+    with pytest.raises(TypeError, match=r"dy must have dtype .*float32.* like x"):
+        normcore.layer_norm_backward(backend.asarray(np.ones((2, 3)), "float64"), x)
+    with pytest.raises(TypeError, match=r"dy must be an array of the same library"):
+        normcore.layer_norm_backward(_other_library_array(backend), x)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"correction": -1}, ValueError, r"correction must be >= 0 and less than .* \(3\)"),
+        ({"correction": 3}, ValueError, r"correction must be >= 0 and less than"),
+        ({"correction": "1"}, TypeError, r"correction must be a real number"),
+        ({"axis": 5}, ValueError, r"axis=5 is out of range"),
+    ],
+)
+def test_moments_bad_arguments(backend, kwargs, error, message):
+    x = backend.asarray(np.ones((2, 3)))
+    with pytest.raises(error, match=message):
+        normcore.moments(x, **{"axis": -1, **kwargs})
