@@ -11,7 +11,14 @@ from typing import Any
 
 import array_api_compat
 
-__all__ = ["device_of", "is_array", "library_label", "namespace_of"]
+__all__ = [
+    "device_of",
+    "is_array",
+    "library_label",
+    "namespace_of",
+    "resolve_creation",
+    "to_device",
+]
 
 # ``array_namespace`` inspects the array on every call (about 9 us for NumPy);
 # the namespace depends on the array type only, so cache it per type.
@@ -38,8 +45,48 @@ def device_of(x: Any) -> Any:
     return array_api_compat.device(x)
 
 
+def to_device(x: Any, device: Any) -> Any:
+    """Return ``x`` on ``device`` (a copy only when it has to move)."""
+    return array_api_compat.to_device(x, device)
+
+
 def library_label(obj: object) -> str:
     """Return a short readable name of an object's type, such as ``numpy.ndarray``."""
     kind = type(obj)
     root = kind.__module__.split(".")[0]
     return f"{root}.{kind.__qualname__}" if root != "builtins" else kind.__qualname__
+
+
+def resolve_creation(like: Any = None, device: Any = None, dtype: Any = None) -> tuple:
+    """Return ``(xp, device, dtype)`` for creating parameter or state arrays.
+
+    ``like`` is an array (its library and device are used), an array library
+    module or Array API namespace (``numpy``, ``torch``, ``cupy``,
+    ``array_api_strict``), or None for NumPy. ``device`` overrides the device;
+    ``dtype`` defaults to float32, given as a dtype of that library or as a
+    name such as ``"float64"``.
+    """
+    if like is None:
+        import numpy
+
+        like = numpy
+    if is_array(like):
+        xp = namespace_of(like)
+        device = device_of(like) if device is None else device
+    else:
+        zeros = getattr(like, "zeros", None)
+        if zeros is None:
+            raise TypeError(
+                "like must be an array or an array library (numpy, torch, cupy, ...), "
+                f"got {library_label(like)}"
+            )
+        xp = namespace_of(zeros(1))
+    if dtype is None:
+        dtype = xp.float32
+    elif isinstance(dtype, str):
+        if not hasattr(xp, dtype):
+            raise TypeError(f"dtype {dtype!r} is not a dtype of {xp.__name__}")
+        dtype = getattr(xp, dtype)
+    if not xp.isdtype(dtype, "real floating"):
+        raise TypeError(f"dtype must be a real floating-point dtype, got {dtype}")
+    return xp, device, dtype

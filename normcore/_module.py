@@ -1,0 +1,171 @@
+"""The one pattern every stateful normcore object follows.
+
+A module owns named arrays of one library, device and dtype: *parameters*
+(trained: gains, biases, weights) and *buffers* (state such as running
+statistics). ``__call__`` runs the forward and remembers what ``backward``
+needs; ``backward(dy)`` returns ``dx`` and stores the parameter gradients,
+which ``grads()`` returns and an optimizer from ``normcore.optim`` consumes.
+Arrays are replaced, never written into, so every backend (including
+immutable ones) works and a failed call leaves the object unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from ._compat import device_of, is_array, library_label, namespace_of, resolve_creation, to_device
+
+__all__ = ["Module"]
+
+
+class Module:
+    """Base class of normcore's layer objects (LayerNorm, BatchNorm, LSTM, ...).
+
+    Subclasses list their array attributes in ``_parameter_names`` and
+    ``_buffer_names`` (an attribute may be None, e.g. ``affine=False``), create
+    them with :meth:`_new`, and implement ``__call__`` and ``backward``.
+
+    Parameters
+    ----------
+    like : array, array library or None
+        Library and device of the arrays: an array (its library and device), a
+        library such as ``numpy``, ``torch`` or ``cupy``, or None for NumPy.
+    device : optional
+        Device of the arrays, as the library names it (``"cuda:1"`` for torch,
+        a ``cupy.cuda.Device`` for CuPy); default: ``like``'s, or the library's default.
+    dtype : dtype or str, optional
+        Real floating dtype of the parameters; default float32.
+    """
+
+    _parameter_names: tuple[str, ...] = ()
+    _buffer_names: tuple[str, ...] = ()
+
+    def __init__(self, *, like: Any = None, device: Any = None, dtype: Any = None) -> None:
+        self._xp, self._device, self._dtype = resolve_creation(like, device, dtype)
+        self._grads: dict[str, Any] = {}
+        self._saved: Any = None  # what backward needs from the last forward
+
+    # -- creation ------------------------------------------------------------
+    def _new(self, fill: float, shape: tuple[int, ...], dtype: Any = None) -> Any:
+        return self._xp.full(shape, fill, dtype=dtype or self._dtype, device=self._device)
+
+    # -- introspection ---------------------------------------------------------
+    @property
+    def xp(self) -> Any:
+        """Array API namespace of the module's arrays."""
+        return self._xp
+
+    @property
+    def device(self) -> Any:
+        """Device of the module's arrays."""
+        first = next(iter(self.state_dict().values()), None)
+        return self._device if first is None else device_of(first)
+
+    @property
+    def dtype(self) -> Any:
+        """Dtype of the module's parameters."""
+        return self._dtype
+
+    def parameters(self) -> dict[str, Any]:
+        """Return ``{name: array}`` of the trainable parameters that exist."""
+        return {n: getattr(self, n) for n in self._parameter_names if getattr(self, n) is not None}
+
+    def buffers(self) -> dict[str, Any]:
+        """Return ``{name: array}`` of the non-trainable state that exists."""
+        return {n: getattr(self, n) for n in self._buffer_names if getattr(self, n) is not None}
+
+    def grads(self) -> dict[str, Any]:
+        """Return ``{name: gradient}`` stored by the last :meth:`backward`."""
+        return dict(self._grads)
+
+    def zero_grad(self) -> None:
+        """Forget the stored gradients."""
+        self._grads = {}
+
+    # -- state -----------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Return every parameter and buffer by name (the arrays themselves, not copies)."""
+        return {**self.parameters(), **self.buffers()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Replace parameters and buffers with the arrays in ``state``.
+
+        Values may be arrays of any library (NumPy arrays from ``numpy.load``,
+        torch tensors, ...): they are converted to the module's library,
+        device and dtype. Every key and shape is checked first; on any error
+        nothing changes.
+
+        Raises
+        ------
+        ValueError
+            If keys are missing or unexpected, or a value has the wrong shape
+            or an invalid value for its entry (see the subclass).
+        """
+        current = self.state_dict()
+        missing = sorted(set(current) - set(state))
+        extra = sorted(set(state) - set(current))
+        if missing or extra:
+            raise ValueError(
+                f"state_dict does not match {type(self).__name__}: "
+                f"missing keys {missing}, unexpected keys {extra}"
+            )
+        converted = {}
+        for name, old in current.items():
+            value = state[name]
+            shape = tuple(getattr(value, "shape", ()))
+            if shape != tuple(old.shape):
+                raise ValueError(
+                    f"state_dict[{name!r}] must have shape {tuple(old.shape)}, got {shape}"
+                )
+            converted[name] = self._convert(value, old)
+        self._check_state(converted)
+        for name, value in converted.items():
+            setattr(self, name, value)
+
+    def _convert(self, value: Any, like: Any) -> Any:
+        xp = self._xp
+        if is_array(value) and namespace_of(value) is not xp:
+            value = _host_copy(value)
+        return xp.asarray(value, dtype=like.dtype, device=device_of(like), copy=True)
+
+    def _check_state(self, state: Mapping[str, Any]) -> None:
+        """Subclass hook: validate converted state before it is assigned."""
+
+    def to(self, device: Any) -> Module:
+        """Move every array of the module to ``device`` (in place); return the module."""
+        for name, value in self.state_dict().items():
+            setattr(self, name, to_device(value, device))
+        self._grads = {k: to_device(v, device) for k, v in self._grads.items()}
+        self._device = device
+        self._saved = None
+        return self
+
+    def _require_saved(self) -> Any:
+        if self._saved is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward needs a forward call in training mode first"
+            )
+        return self._saved
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{k}={tuple(v.shape)}" for k, v in self.state_dict().items())
+        return f"{type(self).__name__}({shapes}; {self._xp.__name__}, {self.dtype})"
+
+
+def _host_copy(value: Any) -> Any:
+    """A NumPy copy of an array from another library (torch tensors, CuPy arrays)."""
+    import numpy
+
+    for method in ("detach", "cpu", "numpy"):  # torch
+        if hasattr(value, method) and method != "numpy":
+            value = getattr(value, method)()
+    if hasattr(value, "get") and not isinstance(value, numpy.ndarray):  # cupy
+        value = value.get()
+    if hasattr(value, "numpy"):
+        value = value.numpy()
+    result = numpy.asarray(value)
+    if math.prod(result.shape) and not numpy.issubdtype(result.dtype, numpy.number):
+        raise TypeError(f"cannot load a value of type {library_label(value)}")
+    return result
