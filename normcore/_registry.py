@@ -37,10 +37,14 @@ _ADAPTER_BY_TYPE: dict[type, Adapter | None] = {}
 _FAST_PATHS: dict[str, dict[str, Callable[..., Any]]] = {}
 
 
-def _env_forces_reference() -> bool:
-    return os.environ.get(REFERENCE_PATH_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
+# Read once: the variable configures a whole process (a per-call lookup would
+# cost more than the torch adapter's whole dispatch).
+_ENV_FORCES_REFERENCE = os.environ.get(REFERENCE_PATH_ENV, "").strip().lower() in {
+    "1",
+    "true",
+    "yes",
+    "on",
+}
 _FORCE_REFERENCE = contextvars.ContextVar("normcore_force_reference", default=None)
 
 
@@ -94,10 +98,11 @@ def using_reference_path() -> bool:
     """Return whether fast paths are currently disabled.
 
     True inside :func:`reference_path` or when the environment variable
-    ``NORMCORE_REFERENCE_PATH`` is set to ``1``/``true``/``yes``/``on``.
+    ``NORMCORE_REFERENCE_PATH`` was set to ``1``/``true``/``yes``/``on`` when
+    normcore was imported.
     """
     forced = _FORCE_REFERENCE.get()
-    return _env_forces_reference() if forced is None else forced
+    return _ENV_FORCES_REFERENCE if forced is None else forced
 
 
 @contextlib.contextmanager
