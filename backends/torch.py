@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from normcore._adapter import Adapter
-from normcore._primitive import Normalized
+from normcore._primitive import Gradients, Normalized
 
 __all__ = ["TorchAdapter", "adapter"]
 
@@ -41,6 +41,36 @@ def _normalize(xp, adapter, x, gain, bias, *, reduce_axes, param_axes, center, e
     return Normalized(functional.rms_norm(x, shape, gain, eps), None, None)
 
 
+def _normalize_backward(
+    xp, adapter, dy, x, gain, *, reduce_axes, param_axes, center, eps, stats=None,
+    need_dgain, need_dbias, bias_dtype=None,
+):  # fmt: skip
+    """aten's ``native_layer_norm_backward`` for the layer-norm layout."""
+    torch = sys.modules["torch"]
+    if (
+        not center
+        or stats is not None
+        or param_axes != reduce_axes
+        or not _trailing(reduce_axes, x.ndim)
+        or x.dtype not in (torch.float32, torch.float64)
+        or (gain is not None and gain.dtype != x.dtype)
+        or (bias_dtype is not None and bias_dtype != x.dtype)
+    ):
+        return NotImplemented
+    shape = tuple(x.shape[a] for a in reduce_axes)
+    # The backward kernel takes the forward's saved statistics; recomputing them
+    # costs one read of x, which the reference path pays as well.
+    _, mean, rstd = torch.native_layer_norm(x, shape, gain, None, eps)
+    dx, dgain, _ = torch.ops.aten.native_layer_norm_backward(
+        dy, x, shape, mean, rstd, gain, None, [True, need_dgain, False]
+    )
+    # dbias is the plain sum of dy; aten only computes it next to a weight.
+    # (torch's sum over dim=() would reduce everything: a 1-D x needs a copy.)
+    leading = tuple(range(x.ndim - len(shape)))
+    dbias = (dy.sum(dim=leading) if leading else dy.clone()) if need_dbias else None
+    return Gradients(dx, dgain, dbias)
+
+
 class TorchAdapter(Adapter):
     """PyTorch: CPU and CUDA tensors, native kernels where a call maps onto them."""
 
@@ -62,7 +92,7 @@ class TorchAdapter(Adapter):
         return found
 
     def fast_paths(self) -> Mapping[str, Callable[..., Any]]:
-        return {"normalize": _normalize}
+        return {"normalize": _normalize, "normalize_backward": _normalize_backward}
 
 
 adapter = TorchAdapter()

@@ -67,11 +67,14 @@ def test_rms_norm_matches_float64_reference(backend, dtype, rng, shape, axis):
 
 @pytest.mark.parametrize(("shape", "axis"), LAYOUTS)
 @pytest.mark.parametrize("center", [True, False], ids=["layer", "rms"])
-def test_backward_matches_torch_autograd(backend, dtype, rng, shape, axis, center):
+@pytest.mark.parametrize("given", ["gain+bias", "gain", "bias", "none"])
+def test_backward_matches_torch_autograd(backend, dtype, rng, shape, axis, center, given):
     axes = axis if isinstance(axis, tuple) else (axis,)
     x = backend.asarray(rng.normal(0.5, 2.0, size=shape), dtype)
     dy = backend.asarray(rng.normal(size=shape), dtype)
     gain, bias = _params(rng, backend, dtype, shape, axes)
+    gain = gain if "gain" in given else None
+    bias = bias if "bias" in given else None
     if center:
         grads = normcore.layer_norm_backward(dy, x, gain, bias, axis=axis)
         eps = 1e-5
@@ -82,7 +85,7 @@ def test_backward_matches_torch_autograd(backend, dtype, rng, shape, axis, cente
     _, expected = torch_layer_norm_grads(
         backend.to_numpy(x),
         backend.to_numpy(dy),
-        backend.to_numpy(gain),
+        None if gain is None else backend.to_numpy(gain),
         None if bias is None else backend.to_numpy(bias),
         axes,
         eps,
