@@ -301,4 +301,3 @@ def _check_momentum(momentum: Any) -> float | None:
     if not 0.0 <= float(momentum) <= 1.0:
         raise ValueError(f"momentum must be in [0, 1] or None, got {momentum!r}")
     return float(momentum)
-
