@@ -212,8 +212,9 @@ class BatchNorm(Module):
                 f"got {library_label(x)}; create the BatchNorm with like=x"
             )
         if not (x.dtype == self._dtype or (self._dtype == xp.float32 and _is_low(xp, x.dtype))):
+            name = getattr(self._dtype, "__name__", self._dtype)  # NumPy's float32 is a class
             raise TypeError(
-                f"x must have this BatchNorm's dtype {self._dtype} (float16/bfloat16 is "
+                f"x must have this BatchNorm's dtype {name} (float16/bfloat16 is "
                 f"accepted by a float32 BatchNorm), got {x.dtype}; convert x or create the "
                 "BatchNorm with dtype=..."
             )
