@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._batch import batch_norm_backward, normalize_batch, prepare_batch_norm
-from ._compat import library_label
+from ._compat import library_label, without_grad
 from ._module import Module
 from ._moments import batch_moments
 from ._primitive import Statistics
@@ -238,7 +238,7 @@ class BatchNorm(Module):
         """New ``(running_mean, running_var, num_batches_tracked)``, or None to skip."""
         xp = self._xp
         shape = (self.num_features,)
-        mean, var = xp.reshape(mean, shape), xp.reshape(var, shape)
+        mean, var = (without_grad(xp.reshape(s, shape)) for s in (mean, var))
         if not bool(xp.all(xp.isfinite(mean)) & xp.all(xp.isfinite(var))):
             warnings.warn(
                 "BatchNorm: the batch has NaN or infinite statistics; the running "

@@ -96,6 +96,20 @@ def test_backward_matches_torch_autograd(backend, dtype, rng, training):
     assert_close(backend, grads["bias"], ref.bias.grad.numpy(), _module_dtype(dtype), scale=20)
 
 
+def test_autograd_through_the_module_keeps_state_out_of_the_graph():
+    torch = pytest.importorskip("torch")
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 3, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    ref_x = x.detach().clone().requires_grad_()
+    bn = normcore.BatchNorm(3, like=torch, dtype="float64")
+    ref = torch.nn.BatchNorm1d(3, dtype=torch.float64)
+    bn(x).pow(3).sum().backward()
+    ref(ref_x).pow(3).sum().backward()
+    torch.testing.assert_close(x.grad, ref_x.grad, rtol=1e-10, atol=1e-12)
+    assert not any(v.requires_grad for v in bn.state_dict().values())
+    torch.testing.assert_close(bn.running_var, ref.running_var, rtol=1e-12, atol=0)
+
+
 def test_keras_convention(backend, rng):
     bn = _make(backend, "float64", 2, convention="keras")
     assert bn.momentum == 0.99
