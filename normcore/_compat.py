@@ -18,6 +18,7 @@ __all__ = [
     "namespace_of",
     "resolve_creation",
     "to_device",
+    "without_grad",
 ]
 
 # ``array_namespace`` inspects the array on every call (about 9 us for NumPy);
@@ -93,3 +94,13 @@ def resolve_creation(like: Any = None, device: Any = None, dtype: Any = None) ->
     if not xp.isdtype(dtype, "real floating"):
         raise TypeError(f"dtype must be a real floating-point dtype, got {dtype}")
     return xp, device, dtype
+
+
+def without_grad(x: Any) -> Any:
+    """Return ``x`` cut from any autograd graph (torch's ``detach``; other arrays as they are).
+
+    For state that must not remember how it was computed, such as running
+    statistics updated from a batch that requires grad.
+    """
+    detach = getattr(x, "detach", None)
+    return x if detach is None else detach()

@@ -126,6 +126,8 @@ class Module:
 
     def _convert(self, value: Any, like: Any) -> Any:
         xp = self._xp
+        if getattr(value, "requires_grad", False):  # a torch Parameter: load its values only
+            value = value.detach()
         if is_array(value) and namespace_of(value) is not xp:
             value = _host_copy(value)
         return xp.asarray(value, dtype=like.dtype, device=device_of(like), copy=True)

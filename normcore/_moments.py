@@ -1,14 +1,24 @@
-"""Numerically stable mean and variance over chosen axes."""
+"""Numerically stable mean and variance: over chosen axes, and merged over a stream.
+
+:func:`moments` reduces one array. :class:`Moments` accumulates per-feature
+``(count, mean, M2)`` over batches of any sizes with Chan et al.'s parallel
+merge, so population statistics (batch normalization's Algorithm 2) can be
+computed over a dataset that never fits in memory at once.
+"""
 
 from __future__ import annotations
 
+import math
 import numbers
+from collections.abc import Iterable
+from typing import Any, NamedTuple
 
+from ._compat import device_of, library_label, namespace_of
 from ._primitive import accumulation_dtype, centered_moments
 from ._registry import adapter_for
-from ._validation import check_arrays, normalize_axes
+from ._validation import check_arrays, normalize_axes, normalize_axis
 
-__all__ = ["moments"]
+__all__ = ["Moments", "Population", "batch_moments", "moments", "population_stats"]
 
 
 def moments(x, *, axis, correction=0, keepdims=False):
@@ -67,3 +77,265 @@ def moments(x, *, axis, correction=0, keepdims=False):
     if not keepdims:
         mean, var = xp.squeeze(mean, axis=axes), xp.squeeze(var, axis=axes)
     return xp.astype(mean, x.dtype), xp.astype(var, x.dtype)
+
+
+def batch_moments(xp: Any, x: Any, axis: int, dtype: Any = None) -> tuple[int, Any, Any]:
+    """Return ``(count, mean, var)`` of ``x`` per index of ``axis`` (arguments validated).
+
+    ``mean`` and the biased ``var`` keep ``x``'s dimensions (size one except
+    along ``axis``) and are computed in ``dtype`` (default: the accumulation
+    dtype of ``x``) by the two-pass :func:`~normcore._primitive.centered_moments`.
+    ``count`` is the number of values per index of ``axis``; it must be > 0.
+    """
+    if dtype is None:
+        dtype = accumulation_dtype(xp, adapter_for(x), x.dtype)
+    reduce_axes = tuple(a for a in range(x.ndim) if a != axis)
+    xa = x if x.dtype == dtype else xp.astype(x, dtype)
+    mean, _, var = centered_moments(xp, xa, reduce_axes)
+    return math.prod(x.shape[a] for a in reduce_axes), mean, var
+
+
+class Population(NamedTuple):
+    """Population statistics: per-feature mean, variance and the number of values."""
+
+    mean: Any
+    var: Any
+    count: int
+
+
+class Moments:
+    """Mergeable per-feature count, mean and sum of squared deviations (M2).
+
+    Each batch contributes its two-pass centered ``(count, mean, M2)``; batches
+    are combined with the parallel merge of Chan, Golub & LeVeque (1979)::
+
+        n = n_a + n_b,   delta = mean_b - mean_a
+        mean = mean_a + delta * n_b / n
+        M2   = M2_a + M2_b + delta**2 * n_a * n_b / n
+
+    which is exact up to round-off for batches of any sizes, in any order and
+    in any grouping, and never forms ``E[x**2] - E[x]**2``.
+
+    Parameters
+    ----------
+    axis : int, default 1
+        The feature (channel) axis of the batches; statistics are taken over
+        every other axis, as in batch normalization.
+    dtype : dtype or str, optional
+        Dtype to accumulate in, of the batches' library (``"float64"`` for
+        extra precision over float32 data). Default: the batches' own dtype
+        (float32 for float16/bfloat16).
+
+    Attributes
+    ----------
+    count : int
+        Number of values per feature seen so far.
+    mean, m2 : array or None
+        Per-feature mean and sum of squared deviations (1-D, one value per
+        feature); None before the first non-empty batch.
+
+    See Also
+    --------
+    population_stats : The mean and unbiased variance of a stream of batches.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normcore
+    >>> data = np.random.default_rng(0).normal(5.0, 2.0, size=(1000, 3))
+    >>> first = normcore.Moments().update(data[:300])
+    >>> second = normcore.Moments().update(data[300:650]).update(data[650:])
+    >>> merged = first.merge(second)
+    >>> merged.count
+    1000
+    >>> bool(np.allclose(merged.variance(), data.var(axis=0, ddof=1), rtol=1e-13))
+    True
+    """
+
+    def __init__(self, *, axis: int = 1, dtype: Any = None) -> None:
+        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+            raise TypeError(f"axis must be an int, got {library_label(axis)}")
+        self.axis = int(axis)
+        self._dtype = dtype
+        self.count = 0
+        self.mean: Any = None
+        self.m2: Any = None
+
+    def update(self, x: Any) -> Moments:
+        """Merge the batch ``x`` into the accumulator (in place) and return it.
+
+        ``x`` needs at least two dimensions, the feature axis among them. A
+        batch with no values (a zero-size batch axis) changes nothing. On any
+        error the accumulator is unchanged.
+
+        Raises
+        ------
+        TypeError
+            If ``x`` is not a real floating-point array, or comes from another
+            library than the earlier batches.
+        ValueError
+            If ``x`` has fewer than 2 dimensions, ``axis`` is out of range, or
+            the number of features or the device differs from earlier batches.
+        """
+        xp = check_arrays(x)
+        if x.ndim < 2:
+            raise ValueError(
+                "x must have at least 2 dimensions (a batch axis and the feature axis), "
+                f"got shape {tuple(x.shape)}"
+            )
+        axis = normalize_axis(self.axis, x.ndim)
+        dtype = self._resolve_dtype(xp)
+        self._check_compatible(xp, device_of(x), x.shape[axis], "x")
+        if math.prod(x.shape) == 0:
+            return self
+        count, mean, var = batch_moments(xp, x, axis, dtype)
+        shape = (x.shape[axis],)
+        batch = (count, xp.reshape(mean, shape), xp.reshape(var, shape) * count)
+        self.count, self.mean, self.m2 = _chan_merge(self._state(), batch)
+        return self
+
+    def merge(self, other: Moments) -> Moments:
+        """Return a new accumulator holding both ``self``'s and ``other``'s values.
+
+        Neither operand changes. Merging two halves computed separately equals
+        accumulating everything in one pass (up to round-off).
+        """
+        if not isinstance(other, Moments):
+            raise TypeError(f"other must be a Moments, got {library_label(other)}")
+        merged = Moments(axis=self.axis, dtype=self._dtype)
+        merged.count, merged.mean, merged.m2 = self._state()
+        if other.mean is not None:
+            merged._check_compatible(
+                namespace_of(other.mean), device_of(other.mean), other.mean.shape[0], "other"
+            )
+            merged.count, merged.mean, merged.m2 = _chan_merge(self._state(), other._state())
+        return merged
+
+    def variance(self, correction: float = 1) -> Any:
+        """Per-feature variance ``M2 / (count - correction)``; unbiased by default.
+
+        Raises
+        ------
+        ValueError
+            If ``count - correction <= 0`` (for example a single value with the
+            unbiased variance) or ``correction`` is negative.
+        """
+        if isinstance(correction, bool) or not isinstance(correction, numbers.Real):
+            raise TypeError(f"correction must be a real number, got {library_label(correction)}")
+        if not 0 <= correction < self.count:
+            raise ValueError(
+                f"correction must be >= 0 and less than the number of values per feature "
+                f"({self.count}), got {correction!r}"
+            )
+        return self.m2 / (self.count - correction)
+
+    def _state(self) -> tuple[int, Any, Any]:
+        return self.count, self.mean, self.m2
+
+    def _resolve_dtype(self, xp: Any) -> Any:
+        dtype = self._dtype
+        if isinstance(dtype, str):
+            if not hasattr(xp, dtype):
+                raise TypeError(f"dtype {dtype!r} is not a dtype of {xp.__name__}")
+            dtype = getattr(xp, dtype)
+        if dtype is not None and not xp.isdtype(dtype, "real floating"):
+            raise TypeError(f"dtype must be a real floating-point dtype, got {dtype}")
+        return dtype
+
+    def _check_compatible(self, xp: Any, device: Any, features: int, name: str) -> None:
+        if self.mean is None:
+            return
+        if namespace_of(self.mean) is not xp:
+            raise TypeError(
+                f"{name} must be an array of the same library as the earlier batches "
+                f"({library_label(self.mean)}), got {xp.__name__}"
+            )
+        if device_of(self.mean) != device:
+            raise ValueError(
+                f"{name} is on device {device} but the earlier batches were on device "
+                f"{device_of(self.mean)}"
+            )
+        if features != self.mean.shape[0]:
+            raise ValueError(
+                f"{name} has {features} features along axis {self.axis} but the earlier "
+                f"batches had {self.mean.shape[0]}"
+            )
+
+
+def _chan_merge(a: tuple[int, Any, Any], b: tuple[int, Any, Any]) -> tuple[int, Any, Any]:
+    """Merge two ``(count, mean, M2)`` triples (Chan, Golub & LeVeque)."""
+    count_a, mean_a, m2_a = a
+    count_b, mean_b, m2_b = b
+    if count_a == 0:
+        return b
+    count = count_a + count_b
+    delta = mean_b - mean_a
+    mean = mean_a + delta * (count_b / count)
+    m2 = m2_a + m2_b + delta * delta * (count_a * count_b / count)
+    return count, mean, m2
+
+
+def population_stats(
+    batches: Iterable[Any], *, axis: int = 1, correction: float = 1, dtype: Any = None
+) -> Population:
+    """Exact mean and (by default unbiased) variance per feature over a stream of batches.
+
+    Batch normalization's Algorithm 2 (Ioffe & Szegedy, 2015) normalizes at
+    inference time with statistics of the whole training set. This computes
+    them exactly in one pass over batches of any sizes (each is reduced with
+    two-pass centered sums, then merged with Chan's parallel update; see
+    :class:`Moments`), so only one batch needs to be in memory at a time.
+
+    Parameters
+    ----------
+    batches : iterable of arrays
+        Batches of one library and device, each with the features along
+        ``axis`` (``N x D``, ``N x C x H x W``, channels-last with ``axis=-1``).
+    axis : int, default 1
+        The feature axis; statistics are taken over every other axis.
+    correction : float, default 1
+        The variance divides the sum of squared deviations by
+        ``count - correction``: 1 gives the unbiased variance that PyTorch's
+        ``running_var`` stores, 0 the biased one (Keras, Flax).
+    dtype : dtype or str, optional
+        Dtype to accumulate in (``"float64"`` for float32 data that needs it);
+        default: the batches' dtype (float32 for float16/bfloat16).
+
+    Returns
+    -------
+    Population
+        Named tuple ``(mean, var, count)``: 1-D arrays with one value per
+        feature in the batches' library and device, and the number of values
+        per feature.
+
+    Raises
+    ------
+    ValueError
+        If the stream holds no values, or fewer than ``correction + 1`` per
+        feature; and as for :meth:`Moments.update`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normcore
+    >>> rng = np.random.default_rng(0)
+    >>> batches = [rng.normal(3.0, 2.0, size=(n, 4, 5, 5)) for n in (7, 1, 30)]
+    >>> stats = normcore.population_stats(batches)
+    >>> stats.count
+    950
+    >>> everything = np.concatenate(batches)
+    >>> bool(np.allclose(stats.var, everything.var(axis=(0, 2, 3), ddof=1), rtol=1e-13))
+    True
+
+    Load them into a :class:`BatchNorm` for inference:
+
+    >>> bn = normcore.BatchNorm(4, dtype="float64")
+    >>> bn.load_state_dict({**bn.state_dict(), "running_mean": stats.mean,
+    ...                     "running_var": stats.var})
+    """
+    accumulator = Moments(axis=axis, dtype=dtype)
+    for batch in batches:
+        accumulator.update(batch)
+    if accumulator.count == 0:
+        raise ValueError("batches must hold at least one value per feature, got none")
+    return Population(accumulator.mean, accumulator.variance(correction), accumulator.count)

@@ -15,7 +15,9 @@ from ._compat import device_of, is_array, library_label, namespace_of
 
 __all__ = [
     "check_arrays",
+    "check_dy",
     "check_eps",
+    "check_num_groups",
     "check_param_shape",
     "normalize_axes",
     "normalize_axis",
@@ -112,3 +114,24 @@ def check_param_shape(param: Any, expected: tuple[int, ...], name: str, what: st
         raise ValueError(
             f"{name} must have shape {expected} ({what}), got shape {tuple(param.shape)}"
         )
+
+
+def check_dy(dy: Any, x: Any) -> None:
+    """Check that the output gradient ``dy`` has ``x``'s dtype and shape."""
+    if dy.dtype != x.dtype:
+        raise TypeError(f"dy must have dtype {x.dtype} like x, got {dy.dtype}")
+    if tuple(dy.shape) != tuple(x.shape):
+        raise ValueError(f"dy must have x's shape {tuple(x.shape)}, got {tuple(dy.shape)}")
+
+
+def check_num_groups(num_groups: Any, channels: int) -> int:
+    """Return ``num_groups`` as an int after checking it is > 0 and divides ``channels``."""
+    if isinstance(num_groups, bool) or not isinstance(num_groups, numbers.Integral):
+        raise TypeError(f"num_groups must be an int, got {library_label(num_groups)}")
+    groups = int(num_groups)
+    if groups <= 0 or channels % groups:
+        raise ValueError(
+            f"num_groups must be a positive divisor of the number of channels ({channels}), "
+            f"got {num_groups}"
+        )
+    return groups

@@ -218,3 +218,19 @@ def finite_difference(f, x: np.ndarray, dy: np.ndarray, h: float = 1e-6) -> np.n
         flat[i] = old
         gflat[i] = (up - down) / (2 * h)
     return grad
+
+
+def torch_values_and_grads(fn, dy, *arrays):
+    """Float64 ``fn(*tensors)`` and the gradients of ``sum(fn * dy)`` by torch autograd.
+
+    ``arrays`` are NumPy arrays or None (passed to ``fn`` as None, gradient None).
+    """
+    torch = pytest.importorskip("torch")
+    tensors = [
+        None if a is None else torch.tensor(np.asarray(a, np.float64), requires_grad=True)
+        for a in arrays
+    ]
+    y = fn(*tensors)
+    y.backward(torch.tensor(np.asarray(dy, np.float64)))
+    grads = [None if t is None else t.grad.numpy() for t in tensors]
+    return y.detach().numpy(), grads

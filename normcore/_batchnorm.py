@@ -1,0 +1,304 @@
+"""BatchNorm: batch normalization with running statistics, as a small stateful object."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+from ._batch import batch_norm_backward, normalize_batch, prepare_batch_norm
+from ._compat import library_label, without_grad
+from ._module import Module
+from ._moments import batch_moments
+from ._primitive import Statistics
+from ._validation import check_arrays, check_eps, normalize_axis
+
+__all__ = ["BatchNorm"]
+
+_CONVENTIONS = {"torch": 0.1, "keras": 0.99}  # each convention's default momentum
+_TORCH_NAMES = {"gain": "weight"}  # normcore name -> torch BatchNorm state_dict key
+
+
+class _ConventionDefault:
+    def __repr__(self) -> str:
+        return "<the convention's default: 0.1 for 'torch', 0.99 for 'keras'>"
+
+
+CONVENTION_DEFAULT: Any = _ConventionDefault()
+
+
+class BatchNorm(Module):
+    """Batch normalization with running statistics (Ioffe & Szegedy, 2015).
+
+    In training, ``bn(x)`` normalizes with the batch's mean and biased
+    variance per feature and updates ``running_mean``/``running_var``; in
+    inference, ``bn(x, training=False)`` normalizes with the running ones.
+
+    Parameters
+    ----------
+    num_features : int
+        Size of the feature (channel) axis of the inputs.
+    axis : int, default 1
+        The feature axis: 1 for ``N x D`` and ``N x C x H x W``, -1 for
+        channels-last inputs.
+    eps : float, default 1e-5
+        Added to the variance inside the square root.
+    momentum : float or None, default: the convention's (0.1 for ``"torch"``, 0.99 for ``"keras"``)
+        Weight of the running average, in [0, 1]. None: the exact cumulative
+        average of every batch seen (either convention).
+    affine : bool, default True
+        Learn a per-feature ``gain`` (init 1) and ``bias`` (init 0).
+    track_running_stats : bool, default True
+        Keep running statistics. Without them, inference uses batch
+        statistics too (as PyTorch does).
+    convention : {"torch", "keras"}, default "torch"
+        How running statistics are updated:
+
+        * ``"torch"`` (PyTorch): ``new = (1 - momentum) * old + momentum * batch``
+          and ``running_var`` stores the *unbiased* batch variance.
+        * ``"keras"`` (Keras, Flax): ``new = momentum * old + (1 - momentum) * batch``
+          and ``running_var`` stores the *biased* batch variance. (Keras's own
+          default ``eps`` is 1e-3; pass it explicitly to match.)
+
+        Normalization in training always uses the biased batch variance.
+    like, device, dtype
+        Library, device and dtype of the arrays (see :class:`normcore.Module`);
+        NumPy float32 by default.
+
+    Attributes
+    ----------
+    gain, bias : array or None
+        Per-feature parameters (None with ``affine=False``).
+    running_mean, running_var : array or None
+        Running statistics, init 0 and 1 (None without ``track_running_stats``).
+    num_batches_tracked : array or None
+        0-d int64 count of training batches that updated the statistics.
+
+    Notes
+    -----
+    *Atomic updates.* Every argument is checked before anything is computed;
+    new running values are computed first and assigned together, so a call
+    that raises leaves every array bit-identical.
+
+    *Non-finite batches.* If a training batch's mean or variance is NaN or
+    infinite, the output is still returned (it carries the NaN), but the
+    running statistics and ``num_batches_tracked`` are **not** updated and a
+    ``RuntimeWarning`` is issued. Turn the warning into an error with
+    ``warnings.simplefilter("error", RuntimeWarning)`` to stop training
+    instead; the state is unchanged either way. (This check reads one scalar
+    back from the device per training call.)
+
+    *PyTorch interop.* :meth:`state_dict`/:meth:`load_state_dict` use
+    normcore's names (``gain``); :meth:`to_torch_state_dict` and
+    :meth:`load_torch_state_dict` use ``torch.nn.BatchNorm*d``'s (``weight``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normcore
+    >>> bn = normcore.BatchNorm(3)
+    >>> x = np.random.default_rng(0).normal(2.0, 3.0, size=(16, 3, 4, 4)).astype(np.float32)
+    >>> y = bn(x)  # training: batch statistics, running statistics updated
+    >>> bn.num_batches_tracked
+    array(1)
+    >>> dx = bn.backward(np.ones_like(y))
+    >>> sorted(bn.grads())
+    ['bias', 'gain']
+    >>> y_eval = bn(x, training=False)  # inference: running statistics
+    >>> y_eval.shape, y_eval.dtype
+    ((16, 3, 4, 4), dtype('float32'))
+    """
+
+    _parameter_names = ("gain", "bias")
+    _buffer_names = ("running_mean", "running_var", "num_batches_tracked")
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        axis: int = 1,
+        eps: float = 1e-5,
+        momentum: float | None = CONVENTION_DEFAULT,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        convention: str = "torch",
+        like: Any = None,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        if isinstance(num_features, bool) or not isinstance(num_features, numbers.Integral):
+            raise TypeError(f"num_features must be an int, got {library_label(num_features)}")
+        if num_features <= 0:
+            raise ValueError(f"num_features must be > 0, got {num_features}")
+        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+            raise TypeError(f"axis must be an int, got {library_label(axis)}")
+        if convention not in _CONVENTIONS:
+            raise ValueError(f"convention must be 'torch' or 'keras', got {convention!r}")
+        if momentum is CONVENTION_DEFAULT:
+            momentum = _CONVENTIONS[convention]
+        self.momentum = _check_momentum(momentum)
+        self.eps = check_eps(eps)
+        super().__init__(like=like, device=device, dtype=dtype)
+        self.num_features = int(num_features)
+        self.axis = int(axis)
+        self.convention = convention
+        shape = (self.num_features,)
+        self.gain = self._new(1.0, shape) if affine else None
+        self.bias = self._new(0.0, shape) if affine else None
+        tracked = track_running_stats
+        self.running_mean = self._new(0.0, shape) if tracked else None
+        self.running_var = self._new(1.0, shape) if tracked else None
+        self.num_batches_tracked = self._new(0, (), self._xp.int64) if tracked else None
+
+    # -- forward and backward ----------------------------------------------------
+    def __call__(self, x: Any, training: bool = True) -> Any:
+        """Normalize ``x``; in training also update the running statistics.
+
+        Raises
+        ------
+        TypeError
+            If ``x`` is not an array of the module's library, or its dtype is
+            not the module's (float16/bfloat16 ``x`` is accepted by a float32
+            module).
+        ValueError
+            If ``x`` lives on another device, has fewer than 2 dimensions or
+            not ``num_features`` features along ``axis``, or (in training) a
+            single value per feature.
+        """
+        self._check_input(x)
+        use_batch = training or self.running_mean is None
+        running = (None, None) if use_batch else (self.running_mean, self.running_var)
+        layout = prepare_batch_norm(x, self.gain, self.bias, self.axis, self.eps, *running)
+        xp, axis = layout.xp, layout.axis
+        if math.prod(x.shape) == 0:
+            return xp.zeros_like(x)
+        update = None
+        if use_batch:
+            count, mean, var = batch_moments(xp, x, axis)
+            layout = layout._replace(stats=Statistics(mean, var))
+            if training and self.running_mean is not None:
+                update = self._running_update(count, mean, var)
+        y = normalize_batch(x, self.gain, self.bias, layout)
+        if update is not None:
+            self.running_mean, self.running_var, self.num_batches_tracked = update
+        self._saved = (x, running)
+        return y
+
+    def backward(self, dy: Any) -> Any:
+        """Return ``dx`` for the last forward call and store ``dgain``/``dbias``.
+
+        After a training call the gradient flows through the batch statistics;
+        after an inference call the (running) statistics are constants.
+        """
+        x, (mean, var) = self._require_saved()
+        grads = batch_norm_backward(
+            dy, x, self.gain, self.bias, axis=self.axis, eps=self.eps, mean=mean, var=var
+        )
+        self._grads = {
+            name: grad
+            for name, grad in (("gain", grads.dgain), ("bias", grads.dbias))
+            if grad is not None
+        }
+        return grads.dx
+
+    # -- validation and the running update ------------------------------------------
+    def _check_input(self, x: Any) -> None:
+        xp = check_arrays(x)
+        if xp is not self._xp:
+            raise TypeError(
+                f"x must be an array of this BatchNorm's library ({self._xp.__name__}), "
+                f"got {library_label(x)}; create the BatchNorm with like=x"
+            )
+        if not (x.dtype == self._dtype or (self._dtype == xp.float32 and _is_low(xp, x.dtype))):
+            name = getattr(self._dtype, "__name__", self._dtype)  # NumPy's float32 is a class
+            raise TypeError(
+                f"x must have this BatchNorm's dtype {name} (float16/bfloat16 is "
+                f"accepted by a float32 BatchNorm), got {x.dtype}; convert x or create the "
+                "BatchNorm with dtype=..."
+            )
+        # device and library of every array, with check_arrays' messages
+        check_arrays(
+            x,
+            gain=self.gain,
+            bias=self.bias,
+            running_mean=self.running_mean,
+            running_var=self.running_var,
+        )
+        if x.ndim >= 2:
+            axis = normalize_axis(self.axis, x.ndim)
+            if x.shape[axis] != self.num_features:
+                raise ValueError(
+                    f"x must have num_features={self.num_features} values along axis "
+                    f"{self.axis}, got shape {tuple(x.shape)}"
+                )
+
+    def _running_update(self, count: int, mean: Any, var: Any) -> tuple[Any, Any, Any] | None:
+        """New ``(running_mean, running_var, num_batches_tracked)``, or None to skip."""
+        xp = self._xp
+        shape = (self.num_features,)
+        mean, var = (without_grad(xp.reshape(s, shape)) for s in (mean, var))
+        if not bool(xp.all(xp.isfinite(mean)) & xp.all(xp.isfinite(var))):
+            warnings.warn(
+                "BatchNorm: the batch has NaN or infinite statistics; the running "
+                "statistics and num_batches_tracked were left unchanged",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return None
+        if self.convention == "torch":  # count > 1: prepare_batch_norm refused one value
+            var = var * (count / (count - 1))
+        tracked = xp.asarray(self.num_batches_tracked + 1)  # NumPy: keep a 0-d array
+        if self.momentum is None:
+            weight = 1.0 / (int(self.num_batches_tracked) + 1)
+        else:
+            weight = self.momentum if self.convention == "torch" else 1.0 - self.momentum
+        new_mean = self.running_mean * (1.0 - weight) + xp.astype(mean, self._dtype) * weight
+        new_var = self.running_var * (1.0 - weight) + xp.astype(var, self._dtype) * weight
+        return new_mean, new_var, tracked
+
+    # -- state -------------------------------------------------------------------
+    def _check_state(self, state: Mapping[str, Any]) -> None:
+        xp = self._xp
+        var = state.get("running_var")
+        if var is not None and not bool(xp.all(var >= 0)):  # False for NaN as well
+            raise ValueError("state_dict['running_var'] must be >= 0 and not NaN everywhere")
+        mean = state.get("running_mean")
+        if mean is not None and bool(xp.any(xp.isnan(mean))):
+            raise ValueError("state_dict['running_mean'] must not contain NaN")
+        tracked = state.get("num_batches_tracked")
+        if tracked is not None and int(tracked) < 0:
+            raise ValueError(f"state_dict['num_batches_tracked'] must be >= 0, got {int(tracked)}")
+
+    def to_torch_state_dict(self) -> dict[str, Any]:
+        """Return the state under ``torch.nn.BatchNorm*d``'s key names (``weight``, ...).
+
+        The values are the module's own arrays; for a module that is not
+        torch-backed, convert them with ``torch.as_tensor`` before
+        ``torch_bn.load_state_dict(...)``.
+        """
+        return {_TORCH_NAMES.get(k, k): v for k, v in self.state_dict().items()}
+
+    def load_torch_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Load a ``torch.nn.BatchNorm*d`` state_dict (``weight``, ``bias``, ``running_*``).
+
+        Tensors are converted to the module's library, device and dtype;
+        validation and atomicity as for :meth:`load_state_dict`.
+        """
+        torch_names = {v: k for k, v in _TORCH_NAMES.items()}
+        self.load_state_dict({torch_names.get(k, k): v for k, v in state.items()})
+
+
+def _is_low(xp: Any, dtype: Any) -> bool:
+    return xp.isdtype(dtype, "real floating") and xp.finfo(dtype).bits < 32
+
+
+def _check_momentum(momentum: Any) -> float | None:
+    if momentum is None:
+        return None
+    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
+        raise TypeError(f"momentum must be a real number or None, got {library_label(momentum)}")
+    if not 0.0 <= float(momentum) <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1] or None, got {momentum!r}")
+    return float(momentum)
