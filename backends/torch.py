@@ -1,8 +1,9 @@
-"""Adapter for PyTorch tensors: dispatch to torch's native normalization kernels.
+"""Adapter for PyTorch tensors: native kernels where they keep normcore's numerics.
 
 torch is imported only when a tensor reaches normcore (by then the user has
-imported it). Calls that map onto ``torch.nn.functional`` run its native,
-autograd-aware kernels; every other call runs the reference path, which is
+imported it). Layer/RMS norm layouts run ``torch.nn.functional``'s native,
+autograd-aware kernels; other layouts run torch's Welford statistics and one
+fused elementwise op. Everything else runs the reference path, which is
 composed of torch operations and therefore differentiable as well.
 """
 
@@ -13,7 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from normcore._adapter import Adapter
-from normcore._primitive import Gradients, Normalized
+from normcore._primitive import Gradients, Normalized, broadcast_param
 
 __all__ = ["TorchAdapter", "adapter"]
 
@@ -23,29 +24,52 @@ def _trailing(axes: tuple[int, ...], ndim: int) -> bool:
 
 
 def _normalize(xp, adapter, x, gain, bias, *, reduce_axes, param_axes, center, eps, stats=None):
-    """``torch.nn.functional.layer_norm``/``rms_norm`` for trailing-axes layouts.
+    """Native kernels for float32/float64: F.layer_norm/rms_norm, else Welford + one fused op.
 
-    Batch, group and instance norm layouts stay on the reference path on purpose:
-    torch's CPU ``batch_norm`` and ``group_norm`` kernels (torch 2.13) fold the
-    normalization into ``x * alpha + beta``, so a constant channel of value 1e4
-    normalizes to ``bias`` off by 0.04 in float32 (and by 8e-11 in float64),
-    where normcore guarantees exactly ``bias``.
+    The layer-norm layout (trailing axes, parameters on the same axes) runs
+    ``torch.nn.functional.layer_norm``/``rms_norm``. Every other layout (batch,
+    group, instance norm) runs :func:`_fused`: torch's native ``batch_norm`` and
+    ``group_norm`` CPU kernels (torch 2.13) fold the normalization into
+    ``x * alpha + beta``, so a constant channel of value 1e4 normalizes to
+    ``bias`` off by 0.04 in float32, where normcore guarantees exactly ``bias``.
+    float16/bfloat16 stay on the reference path: torch's CPU kernels lose the
+    same exactness there (1e4 in float16 normalizes to 0.08, not 0).
     """
-    if stats is not None or param_axes != reduce_axes or not _trailing(reduce_axes, x.ndim):
-        return NotImplemented
     torch = sys.modules["torch"]
     if x.dtype not in (torch.float32, torch.float64):
-        # torch's CPU kernels for float16/bfloat16 lose exactness on constant and
-        # large-mean rows (1e4 in float16 normalizes to 0.08, not 0); the
-        # reference path accumulates in float32 and keeps it.
         return NotImplemented
     if any(p is not None and p.dtype != x.dtype for p in (gain, bias)):
         return NotImplemented
-    functional = torch.nn.functional
-    shape = tuple(x.shape[a] for a in reduce_axes)
-    if center:
-        return Normalized(functional.layer_norm(x, shape, gain, bias, eps), None, None)
-    return Normalized(functional.rms_norm(x, shape, gain, eps), None, None)
+    if stats is None and param_axes == reduce_axes and _trailing(reduce_axes, x.ndim):
+        functional = torch.nn.functional
+        shape = tuple(x.shape[a] for a in reduce_axes)
+        if center:
+            return Normalized(functional.layer_norm(x, shape, gain, bias, eps), None, None)
+        return Normalized(functional.rms_norm(x, shape, gain, eps), None, None)
+    return _fused(torch, xp, x, gain, bias, reduce_axes, param_axes, center, eps, stats)
+
+
+def _fused(torch, xp, x, gain, bias, reduce_axes, param_axes, center, eps, stats):
+    """Statistics by torch's Welford ``var_mean``, then ``bias + (x - mean) * (gain * rstd)``.
+
+    Two passes over ``x`` instead of the reference's six to eight, still
+    centered before scaling (constant channels give exactly ``bias``) and
+    differentiable by autograd.
+    """
+    if stats is not None:
+        mean = None if stats.mean is None else stats.mean.to(x.dtype)
+        var = stats.var.to(x.dtype)
+    elif center:
+        var, mean = torch.var_mean(x, dim=reduce_axes, correction=0, keepdim=True)
+    else:
+        mean, var = None, torch.mean(torch.square(x), dim=reduce_axes, keepdim=True)
+    rstd = torch.rsqrt(var + eps)
+    scale = rstd if gain is None else rstd * broadcast_param(xp, gain, param_axes, x.ndim)
+    centered = x if mean is None else x - mean
+    if bias is None:
+        return Normalized(centered * scale, mean, rstd)
+    shift = broadcast_param(xp, bias, param_axes, x.ndim)
+    return Normalized(torch.addcmul(shift, centered, scale), mean, rstd)
 
 
 def _normalize_backward(
