@@ -140,6 +140,8 @@ def test_unknown_attribute_is_an_attribute_error():
         normcore.nope  # noqa: B018
 
 
+# Dynamo notes that it traces through array-api-compat's lru_cache'd type checks.
+@pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`")
 def test_torch_compile_matches_eager():
     # The aot_eager backend traces through normcore (graph breaks at the dispatch
     # switch, a ContextVar dynamo cannot trace) without invoking a C++ compiler;
