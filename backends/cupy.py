@@ -20,6 +20,7 @@ class CuPyAdapter(Adapter):
 
     name = "cupy"
     library = "cupy"
+    install_hint = "pip install cupy-cuda12x (or the cupy wheel matching your CUDA/ROCm)"
 
     def owns(self, x: Any) -> bool:
         return isinstance(x, sys.modules["cupy"].ndarray)
@@ -40,6 +41,11 @@ class CuPyAdapter(Adapter):
         except Exception:
             return []
         return [f"cuda:{i}" for i in range(count)]
+
+    def check_devices(self) -> list[Any]:
+        import cupy
+
+        return [cupy.cuda.Device(i) for i in range(cupy.cuda.runtime.getDeviceCount())]
 
 
 adapter = CuPyAdapter()

@@ -107,6 +107,8 @@ class TorchAdapter(Adapter):
 
     name = "torch"
     library = "torch"
+    # An unpinned ``pip install torch`` may pull several GB of CUDA wheels.
+    install_hint = "pip install torch==2.13.0 (pin the torch version you want)"
 
     def owns(self, x: Any) -> bool:
         return isinstance(x, sys.modules["torch"].Tensor)
@@ -121,6 +123,13 @@ class TorchAdapter(Adapter):
                 for i in range(torch.cuda.device_count())
             ]
         return found
+
+    def check_devices(self) -> list[Any]:
+        import torch
+
+        return [torch.device("cpu")] + [
+            torch.device("cuda", i) for i in range(torch.cuda.device_count())
+        ]
 
     def fast_paths(self) -> Mapping[str, Callable[..., Any]]:
         return {"normalize": _normalize, "normalize_backward": _normalize_backward}

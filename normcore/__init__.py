@@ -7,8 +7,13 @@ in a backend-neutral core and run unchanged on NumPy, CuPy and PyTorch arrays
 (and any other Array API library). Results come back in the caller's library,
 device and dtype.
 
-See ``python -m normcore info`` for the adapters and devices found.
+See ``python -m normcore info`` for the adapters and devices found and
+``python -m normcore check`` for a self-test of each. ``normcore.torch`` holds
+``torch.nn.Module`` versions of the layers; it is imported on first access, so
+``import normcore`` never imports torch.
 """
+
+from typing import Any
 
 from ._adapter import Adapter
 from ._batch import (
@@ -21,10 +26,12 @@ from ._batch import (
 )
 from ._batchnorm import BatchNorm
 from ._layer import layer_norm, layer_norm_backward, rms_norm, rms_norm_backward
+from ._layer_modules import LayerNorm, RMSNorm
 from ._module import Module
 from ._moments import Moments, Population, moments, population_stats
 from ._primitive import Gradients
 from ._registry import reference_path, using_reference_path
+from ._weight_norm import weight_norm, weight_norm_backward
 
 __version__ = "0.1.0.dev0"
 
@@ -32,9 +39,11 @@ __all__ = [
     "Adapter",
     "BatchNorm",
     "Gradients",
+    "LayerNorm",
     "Module",
     "Moments",
     "Population",
+    "RMSNorm",
     "__version__",
     "batch_norm",
     "batch_norm_backward",
@@ -50,4 +59,19 @@ __all__ = [
     "rms_norm",
     "rms_norm_backward",
     "using_reference_path",
+    "weight_norm",
+    "weight_norm_backward",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # ``normcore.torch`` imports torch, so it is loaded on first access only.
+    if name == "torch":
+        import importlib
+        import sys
+
+        module = importlib.import_module("normcore.backends.torch_nn")
+        globals()["torch"] = module
+        sys.modules[f"{__name__}.torch"] = module  # later ``import normcore.torch`` works too
+        return module
+    raise AttributeError(f"module 'normcore' has no attribute {name!r}")

@@ -34,10 +34,19 @@ class Adapter:
         Top-level module name of the array library (``"torch"``). An array is
         only offered to :meth:`owns` once this module is in ``sys.modules``,
         so detection never imports anything.
+    install_hint : str
+        How to install the library, shown when it is missing (default
+        ``pip install <library>``).
     """
 
     name: str = ""
     library: str = ""
+    install_hint: str = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.__dict__.get("install_hint") and cls.library:
+            cls.install_hint = f"pip install {cls.library}"
 
     def owns(self, x: Any) -> bool:
         """Return whether ``x`` is an array of this adapter's library.
@@ -66,6 +75,19 @@ class Adapter:
     def devices(self) -> list[str]:
         """Return human-readable names of the devices this library can use."""
         return []
+
+    def check_devices(self) -> list[Any]:
+        """Return the devices ``normcore check`` tests, as ``asarray(..., device=)`` takes them.
+
+        Called only when the library is installed; may import it. The default
+        is the library's default device.
+        """
+        import importlib
+
+        from ._compat import device_of, resolve_creation
+
+        xp = resolve_creation(importlib.import_module(self.library))[0]
+        return [device_of(xp.zeros(1))]
 
     def fast_paths(self) -> Mapping[str, Callable[..., Any]]:
         """Return faster implementations of core primitives, keyed by primitive name.

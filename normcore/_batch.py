@@ -21,8 +21,8 @@ from ._primitive import Gradients, Statistics, broadcast_param
 from ._registry import adapter_for
 from ._validation import (
     check_arrays,
-    check_dy,
     check_eps,
+    check_gradient,
     check_num_groups,
     check_param_shape,
     normalize_axis,
@@ -80,7 +80,7 @@ def prepare_batch_norm(x, gain, bias, axis, eps, mean, var, dy=None) -> _BatchLa
     axis = _check_batched(x, axis)
     eps = check_eps(eps)
     if dy is not None:
-        check_dy(dy, x)
+        check_gradient(dy, x)
     if (mean is None) != (var is None):
         given = "mean" if var is None else "var"
         raise ValueError(
@@ -280,7 +280,7 @@ def _prepare_group(x, num_groups, gain, bias, axis, eps, dy=None, instance=False
         raise ValueError("axis must be the channel axis, not the batch axis 0, got axis=0")
     eps = check_eps(eps)
     if dy is not None:
-        check_dy(dy, x)
+        check_gradient(dy, x)
     channels = x.shape[axis]
     groups = channels if instance else check_num_groups(num_groups, channels)
     what = f"one value per channel along axis {axis}"

@@ -13,7 +13,13 @@ from typing import Any
 from . import _dispatch
 from ._primitive import Gradients
 from ._registry import adapter_for
-from ._validation import check_arrays, check_dy, check_eps, check_param_shape, normalize_axes
+from ._validation import (
+    check_arrays,
+    check_eps,
+    check_gradient,
+    check_param_shape,
+    normalize_axes,
+)
 
 __all__ = ["layer_norm", "layer_norm_backward", "rms_norm", "rms_norm_backward"]
 
@@ -26,8 +32,7 @@ def _prepare(x: Any, gain: Any, bias: Any, axis: Any, eps: Any, dy: Any = None):
     what = f"the shape of x's normalized axes {axes}"
     check_param_shape(gain, expected, "gain", what)
     check_param_shape(bias, expected, "bias", what)
-    if dy is not None:
-        check_dy(dy, x)
+    check_gradient(dy, x)
     return xp, adapter_for(x), axes, eps
 
 

@@ -15,8 +15,8 @@ from ._compat import device_of, is_array, library_label, namespace_of
 
 __all__ = [
     "check_arrays",
-    "check_dy",
     "check_eps",
+    "check_gradient",
     "check_num_groups",
     "check_param_shape",
     "normalize_axes",
@@ -24,31 +24,32 @@ __all__ = [
 ]
 
 
-def check_arrays(x: Any, **others: Any) -> Any:
+def check_arrays(x: Any, /, x_name: str = "x", **others: Any) -> Any:
     """Check ``x`` and the optional arrays in ``others``; return the namespace.
 
     ``x`` must be a real floating-point array of at least one dimension. Every
     other array that is not None must come from the same library, live on the
     same device and have ``x``'s dtype, except that float16/bfloat16 ``x`` may
-    come with float32 parameters. Keyword names are used in messages.
+    come with float32 parameters. ``x_name`` and the keyword names are used in
+    messages.
     """
     if not is_array(x):
         raise TypeError(
-            f"x must be an array (numpy.ndarray, torch.Tensor, cupy.ndarray or any "
+            f"{x_name} must be an array (numpy.ndarray, torch.Tensor, cupy.ndarray or any "
             f"Array API array), got {library_label(x)}"
         )
     xp = namespace_of(x)
     if not xp.isdtype(x.dtype, "real floating"):
-        raise TypeError(f"x must have a real floating-point dtype, got {x.dtype}")
+        raise TypeError(f"{x_name} must have a real floating-point dtype, got {x.dtype}")
     if x.ndim == 0:
-        raise ValueError("x must have at least one dimension, got a 0-d array")
+        raise ValueError(f"{x_name} must have at least one dimension, got a 0-d array")
     x_device = None
     for name, other in others.items():
         if other is None:
             continue
         if not is_array(other) or namespace_of(other) is not xp:
             raise TypeError(
-                f"{name} must be an array of the same library as x ({library_label(x)}), "
+                f"{name} must be an array of the same library as {x_name} ({library_label(x)}), "
                 f"got {library_label(other)}; normcore never converts between libraries"
             )
         if x_device is None:
@@ -56,13 +57,13 @@ def check_arrays(x: Any, **others: Any) -> Any:
         other_device = device_of(other)
         if other_device != x_device:
             raise ValueError(
-                f"{name} is on device {other_device} but x is on device {x_device}; "
+                f"{name} is on device {other_device} but {x_name} is on device {x_device}; "
                 "move one of them explicitly (normcore never moves data between devices)"
             )
         if other.dtype != x.dtype and not _is_low_precision_with_float32(xp, x.dtype, other.dtype):
             raise TypeError(
-                f"{name} must have dtype {x.dtype} like x (or float32 when x is float16 or "
-                f"bfloat16), got {other.dtype}"
+                f"{name} must have dtype {x.dtype} like {x_name} (or float32 when {x_name} is "
+                f"float16 or bfloat16), got {other.dtype}"
             )
     return xp
 
@@ -116,12 +117,19 @@ def check_param_shape(param: Any, expected: tuple[int, ...], name: str, what: st
         )
 
 
-def check_dy(dy: Any, x: Any) -> None:
-    """Check that the output gradient ``dy`` has ``x``'s dtype and shape."""
+def check_gradient(dy: Any, x: Any, name: str = "dy", x_name: str = "x") -> None:
+    """Check that the output gradient ``dy`` has ``x``'s dtype and shape.
+
+    Its library and device are checked by :func:`check_arrays`.
+    """
+    if dy is None:
+        return
     if dy.dtype != x.dtype:
-        raise TypeError(f"dy must have dtype {x.dtype} like x, got {dy.dtype}")
+        raise TypeError(f"{name} must have dtype {x.dtype} like {x_name}, got {dy.dtype}")
     if tuple(dy.shape) != tuple(x.shape):
-        raise ValueError(f"dy must have x's shape {tuple(x.shape)}, got {tuple(dy.shape)}")
+        raise ValueError(
+            f"{name} must have {x_name}'s shape {tuple(x.shape)}, got {tuple(dy.shape)}"
+        )
 
 
 def check_num_groups(num_groups: Any, channels: int) -> int:

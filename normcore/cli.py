@@ -16,6 +16,21 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    from ._check import CheckError, check_rows, format_table
+
+    try:
+        rows = list(check_rows(args.backend))
+    except CheckError as error:
+        print(f"normcore check: {error}", file=sys.stderr)
+        return 2
+    print("\n".join(format_table(rows)))
+    counts = {status: sum(row.status == status for row in rows) for status in ("PASS", "FAIL")}
+    skipped = len(rows) - counts["PASS"] - counts["FAIL"]
+    print(f"{counts['PASS']} passed, {counts['FAIL']} failed, {skipped} skipped")
+    return 1 if counts["FAIL"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``normcore`` command."""
     parser = argparse.ArgumentParser(
@@ -25,6 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     info = commands.add_parser("info", help="show version, adapters, libraries and devices")
     info.set_defaults(run=_info)
+    check = commands.add_parser(
+        "check",
+        help="self-test every installed adapter on each of its devices",
+        description="Compare each adapter's fast path and the reference path with a float64 "
+        "NumPy computation of layer_norm and rms_norm (forward and backward) on a few shapes, "
+        "on every device the adapter sees. Exit status: 0 all passed, 1 some failed, "
+        "2 the backend is unknown or not installed.",
+    )
+    check.add_argument("--backend", metavar="B", help="check only this adapter (e.g. torch)")
+    check.set_defaults(run=_check)
     return parser
 
 

@@ -1,0 +1,271 @@
+"""Layer and RMS normalization layers: objects that own their gain and bias.
+
+Thin stateful wrappers around :func:`normcore.layer_norm` and
+:func:`normcore.rms_norm` following the :class:`normcore._module.Module`
+pattern; all math is the functional API's.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+from ._layer import layer_norm, layer_norm_backward, rms_norm, rms_norm_backward
+from ._module import Module
+from ._validation import check_arrays, check_eps, normalize_axes
+
+__all__ = ["LayerNorm", "RMSNorm"]
+
+
+def _check_normalized_shape(normalized_shape: Any) -> tuple[int, ...]:
+    dims = normalized_shape if isinstance(normalized_shape, tuple | list) else (normalized_shape,)
+    if not dims or any(isinstance(d, bool) or not isinstance(d, numbers.Integral) for d in dims):
+        raise TypeError(
+            "normalized_shape must be a positive int or a non-empty tuple of positive ints, "
+            f"got {normalized_shape!r}"
+        )
+    if any(d <= 0 for d in dims):
+        raise ValueError(f"normalized_shape must contain sizes > 0, got {normalized_shape!r}")
+    return tuple(int(d) for d in dims)
+
+
+def _check_axis_count(axis: Any, shape: tuple[int, ...]) -> Any:
+    if axis is None:
+        return tuple(range(-len(shape), 0))
+    count = len(axis) if isinstance(axis, tuple | list) else 1
+    if count != len(shape):
+        raise ValueError(
+            f"axis must name {len(shape)} axes, one per dimension of normalized_shape "
+            f"{shape}, got {axis!r}"
+        )
+    return tuple(axis) if isinstance(axis, list) else axis
+
+
+class _Normalization(Module):
+    """Shared body of LayerNorm and RMSNorm: validation, forward, backward."""
+
+    _parameter_names = ("gain", "bias")
+
+    def __init__(
+        self, normalized_shape, *, axis, eps, affine, like, device, dtype, with_bias
+    ) -> None:
+        shape = _check_normalized_shape(normalized_shape)
+        axis = _check_axis_count(axis, shape)
+        eps = check_eps(eps)
+        if not isinstance(affine, bool):
+            raise TypeError(f"affine must be a bool, got {type(affine).__name__}")
+        super().__init__(like=like, device=device, dtype=dtype)
+        self.normalized_shape = shape
+        self.axis = axis
+        self.eps = eps
+        self.affine = affine
+        self.gain = self._new(1.0, shape) if affine else None
+        self.bias = self._new(0.0, shape) if affine and with_bias else None
+
+    def _check_input(self, x: Any) -> None:
+        """Reject ``x`` whose normalized axes do not match ``normalized_shape``.
+
+        The functional API only sees a shape mismatch through ``gain``; with
+        ``affine=False`` there is none, so the layer checks it itself.
+        """
+        check_arrays(x)
+        axes = normalize_axes(self.axis, x.ndim)
+        got = tuple(x.shape[a] for a in axes)
+        if got != self.normalized_shape:
+            raise ValueError(
+                f"x must have shape {self.normalized_shape} (normalized_shape) along axis="
+                f"{self.axis!r}, got {got} (x has shape {tuple(x.shape)})"
+            )
+
+    def _forward(self, x: Any) -> Any:
+        raise NotImplementedError
+
+    def _backward(self, dy: Any, x: Any, gain: Any, bias: Any) -> Any:
+        raise NotImplementedError
+
+    def __call__(self, x: Any) -> Any:
+        """Normalize ``x`` and remember it for :meth:`backward`."""
+        self._check_input(x)
+        y = self._forward(x)
+        self._saved = (x, self.gain, self.bias)
+        return y
+
+    def backward(self, dy: Any) -> Any:
+        """Return the gradient with respect to the last input; store the parameter gradients.
+
+        ``grads()`` then returns ``{"gain": ..., "bias": ...}`` for the parameters
+        that exist. The gradients are those of the parameters as they were in the
+        forward call.
+        """
+        x, gain, bias = self._require_saved()
+        grads = self._backward(dy, x, gain, bias)
+        found = {"gain": grads.dgain, "bias": grads.dbias}
+        self._grads = {name: g for name, g in found.items() if g is not None}
+        return grads.dx
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.normalized_shape}, axis={self.axis!r}, eps={self.eps}, "
+            f"affine={self.affine}; {self._xp.__name__}, {self.dtype})"
+        )
+
+
+class LayerNorm(_Normalization):
+    """Layer normalization layer with a learned gain and bias (Ba, Kiros & Hinton, 2016).
+
+    Calling the layer computes :func:`normcore.layer_norm` with its parameters;
+    :meth:`backward` returns the input gradient and stores the parameter
+    gradients for an optimizer.
+
+    Parameters
+    ----------
+    normalized_shape : int or tuple of int
+        Sizes of the normalized axes; the shape of ``gain`` and ``bias``.
+    axis : int or tuple of int, optional
+        The normalized axes of the input, one per dimension of
+        ``normalized_shape``, in its order. Default: the last
+        ``len(normalized_shape)`` axes (``-1`` for an int), as in
+        ``torch.nn.LayerNorm``.
+    eps : float, default 1e-5
+        Added to the variance inside the square root.
+    affine : bool, default True
+        Learn a gain (initialized to 1) and a bias (initialized to 0). With
+        False the layer has no parameters.
+    like, device, dtype
+        Library, device and dtype of the parameters: see
+        ``normcore._module.Module``. Default: float32 NumPy arrays.
+
+    Attributes
+    ----------
+    gain, bias : array or None
+        The parameters (None when ``affine=False``).
+
+    Raises
+    ------
+    TypeError
+        If ``normalized_shape`` is not an int or tuple of ints, ``affine`` is not a
+        bool, or ``like``/``dtype`` are not an array library / real floating dtype.
+    ValueError
+        If a size is not positive, ``axis`` does not name one axis per
+        dimension of ``normalized_shape``, or ``eps`` is not a finite number > 0.
+
+    See Also
+    --------
+    layer_norm : The function this layer calls.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normcore
+    >>> layer = normcore.LayerNorm(3, dtype="float64")
+    >>> x = np.array([[1.0, 2.0, 4.0]])
+    >>> np.round(layer(x), 4)
+    array([[-1.069 , -0.2673,  1.3363]])
+    >>> dx = layer.backward(np.array([[1.0, 1.0, 0.0]]))
+    >>> np.round(layer.grads()["gain"], 4), layer.grads()["bias"]
+    (array([-1.069 , -0.2673,  0.    ]), array([1., 1., 0.]))
+    >>> sorted(layer.state_dict())
+    ['bias', 'gain']
+    """
+
+    def __init__(
+        self,
+        normalized_shape,
+        *,
+        axis=None,
+        eps=1e-5,
+        affine=True,
+        like=None,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(
+            normalized_shape,
+            axis=axis,
+            eps=eps,
+            affine=affine,
+            like=like,
+            device=device,
+            dtype=dtype,
+            with_bias=True,
+        )
+
+    def _forward(self, x: Any) -> Any:
+        return layer_norm(x, self.gain, self.bias, axis=self.axis, eps=self.eps)
+
+    def _backward(self, dy: Any, x: Any, gain: Any, bias: Any) -> Any:
+        return layer_norm_backward(dy, x, gain, bias, axis=self.axis, eps=self.eps)
+
+
+class RMSNorm(_Normalization):
+    """RMS normalization layer with a learned gain: layer norm without centering or bias.
+
+    Calling the layer computes :func:`normcore.rms_norm` with its gain.
+
+    Parameters
+    ----------
+    normalized_shape : int or tuple of int
+        Sizes of the normalized axes; the shape of ``gain``.
+    axis : int or tuple of int, optional
+        The normalized axes; default the last ``len(normalized_shape)`` axes.
+    eps : float, default 1e-6
+        Added to the mean square inside the square root.
+    affine : bool, default True
+        Learn a gain (initialized to 1); with False the layer has no parameters.
+    like, device, dtype
+        Library, device and dtype of the gain, as for :class:`LayerNorm`.
+
+    Attributes
+    ----------
+    gain : array or None
+        The parameter (None when ``affine=False``). ``bias`` is always None.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for :class:`LayerNorm`.
+
+    See Also
+    --------
+    rms_norm : The function this layer calls.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normcore
+    >>> layer = normcore.RMSNorm(2, dtype="float64")
+    >>> np.round(layer(np.array([[3.0, 4.0]])), 4)
+    array([[0.8485, 1.1314]])
+    >>> list(layer.state_dict())
+    ['gain']
+    """
+
+    _parameter_names = ("gain",)
+
+    def __init__(
+        self,
+        normalized_shape,
+        *,
+        axis=None,
+        eps=1e-6,
+        affine=True,
+        like=None,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(
+            normalized_shape,
+            axis=axis,
+            eps=eps,
+            affine=affine,
+            like=like,
+            device=device,
+            dtype=dtype,
+            with_bias=False,
+        )
+
+    def _forward(self, x: Any) -> Any:
+        return rms_norm(x, self.gain, axis=self.axis, eps=self.eps)
+
+    def _backward(self, dy: Any, x: Any, gain: Any, bias: Any) -> Any:
+        return rms_norm_backward(dy, x, gain, axis=self.axis, eps=self.eps)
