@@ -15,52 +15,61 @@ from ._compat import device_of, is_array, library_label, namespace_of
 
 __all__ = [
     "check_arrays",
+    "check_bool",
+    "check_choice",
     "check_eps",
     "check_param_shape",
+    "check_positive_int",
     "normalize_axes",
     "normalize_axis",
 ]
 
 
-def check_arrays(x: Any, **others: Any) -> Any:
+def check_arrays(x: Any, /, *, x_name: str = "x", exact_dtype: bool = False, **others: Any) -> Any:
     """Check ``x`` and the optional arrays in ``others``; return the namespace.
 
     ``x`` must be a real floating-point array of at least one dimension. Every
     other array that is not None must come from the same library, live on the
     same device and have ``x``'s dtype, except that float16/bfloat16 ``x`` may
-    come with float32 parameters. Keyword names are used in messages.
+    come with float32 parameters (unless ``exact_dtype``). Keyword names, and
+    ``x_name`` for ``x``, are used in messages.
     """
     if not is_array(x):
         raise TypeError(
-            f"x must be an array (numpy.ndarray, torch.Tensor, cupy.ndarray or any "
+            f"{x_name} must be an array (numpy.ndarray, torch.Tensor, cupy.ndarray or any "
             f"Array API array), got {library_label(x)}"
         )
     xp = namespace_of(x)
     if not xp.isdtype(x.dtype, "real floating"):
-        raise TypeError(f"x must have a real floating-point dtype, got {x.dtype}")
+        raise TypeError(f"{x_name} must have a real floating-point dtype, got {x.dtype}")
     if x.ndim == 0:
-        raise ValueError("x must have at least one dimension, got a 0-d array")
+        raise ValueError(f"{x_name} must have at least one dimension, got a 0-d array")
     x_device = None
     for name, other in others.items():
         if other is None:
             continue
         if not is_array(other) or namespace_of(other) is not xp:
             raise TypeError(
-                f"{name} must be an array of the same library as x ({library_label(x)}), "
-                f"got {library_label(other)}; normcore never converts between libraries"
+                f"{name} must be an array of the same library as {x_name} "
+                f"({library_label(x)}), got {library_label(other)}; normcore never converts "
+                "between libraries"
             )
         if x_device is None:
             x_device = device_of(x)
         other_device = device_of(other)
         if other_device != x_device:
             raise ValueError(
-                f"{name} is on device {other_device} but x is on device {x_device}; "
+                f"{name} is on device {other_device} but {x_name} is on device {x_device}; "
                 "move one of them explicitly (normcore never moves data between devices)"
             )
-        if other.dtype != x.dtype and not _is_low_precision_with_float32(xp, x.dtype, other.dtype):
+        if other.dtype == x.dtype:
+            continue
+        if exact_dtype:
+            raise TypeError(f"{name} must have dtype {x.dtype} like {x_name}, got {other.dtype}")
+        if not _is_low_precision_with_float32(xp, x.dtype, other.dtype):
             raise TypeError(
-                f"{name} must have dtype {x.dtype} like x (or float32 when x is float16 or "
-                f"bfloat16), got {other.dtype}"
+                f"{name} must have dtype {x.dtype} like {x_name} (or float32 when {x_name} is "
+                f"float16 or bfloat16), got {other.dtype}"
             )
     return xp
 
@@ -112,3 +121,28 @@ def check_param_shape(param: Any, expected: tuple[int, ...], name: str, what: st
         raise ValueError(
             f"{name} must have shape {expected} ({what}), got shape {tuple(param.shape)}"
         )
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """Return ``value`` after checking it is a bool (not merely truthy)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {library_label(value)}")
+    return value
+
+
+def check_choice(value: Any, choices: tuple[str, ...], name: str) -> str:
+    """Return ``value`` after checking it is one of the strings in ``choices``."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, one of {choices}, got {library_label(value)}")
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    """Return ``value`` as an int after checking it is an integer >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {library_label(value)}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
