@@ -16,7 +16,7 @@ from ._compat import device_of, is_array, library_label, namespace_of
 from ._registry import adapter_for
 from ._rnn_cells import CELL_IMPLEMENTATIONS, Context
 from ._rnn_params import CELLS, param_shapes
-from ._validation import check_arrays, check_bool, check_choice, check_eps
+from ._validation import check_arrays, check_bool, check_choice, check_eps, check_keys
 
 __all__ = ["RNNGradients", "rnn", "rnn_backward"]
 
@@ -53,13 +53,7 @@ def _check_params(xs: Any, params: Any, cell: str, layer_norm: bool) -> int:
     w_h = params.get("W_h")
     hidden = w_h.shape[0] if is_array(w_h) and w_h.ndim == 2 else 1
     expected = param_shapes(cell, xs.shape[-1], hidden, layer_norm)
-    missing = sorted(set(expected) - set(params))
-    extra = sorted(set(params) - set(expected))
-    if missing or extra:
-        raise ValueError(
-            f"params for cell={cell!r}, layer_norm={layer_norm} must have exactly the keys "
-            f"{sorted(expected)}: missing {missing}, unexpected {extra}"
-        )
+    check_keys(params, expected, "params", f"for cell={cell!r}, layer_norm={layer_norm}")
     check_arrays(
         xs, x_name="xs", exact_dtype=True, **{f"params[{k!r}]": params[k] for k in expected}
     )
@@ -158,7 +152,7 @@ def _public_state(state: tuple) -> Any:
 
 
 def _mask_column(run: _Run, t: int) -> Any:
-    return None if run.mask is None else run.mask[t][:, None]
+    return None if run.mask is None else run.mask[t, :, None]
 
 
 def _forward(run: _Run, keep_states: bool) -> tuple[list, tuple, list, Any, Any]:
@@ -173,7 +167,7 @@ def _forward(run: _Run, keep_states: bool) -> tuple[list, tuple, list, Any, Any]
     for t in range(run.xs.shape[0]):
         if keep_states:
             states.append(state)
-        new = run.cell.step(ctx, u[t], xp.matmul(state[0], p["W_h"]), state)
+        new = run.cell.step(ctx, u[t, ...], xp.matmul(state[0], p["W_h"]), state)
         m = _mask_column(run, t)
         if m is None:
             outputs.append(new[0])
@@ -363,14 +357,14 @@ def rnn_backward(
     w_h_t = xp.permute_dims(p["W_h"], (1, 0))
     dstate, dus, dahs, step_grads = dfinal, [None] * steps, [None] * steps, {}
     for t in reversed(range(steps)):
-        dnew = (dstate[0] + dhs[t], *dstate[1:])
+        dnew = (dstate[0] + dhs[t, ...], *dstate[1:])
         m = _mask_column(run, t)
         if m is not None:  # a padded step passes the state's gradient straight through
             passed = tuple(xp.where(m, xp.zeros_like(d), d) for d in dstate)
             dnew = tuple(xp.where(m, d, xp.zeros_like(d)) for d in dnew)
         state = states[t]
         ah = xp.matmul(state[0], p["W_h"])
-        dus[t], dahs[t], direct, grads = run.cell.step_backward(ctx, u[t], ah, state, dnew)
+        dus[t], dahs[t], direct, grads = run.cell.step_backward(ctx, u[t, ...], ah, state, dnew)
         for name, g in grads.items():
             step_grads[name] = g if name not in step_grads else step_grads[name] + g
         dh_prev = xp.matmul(dahs[t], w_h_t)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ._compat import namespace_of, resolve_creation
-from ._validation import check_bool, check_choice, check_positive_int
+from ._validation import check_bool, check_choice, check_keys, check_positive_int
 
 __all__ = [
     "CELLS",
@@ -175,18 +175,6 @@ def _transpose_copy(xp: Any, w: Any) -> Any:
     return xp.asarray(xp.permute_dims(w, (1, 0)), copy=True)
 
 
-def _check_keys(mapping: Any, expected: tuple[str, ...] | Mapping, name: str) -> None:
-    if not isinstance(mapping, Mapping):
-        raise TypeError(f"{name} must be a mapping of names to arrays, got {type(mapping)}")
-    missing = sorted(set(expected) - set(mapping))
-    extra = sorted(set(mapping) - set(expected))
-    if missing or extra:
-        raise ValueError(
-            f"{name} must have exactly the keys {sorted(expected)}: "
-            f"missing {missing}, unexpected {extra}"
-        )
-
-
 def rnn_params_from_torch(state_dict: Mapping, cell: str) -> dict[str, Any]:
     """Convert a one-layer ``torch.nn.RNN``/``LSTM``/``GRU`` state dict to normcore params.
 
@@ -226,7 +214,7 @@ def rnn_params_from_torch(state_dict: Mapping, cell: str) -> dict[str, Any]:
     (torch.Size([3, 8]), torch.Size([8]))
     """
     check_choice(cell, CELLS, "cell")
-    _check_keys(state_dict, TORCH_KEYS, "state_dict")
+    check_keys(state_dict, TORCH_KEYS, "state_dict")
     w_ih, w_hh, b_ih, b_hh = (state_dict[k] for k in TORCH_KEYS)
     xp = namespace_of(w_ih)
     params = {"W_x": _transpose_copy(xp, w_ih), "W_h": _transpose_copy(xp, w_hh)}
@@ -267,7 +255,7 @@ def rnn_params_to_torch(params: Mapping, cell: str) -> dict[str, Any]:
     check_choice(cell, CELLS, "cell")
     hidden = params["W_h"].shape[0] if isinstance(params, Mapping) and "W_h" in params else 0
     inputs = params["W_x"].shape[0] if isinstance(params, Mapping) and "W_x" in params else 0
-    _check_keys(params, param_shapes(cell, max(inputs, 1), max(hidden, 1), False), "params")
+    check_keys(params, param_shapes(cell, max(inputs, 1), max(hidden, 1), False), "params")
     xp = namespace_of(params["W_x"])
     state = {"weight_ih_l0": _transpose_copy(xp, params["W_x"])}
     state["weight_hh_l0"] = _transpose_copy(xp, params["W_h"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
 from typing import Any
 
 from ._compat import device_of, is_array, library_label, namespace_of
@@ -18,6 +19,7 @@ __all__ = [
     "check_bool",
     "check_choice",
     "check_eps",
+    "check_keys",
     "check_param_shape",
     "check_positive_int",
     "normalize_axes",
@@ -146,3 +148,21 @@ def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
+
+
+def check_keys(mapping: Any, expected: Any, name: str, what: str = "") -> None:
+    """Check that ``mapping`` is a mapping with exactly the keys of ``expected``.
+
+    ``what`` (e.g. ``"for cell='lstm'"``) is added to the message.
+    """
+    if not isinstance(mapping, Mapping):
+        raise TypeError(
+            f"{name} must be a mapping of names to arrays, got {library_label(mapping)}"
+        )
+    missing = sorted(set(expected) - set(mapping))
+    extra = sorted(set(mapping) - set(expected))
+    if missing or extra:
+        raise ValueError(
+            f"{name}{' ' + what if what else ''} must have exactly the keys {sorted(expected)}: "
+            f"missing {missing}, unexpected {extra}"
+        )

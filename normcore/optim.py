@@ -23,6 +23,7 @@ from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 from ._compat import is_array, library_label, namespace_of
+from ._validation import check_keys
 
 __all__ = ["SGD", "Adam", "Optimizer"]
 
@@ -73,15 +74,7 @@ class Optimizer:
             if not self._is_module:
                 raise TypeError("step() on a mapping of parameters needs grads, got None")
             grads = self._targets.grads()
-        if not isinstance(grads, Mapping):
-            raise TypeError(f"grads must be a mapping of names to arrays, got {type(grads)}")
-        missing = sorted(set(params) - set(grads))
-        extra = sorted(set(grads) - set(params))
-        if missing or extra:
-            raise ValueError(
-                f"grads must have exactly the parameters' keys: missing {missing}, "
-                f"unexpected {extra}"
-            )
+        check_keys(grads, params, "grads", "(the parameters' names)")
         for name, param in params.items():
             grad = grads[name]
             if not is_array(grad) or namespace_of(grad) is not namespace_of(param):
