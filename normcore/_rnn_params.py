@@ -1,24 +1,9 @@
 """Parameters of the recurrent cells: names and shapes, initialization, torch conversion.
 
-Layout (``I`` input size, ``H`` hidden size, ``G`` gates: 1 for ``"rnn"``, 4 for
-``"lstm"``, 3 for ``"gru"``). Weights multiply row vectors from the right, so
-a step computes ``x_t @ W_x`` and ``h_{t-1} @ W_h``; the ``G`` blocks of ``H``
-columns are the gates in PyTorch's order.
-
-=========  =====================  =============================================
-cell       layer_norm=False       layer_norm=True (extra or replacing entries)
-=========  =====================  =============================================
-``rnn``    W_x (I, H), W_h (H,H), gain, bias (H): the g and b of eq. 4 (no b)
-           b (H)
-``lstm``   W_x (I, 4H),           + gain_x, bias_x, gain_h, bias_h (4H): the LNs
-           W_h (H, 4H), b (4H);   of W_x x and W_h h (alpha2/beta2, alpha1/
-           gates (i, f, g, o)     beta1 of eq. 20); gain_c, bias_c (H): the LN
-                                  of c_t (alpha3/beta3 of eq. 22); b stays
-``gru``    W_x (I, 3H),           gates (r, z | n): gain_x, bias_x, gain_h,
-           W_h (H, 3H), b_x, b_h  bias_h (2H): LNs of eq. 26; gain_xn, bias_xn,
-           (3H); blocks (r, z, n) gain_hn, bias_hn (H): LN(W x), LN(U h) of
-                                  eq. 27; no b_x, b_h
-=========  =====================  =============================================
+Weights multiply row vectors from the right (a step computes ``x_t @ W_x`` and
+``h_{t-1} @ W_h``); their ``G`` blocks of ``H`` columns are the gates in
+PyTorch's order. The key set of each cell, with and without layer norm, is
+documented in :func:`rnn_params` and in ``docs/recurrent.md``.
 """
 
 from __future__ import annotations
