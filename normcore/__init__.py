@@ -15,6 +15,7 @@ See ``python -m normcore info`` for the adapters and devices found and
 
 from typing import Any
 
+from . import optim
 from ._adapter import Adapter
 from ._batch import (
     batch_norm,
@@ -30,7 +31,9 @@ from ._layer_modules import LayerNorm, RMSNorm
 from ._module import Module
 from ._moments import Moments, Population, moments, population_stats
 from ._primitive import Gradients
+from ._recurrent import RNNGradients, rnn, rnn_backward
 from ._registry import reference_path, using_reference_path
+from ._rnn_params import rnn_params, rnn_params_from_torch, rnn_params_to_torch
 from ._weight_norm import weight_norm, weight_norm_backward
 
 __version__ = "0.1.0.dev0"
@@ -44,6 +47,7 @@ __all__ = [
     "Moments",
     "Population",
     "RMSNorm",
+    "RNNGradients",
     "__version__",
     "batch_norm",
     "batch_norm_backward",
@@ -54,10 +58,16 @@ __all__ = [
     "layer_norm",
     "layer_norm_backward",
     "moments",
+    "optim",
     "population_stats",
     "reference_path",
     "rms_norm",
     "rms_norm_backward",
+    "rnn",
+    "rnn_backward",
+    "rnn_params",
+    "rnn_params_from_torch",
+    "rnn_params_to_torch",
     "using_reference_path",
     "weight_norm",
     "weight_norm_backward",

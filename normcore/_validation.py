@@ -9,29 +9,34 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
 from typing import Any
 
 from ._compat import device_of, is_array, library_label, namespace_of
 
 __all__ = [
     "check_arrays",
+    "check_bool",
+    "check_choice",
     "check_eps",
     "check_gradient",
+    "check_keys",
     "check_num_groups",
     "check_param_shape",
+    "check_positive_int",
     "normalize_axes",
     "normalize_axis",
 ]
 
 
-def check_arrays(x: Any, /, x_name: str = "x", **others: Any) -> Any:
+def check_arrays(x: Any, /, *, x_name: str = "x", exact_dtype: bool = False, **others: Any) -> Any:
     """Check ``x`` and the optional arrays in ``others``; return the namespace.
 
     ``x`` must be a real floating-point array of at least one dimension. Every
     other array that is not None must come from the same library, live on the
     same device and have ``x``'s dtype, except that float16/bfloat16 ``x`` may
-    come with float32 parameters. ``x_name`` and the keyword names are used in
-    messages.
+    come with float32 parameters (unless ``exact_dtype``). Keyword names, and
+    ``x_name`` for ``x``, are used in messages.
     """
     if not is_array(x):
         raise TypeError(
@@ -49,8 +54,9 @@ def check_arrays(x: Any, /, x_name: str = "x", **others: Any) -> Any:
             continue
         if not is_array(other) or namespace_of(other) is not xp:
             raise TypeError(
-                f"{name} must be an array of the same library as {x_name} ({library_label(x)}), "
-                f"got {library_label(other)}; normcore never converts between libraries"
+                f"{name} must be an array of the same library as {x_name} "
+                f"({library_label(x)}), got {library_label(other)}; normcore never converts "
+                "between libraries"
             )
         if x_device is None:
             x_device = device_of(x)
@@ -60,7 +66,11 @@ def check_arrays(x: Any, /, x_name: str = "x", **others: Any) -> Any:
                 f"{name} is on device {other_device} but {x_name} is on device {x_device}; "
                 "move one of them explicitly (normcore never moves data between devices)"
             )
-        if other.dtype != x.dtype and not _is_low_precision_with_float32(xp, x.dtype, other.dtype):
+        if other.dtype == x.dtype:
+            continue
+        if exact_dtype:
+            raise TypeError(f"{name} must have dtype {x.dtype} like {x_name}, got {other.dtype}")
+        if not _is_low_precision_with_float32(xp, x.dtype, other.dtype):
             raise TypeError(
                 f"{name} must have dtype {x.dtype} like {x_name} (or float32 when {x_name} is "
                 f"float16 or bfloat16), got {other.dtype}"
@@ -143,3 +153,46 @@ def check_num_groups(num_groups: Any, channels: int) -> int:
             f"got {num_groups}"
         )
     return groups
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """Return ``value`` after checking it is a bool (not merely truthy)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {library_label(value)}")
+    return value
+
+
+def check_choice(value: Any, choices: tuple[str, ...], name: str) -> str:
+    """Return ``value`` after checking it is one of the strings in ``choices``."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, one of {choices}, got {library_label(value)}")
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    """Return ``value`` as an int after checking it is an integer >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {library_label(value)}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_keys(mapping: Any, expected: Any, name: str, what: str = "") -> None:
+    """Check that ``mapping`` is a mapping with exactly the keys of ``expected``.
+
+    ``what`` (e.g. ``"for cell='lstm'"``) is added to the message.
+    """
+    if not isinstance(mapping, Mapping):
+        raise TypeError(
+            f"{name} must be a mapping of names to arrays, got {library_label(mapping)}"
+        )
+    missing = sorted(set(expected) - set(mapping))
+    extra = sorted(set(mapping) - set(expected))
+    if missing or extra:
+        raise ValueError(
+            f"{name}{' ' + what if what else ''} must have exactly the keys {sorted(expected)}: "
+            f"missing {missing}, unexpected {extra}"
+        )

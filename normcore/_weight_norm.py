@@ -27,7 +27,7 @@ __all__ = ["weight_norm", "weight_norm_backward"]
 
 
 def _prepare(v: Any, g: Any, axis: Any, eps: Any, dw: Any = None):
-    xp = check_arrays(v, "v", g=g, dw=dw)
+    xp = check_arrays(v, x_name="v", g=g, dw=dw)
     kept = normalize_axes(axis, v.ndim)
     eps = check_eps(eps)
     reduced = tuple(a for a in range(v.ndim) if a not in kept)

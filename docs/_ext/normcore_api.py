@@ -30,6 +30,14 @@ def _title(module_name: str) -> str:
 
 def _entry(module, name: str) -> list[str]:
     obj = getattr(module, name)
+    if inspect.ismodule(obj):  # a public submodule such as normcore.optim
+        return [
+            f".. automodule:: {obj.__name__}",
+            "   :members:",
+            "",
+            f".. currentmodule:: {module.__name__}",  # automodule changed it
+            "",
+        ]
     if not inspect.isclass(obj):
         return [f".. autofunction:: {name}", ""]
     options = ["   :members:"]
@@ -50,7 +58,10 @@ def api_lines(module_name: str) -> list[str]:
     for name in module.__all__:
         if name.startswith("__"):
             continue
-        defining = getattr(getattr(module, name), "__module__", module_name)
+        obj = getattr(module, name)
+        defining = (
+            obj.__name__ if inspect.ismodule(obj) else getattr(obj, "__module__", module_name)
+        )
         groups.setdefault(defining, []).append(name)
     lines = [f".. currentmodule:: {module_name}", ""]
     for defining, names in groups.items():

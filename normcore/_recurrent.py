@@ -1,0 +1,390 @@
+"""Recurrent networks over whole sequences: ``rnn`` and its backpropagation through time.
+
+The loop is written once for every cell (``normcore._rnn_cells``): the input
+projection ``xs @ W_x`` and whatever depends only on it run once for all
+steps; each step adds ``h_{t-1} @ W_h`` and applies the cell. The backward
+keeps the state entering every step (O(T * B * H)), recomputes each step from
+it in reverse order and does the two weight-gradient matmuls once at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+from ._compat import device_of, is_array, library_label, namespace_of
+from ._registry import adapter_for
+from ._rnn_cells import CELL_IMPLEMENTATIONS, Context
+from ._rnn_params import CELLS, param_shapes
+from ._validation import check_arrays, check_bool, check_choice, check_eps, check_keys
+
+__all__ = ["RNNGradients", "rnn", "rnn_backward"]
+
+
+class RNNGradients(NamedTuple):
+    """Gradients returned by :func:`rnn_backward`."""
+
+    dxs: Any
+    dstate0: Any  # an array, or (dh0, dc0) for the LSTM
+    dparams: dict
+
+
+class _Run(NamedTuple):
+    """A validated call, in time-major layout."""
+
+    ctx: Context
+    cell: Any
+    xs: Any
+    state0: tuple
+    mask: Any
+    batch_first: bool
+
+
+def _time_major(xp: Any, a: Any, batch_first: bool) -> Any:
+    if a is None or not batch_first:
+        return a
+    return xp.permute_dims(a, (1, 0, *range(2, a.ndim)))
+
+
+def _check_params(xs: Any, params: Any, cell: str, layer_norm: bool) -> int:
+    """Check keys, library, device, dtype and shape of every parameter; return H."""
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params must be a mapping of names to arrays, got {library_label(params)}")
+    w_h = params.get("W_h")
+    hidden = w_h.shape[0] if is_array(w_h) and w_h.ndim == 2 else 1
+    expected = param_shapes(cell, xs.shape[-1], hidden, layer_norm)
+    check_keys(params, expected, "params", f"for cell={cell!r}, layer_norm={layer_norm}")
+    check_arrays(
+        xs, x_name="xs", exact_dtype=True, **{f"params[{k!r}]": params[k] for k in expected}
+    )
+    for name, shape in expected.items():
+        got = tuple(params[name].shape)
+        if got != shape:
+            raise ValueError(
+                f"params[{name!r}] must have shape {shape} for input size {xs.shape[-1]} and "
+                f"hidden size {hidden} (W_h is {hidden} x {hidden * (shape[-1] // hidden)}), "
+                f"got {got}"
+            )
+    return hidden
+
+
+def _state_tuple(state: Any, cell: str, name: str) -> tuple | None:
+    """Return the state as a tuple of arrays, checking its structure for ``cell``."""
+    if state is None:
+        return None
+    if cell == "lstm":
+        if not (isinstance(state, tuple | list) and len(state) == 2):
+            raise TypeError(
+                f"{name} for cell='lstm' must be a tuple (h, c) of two arrays, "
+                f"got {library_label(state)}"
+            )
+        return tuple(state)
+    if isinstance(state, tuple | list):
+        raise TypeError(f"{name} for cell={cell!r} must be one array h, got a {type(state)}")
+    return (state,)
+
+
+def _check_state(xs, state, cell, hidden, name) -> tuple | None:
+    parts = _state_tuple(state, cell, name)
+    if parts is None:
+        return None
+    labels = ("h", "c") if cell == "lstm" else ("",)
+    named = {
+        f"{name}{'.' + lab if lab else ''}": part for lab, part in zip(labels, parts, strict=False)
+    }
+    check_arrays(xs, x_name="xs", exact_dtype=True, **named)
+    for label, part in named.items():
+        if not is_array(part):
+            raise TypeError(f"{label} must be an array, got {library_label(part)}")
+        if tuple(part.shape) != (xs.shape[1], hidden):
+            raise ValueError(
+                f"{label} must have shape (batch, hidden) = {(xs.shape[1], hidden)}, "
+                f"got {tuple(part.shape)}"
+            )
+    return parts
+
+
+def _check_mask(xp: Any, xs: Any, mask: Any, batch_first: bool) -> None:
+    if mask is None:
+        return
+    if not is_array(mask) or namespace_of(mask) is not xp:
+        raise TypeError(
+            f"mask must be a bool array of the same library as xs ({library_label(xs)}), "
+            f"got {library_label(mask)}"
+        )
+    if mask.dtype != xp.bool:
+        raise TypeError(f"mask must have dtype bool, got {mask.dtype}")
+    expected = tuple(xs.shape[:2])
+    if tuple(mask.shape) != expected:
+        layout = "(batch, time)" if batch_first else "(time, batch)"
+        raise ValueError(f"mask must have shape {layout} = {expected}, got {tuple(mask.shape)}")
+    if device_of(mask) != device_of(xs):
+        raise ValueError(f"mask is on device {device_of(mask)} but xs is on {device_of(xs)}")
+
+
+def _prepare(xs, state0, params, cell, layer_norm, mask, eps, batch_first) -> tuple:
+    """Validate a call; return ``(_Run, hidden)`` without computing anything."""
+    check_choice(cell, CELLS, "cell")
+    check_bool(layer_norm, "layer_norm")
+    check_bool(batch_first, "batch_first")
+    eps = check_eps(eps)
+    xp = check_arrays(xs, x_name="xs")
+    if xs.ndim != 3:
+        layout = "(batch, time, input)" if batch_first else "(time, batch, input)"
+        raise ValueError(f"xs must be 3-D {layout}, got shape {tuple(xs.shape)}")
+    hidden = _check_params(xs, params, cell, layer_norm)
+    _check_mask(xp, xs, mask, batch_first)
+    xs_tm = _time_major(xp, xs, batch_first)
+    state = _check_state(xs_tm, state0, cell, hidden, "state0")
+    if state is None:
+        zeros = xp.zeros((xs_tm.shape[1], hidden), dtype=xs.dtype, device=device_of(xs))
+        state = (zeros, zeros) if cell == "lstm" else (zeros,)
+    ctx = Context(xp, adapter_for(xs), params, layer_norm, eps, hidden)
+    run = _Run(
+        ctx, CELL_IMPLEMENTATIONS[cell], xs_tm, state, _time_major(xp, mask, batch_first),
+        batch_first,
+    )  # fmt: skip
+    return run, hidden
+
+
+def _public_state(state: tuple) -> Any:
+    return state if len(state) == 2 else state[0]
+
+
+def _mask_column(run: _Run, t: int) -> Any:
+    return None if run.mask is None else run.mask[t, :, None]
+
+
+def _forward(run: _Run, keep_states: bool) -> tuple[list, tuple, list, Any, Any]:
+    """Run the sequence; return ``(outputs, final_state, states, u, ax)``.
+
+    ``states[t]`` (only with ``keep_states``) is the state entering step ``t``.
+    """
+    ctx, xp, p = run.ctx, run.ctx.xp, run.ctx.params
+    ax = xp.matmul(run.xs, p["W_x"])
+    u = run.cell.project_inputs(ctx, ax)
+    state, outputs, states = run.state0, [], []
+    for t in range(run.xs.shape[0]):
+        if keep_states:
+            states.append(state)
+        new = run.cell.step(ctx, u[t, ...], xp.matmul(state[0], p["W_h"]), state)
+        m = _mask_column(run, t)
+        if m is None:
+            outputs.append(new[0])
+        else:  # padded steps carry the state and output zeros
+            new = tuple(xp.where(m, n, old) for n, old in zip(new, state, strict=True))
+            outputs.append(xp.where(m, new[0], xp.zeros_like(new[0])))
+        state = new
+    return outputs, state, states, u, ax
+
+
+def _stack_outputs(run: _Run, outputs: list, hidden: int) -> Any:
+    xp = run.ctx.xp
+    if outputs:
+        hs = xp.stack(outputs)
+    else:
+        hs = xp.zeros((0, run.xs.shape[1], hidden), dtype=run.xs.dtype, device=device_of(run.xs))
+    return _time_major(xp, hs, run.batch_first)
+
+
+def rnn(xs, state0, params, *, cell, layer_norm=True, mask=None, eps=1e-5, batch_first=False):
+    """Run a (layer-normalized) tanh RNN, LSTM or GRU over a batch of sequences.
+
+    The cells (Ba, Kiros & Hinton, 2016; ``sigma`` the logistic function,
+    ``LN`` layer norm over the units of its argument, gate blocks in the
+    order of :func:`rnn_params`):
+
+    * ``"rnn"``, eq. 4: ``h_t = tanh(LN(x_t W_x + h_{t-1} W_h; gain, bias))``;
+      plain: ``tanh(x_t W_x + h_{t-1} W_h + b)``.
+    * ``"lstm"``, eqs. 20-22: ``(i, f, g, o) = LN(h_{t-1} W_h) + LN(x_t W_x) + b``,
+      ``c_t = sigma(f) c_{t-1} + sigma(i) tanh(g)``,
+      ``h_t = sigma(o) tanh(LN(c_t))``; the state carries ``c_t`` itself.
+      Plain: the LNs are identities (``torch.nn.LSTM``).
+    * ``"gru"``, eqs. 26-28: ``(r, z) = LN(h_{t-1} W_h) + LN(x_t W_x)``,
+      ``n = tanh(LN(x_t W) + sigma(r) LN(h_{t-1} U))``,
+      ``h_t = (1 - sigma(z)) h_{t-1} + sigma(z) n``. Plain: ``torch.nn.GRU``,
+      ``n = tanh(x_t W + b_xn + r (h_{t-1} U + b_hn))``,
+      ``h_t = (1 - z) n + z h_{t-1}``.
+
+    Parameters
+    ----------
+    xs : array
+        Inputs, shape ``(T, B, I)`` (time-major) or ``(B, T, I)`` with
+        ``batch_first``; real floating dtype, any supported library.
+    state0 : array, tuple of two arrays, or None
+        Initial state: ``h0`` of shape ``(B, H)`` for ``"rnn"``/``"gru"``,
+        ``(h0, c0)`` for ``"lstm"``; None means zeros. xs's library, device, dtype.
+    params : mapping of str to array
+        As created by :func:`rnn_params` (exactly its keys for ``cell`` and
+        ``layer_norm``); xs's library, device and dtype.
+    cell : {"rnn", "lstm", "gru"}
+    layer_norm : bool, default True
+        Layer-normalized cell (True) or the standard one (False).
+    mask : bool array, optional
+        ``(T, B)`` (``(B, T)`` with ``batch_first``): True on real steps.
+        On a False step the state is carried unchanged and the output is 0,
+        so each sequence's final state is its state after its last real step.
+    eps : float, default 1e-5
+        Added to the variance in every layer norm.
+    batch_first : bool, default False
+        Batch-major ``xs``, ``mask`` and outputs.
+
+    Returns
+    -------
+    hs : array
+        Hidden state after every step, ``(T, B, H)`` (``(B, T, H)`` with
+        ``batch_first``); zeros on masked steps.
+    final_state : array or tuple of two arrays
+        The state after the last step, structured like ``state0``.
+
+    Raises
+    ------
+    TypeError
+        Wrong types, libraries or dtypes of ``xs``, ``state0`` (including a
+        wrong structure for the cell), ``params``, ``mask`` (must be bool),
+        ``cell``, ``layer_norm``, ``eps``.
+    ValueError
+        Unknown ``cell``; ``xs`` not 3-D; a missing or unexpected key or a
+        wrong shape in ``params``; a ``state0`` or ``mask`` shape that does
+        not match ``xs``; devices that differ; ``eps`` <= 0.
+
+    See Also
+    --------
+    rnn_backward, rnn_params, rnn_params_from_torch
+
+    Notes
+    -----
+    Statistics are recomputed at every step and gains/biases are shared over
+    time, so sequences of any length run with the same parameters; nothing
+    per step is kept beyond the outputs. On PyTorch tensors the function is
+    differentiable by autograd. With ``T = 0`` it returns an empty ``hs`` and
+    the initial state.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normcore
+    >>> params = normcore.rnn_params("lstm", 3, 4, dtype="float64")
+    >>> xs = np.random.default_rng(0).normal(size=(5, 2, 3))  # T=5, B=2, I=3
+    >>> hs, (h, c) = normcore.rnn(xs, None, params, cell="lstm")
+    >>> hs.shape, h.shape, c.shape
+    ((5, 2, 4), (2, 4), (2, 4))
+    >>> bool(np.array_equal(hs[-1], h))
+    True
+    """
+    run, hidden = _prepare(xs, state0, params, cell, layer_norm, mask, eps, batch_first)
+    outputs, final, *_ = _forward(run, keep_states=False)
+    return _stack_outputs(run, outputs, hidden), _public_state(final)
+
+
+def _check_output_grads(run, hidden, dhs, dfinal_state, cell) -> tuple[Any, tuple | None]:
+    xs = run.xs
+    check_arrays(xs, x_name="xs", exact_dtype=True, dhs=dhs)
+    if dhs is None:
+        raise TypeError("dhs must be an array, got None")
+    dhs = _time_major(run.ctx.xp, dhs, run.batch_first)
+    expected = (xs.shape[0], xs.shape[1], hidden)
+    if tuple(dhs.shape) != expected:
+        raise ValueError(f"dhs must have the shape of hs {expected}, got {tuple(dhs.shape)}")
+    return dhs, _check_state(xs, dfinal_state, cell, hidden, "dfinal_state")
+
+
+def rnn_backward(
+    dhs,
+    xs,
+    state0,
+    params,
+    *,
+    cell,
+    layer_norm=True,
+    mask=None,
+    eps=1e-5,
+    dfinal_state=None,
+    batch_first=False,
+):
+    """Gradients of :func:`rnn` by backpropagation through time.
+
+    Runs the forward again (keeping the state entering every step, nothing
+    else per step), then walks the steps backwards.
+
+    Parameters
+    ----------
+    dhs : array
+        Gradient of the loss with respect to ``hs``, same shape and dtype.
+        Entries at masked steps are ignored (those outputs are constant 0).
+    xs, state0, params, cell, layer_norm, mask, eps, batch_first
+        The arguments of the forward call.
+    dfinal_state : array or tuple of two arrays, optional
+        Gradient with respect to ``final_state`` (structured like it); None
+        means zero.
+
+    Returns
+    -------
+    RNNGradients
+        Named tuple ``(dxs, dstate0, dparams)``: ``dxs`` like ``xs`` (zero at
+        masked steps), ``dstate0`` structured like the state (also when
+        ``state0`` was None), ``dparams`` a dict with every key of ``params``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for :func:`rnn`, and when ``dhs`` or ``dfinal_state`` do not match
+        the outputs.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normcore
+    >>> params = normcore.rnn_params("gru", 3, 4, dtype="float64")
+    >>> xs = np.random.default_rng(0).normal(size=(5, 2, 3))
+    >>> hs, h = normcore.rnn(xs, None, params, cell="gru")
+    >>> grads = normcore.rnn_backward(np.ones_like(hs), xs, None, params, cell="gru")
+    >>> grads.dxs.shape, grads.dstate0.shape, sorted(grads.dparams)
+    ((5, 2, 3), (2, 4), ['W_h', 'W_x', 'bias_h', 'bias_hn', 'bias_x', 'bias_xn', 'gain_h', 'gain_hn', 'gain_x', 'gain_xn'])
+    """  # noqa: E501
+    run, hidden = _prepare(xs, state0, params, cell, layer_norm, mask, eps, batch_first)
+    dhs, dfinal = _check_output_grads(run, hidden, dhs, dfinal_state, cell)
+    ctx, xp, p = run.ctx, run.ctx.xp, params
+    if dfinal is None:
+        dfinal = tuple(xp.zeros_like(s) for s in run.state0)
+    steps = run.xs.shape[0]
+    if steps == 0:
+        dparams = {k: xp.zeros_like(v) for k, v in p.items()}
+        dxs = _time_major(xp, xp.zeros_like(run.xs), batch_first)
+        return RNNGradients(dxs, _public_state(dfinal), dparams)
+
+    _, _, states, u, ax = _forward(run, keep_states=True)
+    w_h_t = xp.permute_dims(p["W_h"], (1, 0))
+    dstate, dus, dahs, step_grads = dfinal, [None] * steps, [None] * steps, {}
+    for t in reversed(range(steps)):
+        dnew = (dstate[0] + dhs[t, ...], *dstate[1:])
+        m = _mask_column(run, t)
+        if m is not None:  # a padded step passes the state's gradient straight through
+            passed = tuple(xp.where(m, xp.zeros_like(d), d) for d in dstate)
+            dnew = tuple(xp.where(m, d, xp.zeros_like(d)) for d in dnew)
+        state = states[t]
+        ah = xp.matmul(state[0], p["W_h"])
+        dus[t], dahs[t], direct, grads = run.cell.step_backward(ctx, u[t, ...], ah, state, dnew)
+        for name, g in grads.items():
+            step_grads[name] = g if name not in step_grads else step_grads[name] + g
+        dh_prev = xp.matmul(dahs[t], w_h_t)
+        dprev = [dh_prev if direct[0] is None else dh_prev + direct[0], *direct[1:]]
+        if m is not None:
+            dprev = [d + pass_d for d, pass_d in zip(dprev, passed, strict=True)]
+        dstate = tuple(dprev)
+
+    dax, input_grads = run.cell.project_inputs_backward(ctx, xp.stack(dus), ax)
+    dparams = {**step_grads, **input_grads}
+    dparams["W_x"] = _weight_grad(xp, run.xs, dax)
+    dparams["W_h"] = _weight_grad(xp, xp.stack([s[0] for s in states]), xp.stack(dahs))
+    dxs = xp.matmul(dax, xp.permute_dims(p["W_x"], (1, 0)))
+    ordered = {k: dparams[k] for k in p}
+    return RNNGradients(_time_major(xp, dxs, batch_first), _public_state(dstate), ordered)
+
+
+def _weight_grad(xp: Any, inputs: Any, doutputs: Any) -> Any:
+    """``sum_t inputs_t^T @ doutputs_t`` as one matmul over all (time, batch) rows."""
+    rows = inputs.shape[0] * inputs.shape[1]
+    flat_in = xp.reshape(inputs, (rows, inputs.shape[2]))
+    flat_out = xp.reshape(doutputs, (rows, doutputs.shape[2]))
+    return xp.matmul(xp.permute_dims(flat_in, (1, 0)), flat_out)

@@ -1,0 +1,253 @@
+"""Parameters of the recurrent cells: names and shapes, initialization, torch conversion.
+
+Weights multiply row vectors from the right (a step computes ``x_t @ W_x`` and
+``h_{t-1} @ W_h``); their ``G`` blocks of ``H`` columns are the gates in
+PyTorch's order. The key set of each cell, with and without layer norm, is
+documented in :func:`rnn_params` and in ``docs/recurrent.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ._compat import namespace_of, resolve_creation
+from ._validation import check_bool, check_choice, check_keys, check_positive_int
+
+__all__ = [
+    "CELLS",
+    "GATES",
+    "param_shapes",
+    "rnn_params",
+    "rnn_params_from_torch",
+    "rnn_params_to_torch",
+]
+
+CELLS = ("rnn", "lstm", "gru")
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+TORCH_KEYS = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
+
+
+def param_shapes(cell: str, input_size: int, hidden_size: int, layer_norm: bool) -> dict:
+    """Return ``{name: shape}`` of the parameters of ``cell`` (see the module docstring)."""
+    i, h = input_size, hidden_size
+    g = GATES[cell] * h
+    shapes: dict[str, tuple[int, ...]] = {"W_x": (i, g), "W_h": (h, g)}
+    if cell == "rnn":
+        shapes.update({"gain": (h,), "bias": (h,)} if layer_norm else {"b": (h,)})
+    elif cell == "lstm":
+        shapes["b"] = (g,)
+        if layer_norm:
+            shapes.update(_ln_pairs(("x", "h"), g) | _ln_pairs(("c",), h))
+    elif layer_norm:
+        shapes.update(_ln_pairs(("x", "h"), 2 * h) | _ln_pairs(("xn", "hn"), h))
+    else:
+        shapes.update({"b_x": (g,), "b_h": (g,)})
+    return shapes
+
+
+def _ln_pairs(suffixes: tuple[str, ...], size: int) -> dict:
+    return {f"{kind}_{s}": (size,) for s in suffixes for kind in ("gain", "bias")}
+
+
+def _orthogonal(rng: np.random.Generator, n: int) -> np.ndarray:
+    q, r = np.linalg.qr(rng.standard_normal((n, n)))
+    return q * np.sign(np.diag(r))  # the sign fix makes q uniformly (Haar) distributed
+
+
+def _initial_values(cell: str, shapes: Mapping, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    i, gh = shapes["W_x"]
+    h = shapes["W_h"][0]
+    gates = gh // h
+    limit = np.sqrt(6.0 / (i + h))  # Glorot uniform with fan_in = I, fan_out = H per gate
+    values = {
+        "W_x": rng.uniform(-limit, limit, size=(i, gh)),
+        "W_h": np.concatenate([_orthogonal(rng, h) for _ in range(gates)], axis=1),
+    }
+    for name, shape in shapes.items():
+        if name not in values:
+            values[name] = np.full(shape, 1.0 if name.startswith("gain") else 0.0)
+    if cell == "lstm":
+        values["b"][h : 2 * h] = 1.0  # forget gate: remember by default
+    return values
+
+
+def rnn_params(
+    cell: str,
+    input_size: int,
+    hidden_size: int,
+    *,
+    layer_norm: bool = True,
+    like: Any = None,
+    device: Any = None,
+    dtype: Any = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Create initialized parameters for :func:`normcore.rnn`.
+
+    Parameters
+    ----------
+    cell : {"rnn", "lstm", "gru"}
+        The recurrent cell: tanh RNN (eq. 4 of Ba et al.), LSTM (eqs. 20-22) or
+        GRU (eqs. 26-28; PyTorch's GRU when ``layer_norm=False``).
+    input_size, hidden_size : int
+        Features per input step (``I``) and hidden units (``H``), both >= 1.
+    layer_norm : bool, default True
+        Create the layer-normalized cell's parameters (gains and LN biases).
+    like : array, array library or None
+        Library and device of the arrays (an array, ``numpy``, ``torch``,
+        ``cupy``, ``array_api_strict``, ...); None means NumPy.
+    device : optional
+        Device, as the library names it; default ``like``'s or the library's.
+    dtype : dtype or str, optional
+        Real floating dtype; default float32.
+    seed : int, default 0
+        Seed of the NumPy generator that draws the initial values; they are
+        drawn in float64 and converted, so every library gets the same values.
+
+    Returns
+    -------
+    dict of str to array
+        A new mutable mapping; keys and shapes per cell:
+
+        * ``rnn``: ``W_x (I, H)``, ``W_h (H, H)`` and ``b (H)``; with layer
+          norm ``gain (H)``, ``bias (H)`` instead of ``b``.
+        * ``lstm``: ``W_x (I, 4H)``, ``W_h (H, 4H)``, ``b (4H)``; gate blocks
+          ``(i, f, g, o)``. Layer norm adds ``gain_x``, ``bias_x``,
+          ``gain_h``, ``bias_h`` (4H) and ``gain_c``, ``bias_c`` (H).
+        * ``gru``: ``W_x (I, 3H)``, ``W_h (H, 3H)``, blocks ``(r, z, n)``;
+          plain: ``b_x``, ``b_h`` (3H); layer norm instead: ``gain_x``,
+          ``bias_x``, ``gain_h``, ``bias_h`` (2H, the gates) and ``gain_xn``,
+          ``bias_xn``, ``gain_hn``, ``bias_hn`` (H, the candidate).
+
+        Initialization: ``W_x`` Glorot-uniform, ``U(-a, a)`` with
+        ``a = sqrt(6 / (I + H))``; each ``H x H`` gate block of ``W_h`` a
+        random orthogonal matrix; gains 1; every bias 0 except the LSTM's
+        forget-gate block of ``b``, which is 1.
+
+    Raises
+    ------
+    TypeError
+        If ``cell`` is not a str, a size or ``seed`` not an int, ``layer_norm``
+        not a bool, ``like`` not an array library or ``dtype`` not floating.
+    ValueError
+        If ``cell`` is unknown or a size is < 1.
+
+    Examples
+    --------
+    >>> import normcore
+    >>> params = normcore.rnn_params("lstm", 3, 2, dtype="float64")
+    >>> {name: value.shape for name, value in params.items()}  # doctest: +NORMALIZE_WHITESPACE
+    {'W_x': (3, 8), 'W_h': (2, 8), 'b': (8,), 'gain_x': (8,), 'bias_x': (8,),
+     'gain_h': (8,), 'bias_h': (8,), 'gain_c': (2,), 'bias_c': (2,)}
+    >>> params["b"].tolist()
+    [0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    """
+    check_choice(cell, CELLS, "cell")
+    input_size = check_positive_int(input_size, "input_size")
+    hidden_size = check_positive_int(hidden_size, "hidden_size")
+    check_bool(layer_norm, "layer_norm")
+    seed = check_positive_int(seed, "seed", minimum=0)
+    xp, device, dtype = resolve_creation(like, device, dtype)
+    values = _initial_values(cell, param_shapes(cell, input_size, hidden_size, layer_norm), seed)
+    return {name: xp.asarray(v, dtype=dtype, device=device) for name, v in values.items()}
+
+
+def _transpose_copy(xp: Any, w: Any) -> Any:
+    return xp.asarray(xp.permute_dims(w, (1, 0)), copy=True)
+
+
+def rnn_params_from_torch(state_dict: Mapping, cell: str) -> dict[str, Any]:
+    """Convert a one-layer ``torch.nn.RNN``/``LSTM``/``GRU`` state dict to normcore params.
+
+    The mapping, for a module with ``bias=True``, one layer, one direction
+    (``nonlinearity="tanh"`` for RNN; ``batch_first`` does not matter)::
+
+        W_x = weight_ih_l0.T          W_h = weight_hh_l0.T
+        rnn, lstm:  b = bias_ih_l0 + bias_hh_l0     (gate order i, f, g, o kept)
+        gru:        b_x = bias_ih_l0, b_h = bias_hh_l0  (kept apart: b_hn is
+                    multiplied by r inside the candidate)
+
+    The result is for ``layer_norm=False`` and equals the module in value.
+
+    Parameters
+    ----------
+    state_dict : mapping
+        ``module.state_dict()`` (arrays of any library, e.g. torch tensors).
+    cell : {"rnn", "lstm", "gru"}
+
+    Returns
+    -------
+    dict of str to array
+        New arrays of the state dict's library, device and dtype.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If ``cell`` is invalid or ``state_dict`` lacks a key or has others
+        (a multi-layer or bidirectional module).
+
+    Examples
+    --------
+    >>> import torch, normcore
+    >>> lstm = torch.nn.LSTM(3, 2)
+    >>> params = normcore.rnn_params_from_torch(lstm.state_dict(), "lstm")
+    >>> params["W_x"].shape, params["b"].shape
+    (torch.Size([3, 8]), torch.Size([8]))
+    """
+    check_choice(cell, CELLS, "cell")
+    check_keys(state_dict, TORCH_KEYS, "state_dict")
+    w_ih, w_hh, b_ih, b_hh = (state_dict[k] for k in TORCH_KEYS)
+    xp = namespace_of(w_ih)
+    params = {"W_x": _transpose_copy(xp, w_ih), "W_h": _transpose_copy(xp, w_hh)}
+    if cell == "gru":
+        params.update(b_x=xp.asarray(b_ih, copy=True), b_h=xp.asarray(b_hh, copy=True))
+    else:
+        params["b"] = b_ih + b_hh
+    return params
+
+
+def rnn_params_to_torch(params: Mapping, cell: str) -> dict[str, Any]:
+    """Convert plain (``layer_norm=False``) normcore params to a torch module state dict.
+
+    The inverse of :func:`rnn_params_from_torch`; for ``rnn``/``lstm`` the
+    bias goes to ``bias_ih_l0`` and ``bias_hh_l0`` is zero. Load the result
+    with ``module.load_state_dict(...)`` (torch tensors needed for that).
+
+    Parameters
+    ----------
+    params : mapping
+        Exactly the keys of ``rnn_params(cell, ..., layer_norm=False)``.
+    cell : {"rnn", "lstm", "gru"}
+
+    Returns
+    -------
+    dict of str to array
+        ``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0`` in
+        the params' library, device and dtype.
+
+    Examples
+    --------
+    >>> import torch, normcore
+    >>> gru = torch.nn.GRU(3, 2, dtype=torch.float64)
+    >>> params = normcore.rnn_params("gru", 3, 2, layer_norm=False, like=torch, dtype="float64")
+    >>> gru.load_state_dict(normcore.rnn_params_to_torch(params, "gru"))
+    <All keys matched successfully>
+    """
+    check_choice(cell, CELLS, "cell")
+    hidden = params["W_h"].shape[0] if isinstance(params, Mapping) and "W_h" in params else 0
+    inputs = params["W_x"].shape[0] if isinstance(params, Mapping) and "W_x" in params else 0
+    check_keys(params, param_shapes(cell, max(inputs, 1), max(hidden, 1), False), "params")
+    xp = namespace_of(params["W_x"])
+    state = {"weight_ih_l0": _transpose_copy(xp, params["W_x"])}
+    state["weight_hh_l0"] = _transpose_copy(xp, params["W_h"])
+    if cell == "gru":
+        state["bias_ih_l0"] = xp.asarray(params["b_x"], copy=True)
+        state["bias_hh_l0"] = xp.asarray(params["b_h"], copy=True)
+    else:
+        state["bias_ih_l0"] = xp.asarray(params["b"], copy=True)
+        state["bias_hh_l0"] = xp.zeros_like(params["b"])
+    return state

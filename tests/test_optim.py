@@ -1,0 +1,134 @@
+"""normcore.optim: SGD and Adam against torch.optim, on mappings and on Modules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import normcore
+from normcore._module import Module
+from normcore.optim import SGD, Adam
+
+torch = pytest.importorskip("torch")
+
+STEPS = 5
+
+
+def _torch_trajectory(make_optimizer, initial, grads):
+    tensors = {k: torch.tensor(v, requires_grad=True) for k, v in initial.items()}
+    opt = make_optimizer(list(tensors.values()))
+    for step_grads in grads:
+        for k, t in tensors.items():
+            t.grad = torch.tensor(step_grads[k])
+        opt.step()
+    return {k: t.detach().numpy() for k, t in tensors.items()}
+
+
+def _problem(rng):
+    initial = {"w": rng.normal(size=(3, 2)), "b": rng.normal(size=(2,))}
+    grads = [{k: rng.normal(size=v.shape) for k, v in initial.items()} for _ in range(STEPS)]
+    return initial, grads
+
+
+OPTIMIZERS = {
+    "sgd": (lambda t: SGD(t, lr=0.1), lambda p: torch.optim.SGD(p, lr=0.1)),
+    "sgd-momentum": (
+        lambda t: SGD(t, lr=0.1, momentum=0.9),
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+    ),
+    "adam": (
+        lambda t: Adam(t, lr=0.01, betas=(0.8, 0.99), eps=1e-6),
+        lambda p: torch.optim.Adam(p, lr=0.01, betas=(0.8, 0.99), eps=1e-6),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_mapping_updates_equal_torch_optim(backend, rng, name):
+    ours, theirs = OPTIMIZERS[name]
+    initial, grads = _problem(rng)
+    params = {k: backend.asarray(v) for k, v in initial.items()}
+    opt = ours(params)
+    for step_grads in grads:
+        opt.step({k: backend.asarray(v) for k, v in step_grads.items()})
+    expected = _torch_trajectory(theirs, initial, grads)
+    for k, want in expected.items():
+        backend.assert_like(params[k], backend.asarray(initial[k]))
+        np.testing.assert_allclose(backend.to_numpy(params[k]), want, rtol=1e-12, atol=1e-14)
+
+
+class _Affine(Module):
+    _parameter_names = ("w", "b")
+
+    def __init__(self, initial, grads):
+        super().__init__(dtype="float64")
+        self.w, self.b = initial["w"], initial["b"]
+        self._grads = grads
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_module_updates_by_setattr(rng, name):
+    ours, theirs = OPTIMIZERS[name]
+    initial, grads = _problem(rng)
+    module = _Affine({k: v.copy() for k, v in initial.items()}, {})
+    opt = ours(module)
+    for step_grads in grads:
+        module._grads = step_grads  # what a backward would store
+        opt.step()
+    expected = _torch_trajectory(theirs, initial, grads)
+    for k, want in expected.items():
+        np.testing.assert_allclose(getattr(module, k), want, rtol=1e-12, atol=1e-14)
+
+
+def test_read_only_arrays_are_replaced_not_written(rng):
+    w = np.ones(3)
+    w.flags.writeable = False
+    params = {"w": w}
+    Adam(params, lr=0.1).step({"w": np.ones(3)})
+    assert params["w"] is not w and np.all(w == 1)
+
+
+@pytest.mark.parametrize(
+    ("grads", "error", "match"),
+    [
+        (None, TypeError, r"step\(\) on a mapping of parameters needs grads"),
+        ({}, ValueError, r"grads \(the parameters' names\) must have exactly the keys .*missing"),
+        ({"w": np.ones(3), "v": np.ones(1)}, ValueError, r"unexpected \['v'\]"),
+        ({"w": np.ones(4)}, ValueError, r"grads\['w'\] must have shape \(3,\), got \(4,\)"),
+        ({"w": [1.0, 1.0, 1.0]}, TypeError, r"grads\['w'\] must be an array"),
+    ],
+)
+def test_bad_grads_leave_the_parameters_unchanged(grads, error, match):
+    params = {"w": np.ones(3)}
+    opt = Adam(params)
+    with pytest.raises(error, match=match):
+        opt.step(grads)
+    assert opt.steps == 0 and np.all(params["w"] == 1) and not opt.state
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "match"),
+    [
+        (lambda: SGD([1.0], lr=0.1), TypeError, r"targets must be a mutable mapping"),
+        (lambda: SGD({}, lr=-1.0), ValueError, r"lr must be a finite number >= 0"),
+        (lambda: SGD({}, lr="1"), TypeError, r"lr must be a real number"),
+        (lambda: SGD({}, lr=0.1, momentum=1.0), ValueError, r"momentum must be a finite"),
+        (lambda: Adam({}, betas=0.9), TypeError, r"betas must be a tuple of two floats"),
+        (lambda: Adam({}, betas=(0.9, 1.5)), ValueError, r"betas\[1\] must be a finite"),
+    ],
+)
+def test_bad_arguments(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+def test_adam_trains_rnn_params_in_place_of_the_mapping(rng):
+    params = normcore.rnn_params("gru", 2, 3, dtype="float64")
+    xs = rng.normal(size=(4, 2, 2))
+    opt = Adam(params, lr=0.05)
+    losses = []
+    for _ in range(20):
+        hs, _ = normcore.rnn(xs, None, params, cell="gru")
+        losses.append(float(np.sum((hs - 0.5) ** 2)))
+        opt.step(normcore.rnn_backward(2 * (hs - 0.5), xs, None, params, cell="gru").dparams)
+    assert losses[-1] < 0.5 * losses[0]
