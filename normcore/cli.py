@@ -16,6 +16,13 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from ._bench import run
+
+    run(quick=args.quick)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``normcore`` command."""
     parser = argparse.ArgumentParser(
@@ -25,6 +32,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     info = commands.add_parser("info", help="show version, adapters, libraries and devices")
     info.set_defaults(run=_info)
+    bench = commands.add_parser(
+        "bench",
+        help="measure normcore against a copy and torch's native kernels (ratio table)",
+        description="Time normcore's NumPy and torch paths side by side with an allocating "
+        "copy and torch.nn.functional, and print the ratios with a PASS/MISS column per "
+        "performance target (about a minute; medians of interleaved repeats).",
+    )
+    bench.add_argument(
+        "--quick", action="store_true", help="small sizes and few repeats (seconds; for CI)"
+    )
+    bench.set_defaults(run=_bench)
     return parser
 
 

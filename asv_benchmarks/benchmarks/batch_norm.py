@@ -17,7 +17,7 @@ from .common import (
     require,
 )
 
-N, C, H, W = 32, 128, 32, 32  # 2**22 elements
+N, C, H, W = 16, 64, 32, 32  # 2**20 elements
 LAYOUTS = {"NCHW": ((N, C, H, W), 1), "NHWC": ((N, H, W, C), 3)}
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import importlib
+import importlib.util
 from collections.abc import Callable
 from typing import Any
 
@@ -45,7 +46,27 @@ except ImportError:
 
 import normcore
 
-BACKENDS = ["numpy", "torch", "torch-cuda", "cupy"]
+
+def _available_backends() -> list[str]:
+    """The backends this machine can have, decided without touching a GPU.
+
+    asv forks one process per parameter combination, so parameters that can
+    only skip still cost time: leave them out up front. The checks must not
+    initialize CUDA in asv's forkserver (a forked child could not use it then):
+    ``device_count`` asks NVML, and CuPy is only looked up; a CuPy without a
+    usable GPU still skips in ``setup``.
+    """
+    found = ["numpy"]
+    if torch is not None:
+        found.append("torch")
+        if torch.version.cuda is not None and torch.cuda.device_count() > 0:
+            found.append("torch-cuda")
+    if importlib.util.find_spec("cupy") is not None:
+        found.append("cupy")
+    return found
+
+
+BACKENDS = _available_backends()
 IMPLS = ["normcore", "reference", "native", "copy"]
 DTYPES = ["float32", "float64"]
 

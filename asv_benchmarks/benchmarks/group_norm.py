@@ -17,7 +17,7 @@ from .common import (
     require,
 )
 
-SHAPES = {"32x128x32x32": (32, 128, 32, 32)}  # 2**22 elements
+SHAPES = {"16x128x16x32": (16, 128, 16, 32)}  # 2**20 elements
 GROUPS = 32
 
 
