@@ -31,6 +31,13 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if counts["FAIL"] else 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from ._bench import run
+
+    run(quick=args.quick)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``normcore`` command."""
     parser = argparse.ArgumentParser(
@@ -50,6 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--backend", metavar="B", help="check only this adapter (e.g. torch)")
     check.set_defaults(run=_check)
+
+    bench = commands.add_parser(
+        "bench",
+        help="measure normcore against a copy and torch's native kernels (ratio table)",
+        description="Time normcore's NumPy and torch paths side by side with an allocating "
+        "copy and torch.nn.functional, and print the ratios with a PASS/MISS column per "
+        "performance target (about a minute; medians of interleaved repeats).",
+    )
+    bench.add_argument(
+        "--quick", action="store_true", help="small sizes and few repeats (seconds; for CI)"
+    )
+    bench.set_defaults(run=_bench)
     return parser
 
 

@@ -1,0 +1,62 @@
+"""``python -m normcore bench``: it runs and prints the ratio table (no timing assertions)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+import normcore
+from normcore import _bench
+from normcore.cli import main
+
+TINY = _bench.Plan(elements=2**12, dims=(256,), spatial=2, repeats=1, min_sample_s=0.0)
+
+
+def test_cli_quick_prints_the_table(capsys):
+    assert main(["bench", "--quick"]) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("method"))
+    columns = ["method", "layout", "D", "backend", "dir", "time", "x copy", "vs torch", "peak mem"]
+    assert all(name in header for name in columns)
+    cells = [line.split() for line in out.splitlines()]
+    for d in ("256", "1024", "4096"):
+        assert any(row[:5] == ["layer_norm", "N", "x", "D", d] for row in cells)
+    assert "PASS" in out or "MISS" in out
+    assert out.rstrip().endswith("before trusting it)")
+
+
+def test_every_targeted_figure_gets_a_verdict():
+    out = io.StringIO()
+    rows = _bench.run(out=out, plan=TINY)
+    forward = next(r for r in rows if (r.backend, r.direction) == ("numpy", "forward"))
+    assert forward.time_s > 0
+    assert forward.figures["x copy"].limit == 2.0
+    assert forward.figures["peak mem"].limit == 1.25
+    # the forward's output alone is as large as its input: at least 1x is traced
+    assert forward.figures["peak mem"].value >= 1.0
+    verdicts = [f.passed() for r in rows for f in r.figures.values() if f.limit is not None]
+    summary = out.getvalue().splitlines()[-1]
+    assert summary.startswith(f"{verdicts.count(True)} PASS, {verdicts.count(False)} MISS")
+
+
+def test_missing_batch_norm_is_reported_not_fatal(monkeypatch):
+    monkeypatch.delattr(normcore, "batch_norm", raising=False)
+    out = io.StringIO()
+    rows = _bench.run(out=out, plan=TINY)
+    batch = [r for r in rows if r.method == "batch_norm"]
+    assert {r.layout for r in batch} == {"NCHW", "NHWC"}
+    assert all("not in this version" in r.note for r in batch)
+
+
+@pytest.mark.parametrize(
+    ("figure", "expected"),
+    [
+        (_bench.Figure(1.5, 2.0), "1.50 (<=2.00) PASS"),
+        (_bench.Figure(2.5, 2.0), "2.50 (<=2.00) MISS"),
+        (_bench.Figure(3.0), "3.00"),
+        (_bench.Figure(16.0, 15.0, "{:+.1f} us"), "+16.0 us (<=+15.0 us) MISS"),
+    ],
+)
+def test_figure_verdicts(figure, expected):
+    assert figure.render() == expected
