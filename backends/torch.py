@@ -23,7 +23,10 @@ def _trailing(axes: tuple[int, ...], ndim: int) -> bool:
     return axes == tuple(range(ndim - len(axes), ndim))
 
 
-def _normalize(xp, adapter, x, gain, bias, *, reduce_axes, param_axes, center, eps, stats=None):
+def _normalize(
+    xp, adapter, x, gain, bias, *, reduce_axes, param_axes, center, eps, stats=None,
+    need_stats=False,
+):  # fmt: skip
     """Native kernels for float32/float64: F.layer_norm/rms_norm, else Welford + one fused op.
 
     The layer-norm layout (trailing axes, parameters on the same axes) runs
@@ -40,7 +43,12 @@ def _normalize(xp, adapter, x, gain, bias, *, reduce_axes, param_axes, center, e
         return NotImplemented
     if any(p is not None and p.dtype != x.dtype for p in (gain, bias)):
         return NotImplemented
-    if stats is None and param_axes == reduce_axes and _trailing(reduce_axes, x.ndim):
+    if (
+        stats is None
+        and not need_stats
+        and param_axes == reduce_axes
+        and _trailing(reduce_axes, x.ndim)
+    ):
         functional = torch.nn.functional
         shape = tuple(x.shape[a] for a in reduce_axes)
         if center:
@@ -67,9 +75,9 @@ def _fused(torch, xp, x, gain, bias, reduce_axes, param_axes, center, eps, stats
     scale = rstd if gain is None else rstd * broadcast_param(xp, gain, param_axes, x.ndim)
     centered = x if mean is None else x - mean
     if bias is None:
-        return Normalized(centered * scale, mean, rstd)
+        return Normalized(centered * scale, mean, var)
     shift = broadcast_param(xp, bias, param_axes, x.ndim)
-    return Normalized(torch.addcmul(shift, centered, scale), mean, rstd)
+    return Normalized(torch.addcmul(shift, centered, scale), mean, var)
 
 
 def _normalize_backward(

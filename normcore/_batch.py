@@ -17,7 +17,7 @@ import math
 from typing import Any, NamedTuple
 
 from . import _dispatch
-from ._primitive import Gradients, Statistics, broadcast_param
+from ._primitive import Gradients, Normalized, Statistics, broadcast_param
 from ._registry import adapter_for
 from ._validation import (
     check_arrays,
@@ -110,10 +110,14 @@ def check_trainable_batch(x: Any, axis: int) -> None:
         )
 
 
-def normalize_batch(x: Any, gain: Any, bias: Any, layout: _BatchLayout) -> Any:
-    """Batch norm of validated arguments (``layout`` from :func:`prepare_batch_norm`)."""
-    if _is_empty(x):
-        return layout.xp.zeros_like(x)
+def normalize_batch(
+    x: Any, gain: Any, bias: Any, layout: _BatchLayout, *, need_stats: bool = False
+) -> Normalized:
+    """Batch norm of validated, non-empty arguments (``layout`` from :func:`prepare_batch_norm`).
+
+    Returns ``y`` with the per-channel statistics it used (``need_stats=True``
+    makes fast paths return them as well).
+    """
     return _dispatch.normalize(
         layout.xp,
         layout.adapter,
@@ -125,7 +129,8 @@ def normalize_batch(x: Any, gain: Any, bias: Any, layout: _BatchLayout) -> Any:
         center=True,
         eps=layout.eps,
         stats=layout.stats,
-    ).y
+        need_stats=need_stats,
+    )
 
 
 def batch_norm(x, gain=None, bias=None, *, axis=1, eps=1e-5, mean=None, var=None):
@@ -195,7 +200,9 @@ def batch_norm(x, gain=None, bias=None, *, axis=1, eps=1e-5, mean=None, var=None
            [ 1. ,  1.5]])
     """
     layout = prepare_batch_norm(x, gain, bias, axis, eps, mean, var)
-    return normalize_batch(x, gain, bias, layout)
+    if _is_empty(x):
+        return layout.xp.zeros_like(x)
+    return normalize_batch(x, gain, bias, layout).y
 
 
 def batch_norm_backward(dy, x, gain=None, bias=None, *, axis=1, eps=1e-5, mean=None, var=None):

@@ -11,8 +11,6 @@ from typing import Any
 from ._batch import batch_norm_backward, normalize_batch, prepare_batch_norm
 from ._compat import library_label, without_grad
 from ._module import Module
-from ._moments import batch_moments
-from ._primitive import Statistics
 from ._validation import check_arrays, check_eps, normalize_axis
 
 __all__ = ["BatchNorm"]
@@ -174,13 +172,14 @@ class BatchNorm(Module):
         xp, axis = layout.xp, layout.axis
         if math.prod(x.shape) == 0:
             return xp.zeros_like(x)
+        tracking = use_batch and training and self.running_mean is not None
+        # One pass normalizes the batch and yields the statistics it used, which
+        # then feed the running update (nothing is assigned before both succeed).
+        y, mean, var = normalize_batch(x, self.gain, self.bias, layout, need_stats=tracking)
         update = None
-        if use_batch:
-            count, mean, var = batch_moments(xp, x, axis)
-            layout = layout._replace(stats=Statistics(mean, var))
-            if training and self.running_mean is not None:
-                update = self._running_update(count, mean, var)
-        y = normalize_batch(x, self.gain, self.bias, layout)
+        if tracking:
+            count = math.prod(x.shape) // x.shape[axis]
+            update = self._running_update(count, mean, var)
         if update is not None:
             self.running_mean, self.running_var, self.num_batches_tracked = update
         self._saved = (x, running)

@@ -36,11 +36,17 @@ __all__ = [
 
 
 class Normalized(NamedTuple):
-    """Output of :func:`normalize`: ``y`` and the statistics it used."""
+    """Output of :func:`normalize`: ``y`` and the statistics it used.
+
+    ``mean`` and ``var`` (the biased variance; the mean square for RMS norm)
+    are broadcastable to ``x`` and in the accumulation dtype. ``mean`` is None
+    for RMS norm. A fast path may leave both None unless it was called with
+    ``need_stats=True``.
+    """
 
     y: Any
-    mean: Any  # broadcastable to x, accumulation dtype; None for RMS norm
-    rstd: Any  # broadcastable to x, accumulation dtype
+    mean: Any
+    var: Any
 
 
 class Statistics(NamedTuple):
@@ -124,8 +130,8 @@ def _rstd(xp: Any, var: Any, eps: float) -> Any:
 
 def _standardize(
     xp: Any, xa: Any, reduce_axes: tuple[int, ...], center: bool, eps: float, stats: Any
-) -> tuple[Any, Any, Any]:
-    """Return ``(xhat, mean, rstd)`` for ``xa`` already in the accumulation dtype."""
+) -> tuple[Any, Any, Any, Any]:
+    """Return ``(xhat, mean, var, rstd)`` for ``xa`` already in the accumulation dtype."""
     if stats is None:
         if center:
             mean, centered, var = centered_moments(xp, xa, reduce_axes)
@@ -137,7 +143,7 @@ def _standardize(
         var = _astype(xp, stats.var, xa.dtype)
         centered = xa - mean if center else xa
     rstd = _rstd(xp, var, eps)
-    return centered * rstd, mean, rstd
+    return centered * rstd, mean, var, rstd
 
 
 def normalize(
@@ -152,22 +158,24 @@ def normalize(
     center: bool,
     eps: float,
     stats: Statistics | None = None,
+    need_stats: bool = False,
 ) -> Normalized:
     """Reference forward of the normalization primitive (arguments already validated).
 
     ``reduce_axes`` are sorted non-negative axes; ``param_axes`` are the axes of
     ``x`` that ``gain``/``bias`` span, in the order of their dimensions.
     ``stats`` fixes the statistics (inference); otherwise they are computed
-    from ``x``.
+    from ``x``. The reference always returns the statistics it used;
+    ``need_stats`` tells a fast path that the caller needs them too.
     """
     acc = accumulation_dtype(xp, adapter, x.dtype)
-    xhat, mean, rstd = _standardize(xp, _astype(xp, x, acc), reduce_axes, center, eps, stats)
+    xhat, mean, var, _ = _standardize(xp, _astype(xp, x, acc), reduce_axes, center, eps, stats)
     y = xhat
     if gain is not None:
         y = y * broadcast_param(xp, _astype(xp, gain, acc), param_axes, x.ndim)
     if bias is not None:
         y = y + broadcast_param(xp, _astype(xp, bias, acc), param_axes, x.ndim)
-    return Normalized(_astype(xp, y, x.dtype), mean, rstd)
+    return Normalized(_astype(xp, y, x.dtype), mean, var)
 
 
 def normalize_backward(
@@ -192,7 +200,7 @@ def normalize_backward(
     flow through them; otherwise it does (the full formula).
     """
     acc = accumulation_dtype(xp, adapter, x.dtype)
-    xhat, _, rstd = _standardize(xp, _astype(xp, x, acc), reduce_axes, center, eps, stats)
+    xhat, _, _, rstd = _standardize(xp, _astype(xp, x, acc), reduce_axes, center, eps, stats)
     grad = _astype(xp, dy, acc)
     dgain = _sum_to_param(xp, grad * xhat, param_axes) if need_dgain else None
     dbias = _sum_to_param(xp, grad, param_axes) if need_dbias else None
