@@ -1,0 +1,72 @@
+"""Shapes at the boundaries of the adapters' fast kernels, on every backend and path.
+
+The NumPy kernels switch strategy with size (threads above 2**16 elements,
+row segments above 2**16 values, channel "row mode" for inner extents >= 128,
+column tiles for channels-last data); the shared suite's small shapes never
+reach those branches. Each case compares against float64 references computed
+by PyTorch's own kernels on the same (rounded) inputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _support import assert_close, torch_layer_norm_grads
+
+import normcore
+
+torch = pytest.importorskip("torch")
+
+ROWS = [(3, 70_000), (520, 256), (1, 5)]
+CHANNELS = [((8, 4, 16, 16), 1), ((20_000, 3), -1), ((2, 70_000, 2), 1), ((4, 3, 5), 1)]
+
+
+def _dtype_scale(dtype: str, count: int) -> float:
+    """Sums over ``count`` rounded terms: error grows like sqrt(count) ulps."""
+    return 4 * np.sqrt(count) if dtype in ("float16", "bfloat16") else 4 * np.sqrt(count) / 8
+
+
+@pytest.mark.parametrize("shape", ROWS, ids=str)
+def test_layer_norm_kernel_shapes(backend, dtype, rng, shape):
+    x = backend.asarray(1e2 + 3 * rng.normal(size=shape), dtype)
+    dy = backend.asarray(rng.normal(size=shape), dtype)
+    gain = backend.asarray(rng.normal(1, 0.2, size=shape[-1:]), dtype)
+    bias = backend.asarray(rng.normal(size=shape[-1:]), dtype)
+    y = normcore.layer_norm(x, gain, bias)
+    grads = normcore.layer_norm_backward(dy, x, gain, bias)
+    values, expected = torch_layer_norm_grads(*(backend.to_numpy(a) for a in (x, dy, gain, bias)))
+    backend.assert_like(y, x)
+    assert_close(backend, y, values, dtype, scale=4)
+    assert_close(backend, grads.dx, expected[0], dtype, scale=4)
+    for got, want in zip(grads[1:], expected[1:], strict=True):
+        assert_close(backend, got, want, dtype, scale=_dtype_scale(dtype, shape[0]) * 4)
+
+
+def _torch_batch_norm(x, dy, gain, bias, axis):
+    xt = torch.tensor(np.moveaxis(x, axis, 1), requires_grad=True)
+    params = [torch.tensor(p, requires_grad=True) for p in (gain, bias)]
+    y = torch.nn.functional.batch_norm(xt, None, None, *params, training=True, eps=1e-5)
+    y.backward(torch.tensor(np.moveaxis(dy, axis, 1)))
+    return [np.moveaxis(t.detach().numpy(), 1, axis) for t in (y, xt.grad)] + [
+        p.grad.numpy() for p in params
+    ]
+
+
+@pytest.mark.parametrize(("shape", "axis"), CHANNELS, ids=str)
+def test_batch_norm_kernel_shapes(backend, dtype, rng, shape, axis):
+    channels = shape[axis]
+    x = backend.asarray(-50 + 2 * rng.normal(size=shape), dtype)
+    dy = backend.asarray(rng.normal(size=shape), dtype)
+    gain = backend.asarray(rng.normal(1, 0.2, size=channels), dtype)
+    bias = backend.asarray(rng.normal(size=channels), dtype)
+    y = normcore.batch_norm(x, gain, bias, axis=axis)
+    grads = normcore.batch_norm_backward(dy, x, gain, bias, axis=axis)
+    expected = _torch_batch_norm(
+        *(backend.to_numpy(a) for a in (x, dy, gain, bias)), axis % len(shape)
+    )
+    backend.assert_like(y, x)
+    count = int(np.prod(shape)) // channels
+    assert_close(backend, y, expected[0], dtype, scale=4)
+    assert_close(backend, grads.dx, expected[1], dtype, scale=4)
+    for got, want in zip(grads[1:], expected[2:], strict=True):
+        assert_close(backend, got, want, dtype, scale=_dtype_scale(dtype, count) * 4)
