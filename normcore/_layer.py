@@ -29,9 +29,9 @@ def _prepare(x: Any, gain: Any, bias: Any, axis: Any, eps: Any, dy: Any = None):
     axes = normalize_axes(axis, x.ndim)
     eps = check_eps(eps)
     expected = tuple(x.shape[a] for a in axes)
-    what = f"the shape of x's normalized axes {axes}"
-    check_param_shape(gain, expected, "gain", what)
-    check_param_shape(bias, expected, "bias", what)
+    for name, param in (("gain", gain), ("bias", bias)):
+        if param is not None and tuple(param.shape) != expected:  # message built only on error
+            check_param_shape(param, expected, name, f"the shape of x's normalized axes {axes}")
     check_gradient(dy, x)
     return xp, adapter_for(x), axes, eps
 
