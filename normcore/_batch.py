@@ -17,6 +17,7 @@ import math
 from typing import Any, NamedTuple
 
 from . import _dispatch
+from ._dispatch import is_empty
 from ._primitive import Gradients, Normalized, Statistics, broadcast_param
 from ._registry import adapter_for
 from ._validation import (
@@ -38,10 +39,6 @@ __all__ = [
 ]
 
 
-def _is_empty(x: Any) -> bool:
-    return math.prod(x.shape) == 0
-
-
 def _check_batched(x: Any, axis: Any) -> int:
     if x.ndim < 2:
         raise ValueError(
@@ -49,14 +46,6 @@ def _check_batched(x: Any, axis: Any) -> int:
             f"got shape {tuple(x.shape)}"
         )
     return normalize_axis(axis, x.ndim)
-
-
-def _empty_gradients(xp: Any, x: Any, gain: Any, bias: Any) -> Gradients:
-    return Gradients(
-        xp.zeros_like(x),
-        None if gain is None else xp.zeros_like(gain),
-        None if bias is None else xp.zeros_like(bias),
-    )
 
 
 # -- batch normalization ---------------------------------------------------------
@@ -103,7 +92,7 @@ def prepare_batch_norm(x, gain, bias, axis, eps, mean, var, dy=None) -> _BatchLa
 
 def check_trainable_batch(x: Any, axis: int) -> None:
     """Refuse batch statistics from one value per feature (``m / (m - 1)`` is undefined)."""
-    if not _is_empty(x) and math.prod(x.shape) == x.shape[axis]:
+    if not is_empty(x) and math.prod(x.shape) == x.shape[axis]:
         raise ValueError(
             "expected more than 1 value per channel when training, "
             f"got input shape {tuple(x.shape)}"
@@ -200,8 +189,6 @@ def batch_norm(x, gain=None, bias=None, *, axis=1, eps=1e-5, mean=None, var=None
            [ 1. ,  1.5]])
     """
     layout = prepare_batch_norm(x, gain, bias, axis, eps, mean, var)
-    if _is_empty(x):
-        return layout.xp.zeros_like(x)
     return normalize_batch(x, gain, bias, layout).y
 
 
@@ -248,8 +235,6 @@ def batch_norm_backward(dy, x, gain=None, bias=None, *, axis=1, eps=1e-5, mean=N
     array([1.])
     """
     layout = prepare_batch_norm(x, gain, bias, axis, eps, mean, var, dy=dy)
-    if _is_empty(x):
-        return _empty_gradients(layout.xp, x, gain, bias)
     return _dispatch.normalize_backward(
         layout.xp,
         layout.adapter,
@@ -293,7 +278,7 @@ def _prepare_group(x, num_groups, gain, bias, axis, eps, dy=None, instance=False
     what = f"one value per channel along axis {axis}"
     check_param_shape(gain, (channels,), "gain", what)
     check_param_shape(bias, (channels,), "bias", what)
-    if instance and not _is_empty(x) and math.prod(x.shape) == x.shape[0] * channels:
+    if instance and not is_empty(x) and math.prod(x.shape) == x.shape[0] * channels:
         raise ValueError(
             "expected more than 1 spatial element per channel for instance_norm, "
             f"got input shape {tuple(x.shape)}"
@@ -313,8 +298,6 @@ def _grouped_params(xp: Any, layout: _GroupLayout, *params: Any) -> list[Any]:
 def _group_forward(x, num_groups, gain, bias, axis, eps, instance):
     layout = _prepare_group(x, num_groups, gain, bias, axis, eps, instance=instance)
     xp = layout.xp
-    if _is_empty(x):
-        return xp.zeros_like(x)
     gain, bias = _grouped_params(xp, layout, gain, bias)
     y = _dispatch.normalize(
         xp,
@@ -333,8 +316,6 @@ def _group_forward(x, num_groups, gain, bias, axis, eps, instance):
 def _group_backward(dy, x, num_groups, gain, bias, axis, eps, instance):
     layout = _prepare_group(x, num_groups, gain, bias, axis, eps, dy=dy, instance=instance)
     xp = layout.xp
-    if _is_empty(x):
-        return _empty_gradients(xp, x, gain, bias)
     (grouped_gain,) = _grouped_params(xp, layout, gain)
     grads = _dispatch.normalize_backward(
         xp,

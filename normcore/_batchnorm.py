@@ -10,6 +10,7 @@ from typing import Any
 
 from ._batch import batch_norm_backward, normalize_batch, prepare_batch_norm
 from ._compat import library_label, without_grad
+from ._dispatch import is_empty
 from ._module import Module
 from ._validation import check_arrays, check_eps, normalize_axis
 
@@ -170,7 +171,7 @@ class BatchNorm(Module):
         running = (None, None) if use_batch else (self.running_mean, self.running_var)
         layout = prepare_batch_norm(x, self.gain, self.bias, self.axis, self.eps, *running)
         xp, axis = layout.xp, layout.axis
-        if math.prod(x.shape) == 0:
+        if is_empty(x):  # the running statistics stay as they are
             return xp.zeros_like(x)
         tracking = use_batch and training and self.running_mean is not None
         # One pass normalizes the batch and yields the statistics it used, which

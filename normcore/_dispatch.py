@@ -1,17 +1,30 @@
-"""Run a primitive on the adapter's fast path when it has one, else on the reference."""
+"""Run a primitive on the adapter's fast path when it has one, else on the reference.
+
+Zero-size inputs are answered here, once for every method: an empty output,
+and zero gradients for the parameters (the sum over no values).
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from . import _primitive
+from ._compat import device_of
 from ._registry import fast_path
 
-__all__ = ["normalize", "normalize_backward"]
+__all__ = ["is_empty", "normalize", "normalize_backward"]
+
+
+def is_empty(x: Any) -> bool:
+    """Return whether the array ``x`` has no elements."""
+    return math.prod(x.shape) == 0
 
 
 def normalize(xp: Any, adapter: Any, x: Any, gain: Any, bias: Any, **layout: Any):
     """Forward of the normalization primitive; see :func:`normcore._primitive.normalize`."""
+    if is_empty(x):
+        return _primitive.Normalized(xp.zeros_like(x), None, None)
     fast = fast_path(adapter, "normalize")
     if fast is not None:
         result = fast(xp, adapter, x, gain, bias, **layout)
@@ -22,9 +35,26 @@ def normalize(xp: Any, adapter: Any, x: Any, gain: Any, bias: Any, **layout: Any
 
 def normalize_backward(xp: Any, adapter: Any, dy: Any, x: Any, gain: Any, **layout: Any):
     """Backward of the primitive; see :func:`normcore._primitive.normalize_backward`."""
+    if is_empty(x):
+        return _empty_gradients(xp, x, gain, **layout)
     fast = fast_path(adapter, "normalize_backward")
     if fast is not None:
         result = fast(xp, adapter, dy, x, gain, **layout)
         if result is not NotImplemented:
             return result
     return _primitive.normalize_backward(xp, adapter, dy, x, gain, **layout)
+
+
+def _empty_gradients(xp, x, gain, *, param_axes, need_dgain, need_dbias, bias_dtype=None, **_):
+    shape = tuple(x.shape[a] for a in param_axes)
+    param_dtype = x.dtype if gain is None else gain.dtype
+    device = device_of(x)
+
+    def zeros(dtype):
+        return xp.zeros(shape, dtype=dtype, device=device)
+
+    return _primitive.Gradients(
+        xp.zeros_like(x),
+        zeros(param_dtype) if need_dgain else None,
+        zeros(bias_dtype or param_dtype) if need_dbias else None,
+    )

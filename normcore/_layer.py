@@ -7,11 +7,9 @@ normalization primitive with ``reduce_axes == param_axes == axis``.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from . import _dispatch
-from ._primitive import Gradients
 from ._registry import adapter_for
 from ._validation import (
     check_arrays,
@@ -36,14 +34,8 @@ def _prepare(x: Any, gain: Any, bias: Any, axis: Any, eps: Any, dy: Any = None):
     return xp, adapter_for(x), axes, eps
 
 
-def _is_empty(x: Any) -> bool:
-    return math.prod(x.shape) == 0
-
-
 def _forward(x, gain, bias, axis, eps, center):
     xp, adapter, axes, eps = _prepare(x, gain, bias, axis, eps)
-    if _is_empty(x):
-        return xp.zeros_like(x)
     return _dispatch.normalize(
         xp,
         adapter,
@@ -59,12 +51,6 @@ def _forward(x, gain, bias, axis, eps, center):
 
 def _backward(dy, x, gain, bias, axis, eps, center):
     xp, adapter, axes, eps = _prepare(x, gain, bias, axis, eps, dy=dy)
-    if _is_empty(x):
-        return Gradients(
-            xp.zeros_like(x),
-            None if gain is None else xp.zeros_like(gain),
-            None if bias is None else xp.zeros_like(bias),
-        )
     return _dispatch.normalize_backward(
         xp,
         adapter,

@@ -13,6 +13,7 @@ from typing import Any
 
 from . import _dispatch
 from ._compat import device_of
+from ._dispatch import is_empty
 from ._primitive import Gradients, accumulation_dtype
 from ._registry import adapter_for
 from ._validation import (
@@ -122,7 +123,7 @@ def weight_norm(v, g=None, *, axis=0, eps=1e-12):
            [0. , 3. ]])
     """
     xp, adapter, kept, reduced, eps = _prepare(v, g, axis, eps)
-    if math.prod(v.shape) == 0:
+    if is_empty(v):  # the gain scaling below divides by the (zero) count
         return xp.zeros_like(v)
     gain, _, layout = _layout(xp, adapter, v, g, kept, reduced, eps)
     return _dispatch.normalize(xp, adapter, v, gain, None, **layout).y
@@ -166,7 +167,7 @@ def weight_norm_backward(dw, v, g=None, *, axis=0, eps=1e-12):
     array([0.6, 0. ])
     """
     xp, adapter, kept, reduced, eps = _prepare(v, g, axis, eps, dw)
-    if math.prod(v.shape) == 0:
+    if is_empty(v):
         return Gradients(xp.zeros_like(v), None if g is None else xp.zeros_like(g), None)
     gain, scale, layout = _layout(xp, adapter, v, g, kept, reduced, eps)
     grads = _dispatch.normalize_backward(

@@ -1,0 +1,32 @@
+"""The wheel contains every package of the source tree (editable installs hide omissions)."""
+
+from __future__ import annotations
+
+import pathlib
+import tomllib
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _source_packages() -> set[str]:
+    found = set()
+    for source, name in ((ROOT / "normcore", "normcore"), (ROOT / "backends", "normcore.backends")):
+        for init in source.rglob("__init__.py"):
+            relative = init.parent.relative_to(source).parts
+            found.add(".".join((name, *relative)))
+    return found
+
+
+def test_pyproject_lists_every_package():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    listed = set(config["tool"]["setuptools"]["packages"])
+    assert _source_packages() == listed
+
+
+def test_every_builtin_adapter_is_an_entry_point():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    points = config["project"]["entry-points"]["normcore.backends"]
+    modules = {p.stem for p in (ROOT / "backends").glob("*.py") if not p.stem.startswith("_")}
+    adapters = {m for m in modules if "adapter = " in (ROOT / "backends" / f"{m}.py").read_text()}
+    assert set(points) == adapters
+    assert all(value == f"normcore.backends.{name}:adapter" for name, value in points.items())
