@@ -195,12 +195,7 @@ class BatchNorm(Module):
         grads = batch_norm_backward(
             dy, x, self.gain, self.bias, axis=self.axis, eps=self.eps, mean=mean, var=var
         )
-        self._grads = {
-            name: grad
-            for name, grad in (("gain", grads.dgain), ("bias", grads.dbias))
-            if grad is not None
-        }
-        return grads.dx
+        return self._store_gradients(grads)
 
     # -- validation and the running update ------------------------------------------
     def _check_input(self, x: Any) -> None:

@@ -120,7 +120,7 @@ def normalize_axes(axis: Any, ndim: int, name: str = "axis") -> tuple[int, ...]:
     return axes
 
 
-def check_feature_count(x: Any, axis: int, count: int, name: str) -> None:
+def check_feature_count(x: Any, axis: int, count: int, name: str, x_name: str = "x") -> None:
     """Check that ``x`` has ``count`` values along ``axis`` (when ``x`` has an ``axis``).
 
     For layers built for a number of features or channels (``name`` is the
@@ -129,7 +129,8 @@ def check_feature_count(x: Any, axis: int, count: int, name: str) -> None:
     """
     if x.ndim >= 2 and -x.ndim <= axis < x.ndim and x.shape[axis] != count:
         raise ValueError(
-            f"x must have {name}={count} values along axis {axis}, got shape {tuple(x.shape)}"
+            f"{x_name} must have {name}={count} values along axis {axis}, "
+            f"got shape {tuple(x.shape)}"
         )
 
 
