@@ -138,7 +138,7 @@ class BatchNorm(Module):
             raise ValueError(f"convention must be 'torch' or 'keras', got {convention!r}")
         if momentum is CONVENTION_DEFAULT:
             momentum = _CONVENTIONS[convention]
-        self.momentum = _check_momentum(momentum)
+        self.momentum = check_momentum(momentum)
         self.eps = check_eps(eps)
         super().__init__(like=like, device=device, dtype=dtype)
         self.num_features = int(num_features)
@@ -333,7 +333,7 @@ def _is_low(xp: Any, dtype: Any) -> bool:
     return xp.isdtype(dtype, "real floating") and xp.finfo(dtype).bits < 32
 
 
-def _check_momentum(momentum: Any) -> float | None:
+def check_momentum(momentum: Any) -> float | None:
     if momentum is None:
         return None
     if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
