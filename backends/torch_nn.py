@@ -1,8 +1,10 @@
-"""PyTorch modules: drop-ins for torch.nn.LayerNorm and torch.nn.RMSNorm.
+"""PyTorch modules: drop-ins for torch.nn's normalization and recurrent layers.
 
 ``torch.nn.Module`` subclasses with the constructor arguments, parameters and
-``state_dict`` keys (``weight``, ``bias``) of their ``torch.nn`` namesakes, whose
-``forward`` calls :func:`normcore.layer_norm` / :func:`normcore.rms_norm`.
+``state_dict`` keys of their ``torch.nn`` namesakes (``LayerNorm``, ``RMSNorm``,
+``BatchNorm1d/2d/3d``, ``GroupNorm``; ``RNN``, ``LSTM``, ``GRU`` with an extra
+``layer_norm`` flag), whose ``forward`` calls normcore's functional API
+(:func:`normcore.layer_norm`, :func:`normcore.batch_norm`, :func:`normcore.rnn`, ...).
 Checkpoints load in either direction; gradients come from autograd. Reached as
 ``normcore.torch``, which imports this module (and torch) on first access.
 """
@@ -15,14 +17,49 @@ from typing import Any
 import torch
 
 import normcore
+from normcore._batchnorm import RunningStats, batch_norm_forward, check_momentum
+from normcore._validation import (
+    check_eps,
+    check_feature_count,
+    check_num_groups,
+    check_positive_int,
+)
 
-__all__ = ["LayerNorm", "RMSNorm"]
+from .torch_nn_rnn import GRU, LSTM, RNN
+
+__all__ = [
+    "GRU",
+    "LSTM",
+    "RNN",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "GroupNorm",
+    "LayerNorm",
+    "RMSNorm",
+]
 
 
 def _shape(normalized_shape: Any) -> tuple[int, ...]:
     if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
         return (int(normalized_shape),)
     return tuple(int(d) for d in normalized_shape)
+
+
+def _affine_parameters(module, shape, affine, bias, factory) -> None:
+    """Register ``weight`` (ones) and ``bias`` (zeros), or None where absent."""
+    weight = torch.nn.Parameter(torch.ones(shape, **factory)) if affine else None
+    module.register_parameter("weight", weight)
+    bias_value = torch.nn.Parameter(torch.zeros(shape, **factory)) if affine and bias else None
+    module.register_parameter("bias", bias_value)
+
+
+def _reset_affine(module) -> None:
+    """Set ``module.weight`` to 1 and ``module.bias`` to 0 where they exist."""
+    if module.weight is not None:
+        torch.nn.init.ones_(module.weight)
+    if module.bias is not None:
+        torch.nn.init.zeros_(module.bias)
 
 
 class _TrailingNorm(torch.nn.Module):
@@ -34,23 +71,11 @@ class _TrailingNorm(torch.nn.Module):
         self.eps = eps
         self.elementwise_affine = elementwise_affine
         factory = {"device": device, "dtype": dtype}
-        if elementwise_affine:
-            self.weight = torch.nn.Parameter(torch.empty(self.normalized_shape, **factory))
-            if bias:
-                self.bias = torch.nn.Parameter(torch.empty(self.normalized_shape, **factory))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        self.reset_parameters()
+        _affine_parameters(self, self.normalized_shape, elementwise_affine, bias, factory)
 
     def reset_parameters(self) -> None:
         """Set the weight to 1 and the bias to 0."""
-        if self.weight is not None:
-            torch.nn.init.ones_(self.weight)
-        if self.bias is not None:
-            torch.nn.init.zeros_(self.bias)
+        _reset_affine(self)
 
     def _axes(self, x: torch.Tensor) -> tuple[int, ...]:
         count = len(self.normalized_shape)
@@ -149,3 +174,199 @@ class RMSNorm(_TrailingNorm):
         """RMS-normalize ``x`` over its trailing ``normalized_shape`` axes."""
         eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
         return normcore.rms_norm(x, self.weight, axis=self._axes(x), eps=eps)
+
+
+class _BatchNorm(torch.nn.Module):
+    """Batch norm over axis 1 with torch's running statistics; subclasses fix the input rank."""
+
+    _ranks: tuple[int, ...] = ()
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.num_features = check_positive_int(num_features, "num_features")
+        self.eps = check_eps(eps)
+        self.momentum = check_momentum(momentum)
+        self.affine = affine
+        self.track_running_stats = track_running_stats
+        factory = {"device": device, "dtype": dtype}
+        _affine_parameters(self, (self.num_features,), affine, bias, factory)
+        if track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(self.num_features, **factory))
+            self.register_buffer("running_var", torch.ones(self.num_features, **factory))
+            self.register_buffer(
+                "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
+            )
+        else:
+            for name in ("running_mean", "running_var", "num_batches_tracked"):
+                self.register_buffer(name, None)
+
+    def reset_running_stats(self) -> None:
+        """Set the running mean to 0, the running variance to 1 and the count to 0."""
+        if self.track_running_stats:
+            self.running_mean.zero_()
+            self.running_var.fill_(1)
+            self.num_batches_tracked.zero_()
+
+    def reset_parameters(self) -> None:
+        """Reset the running statistics, the weight to 1 and the bias to 0."""
+        self.reset_running_stats()
+        _reset_affine(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalize ``x`` (batch statistics in training, running ones in eval mode)."""
+        if x.dim() not in self._ranks:
+            ranks = " or ".join(f"{r}D" for r in self._ranks)
+            raise ValueError(f"expected {ranks} input (got {x.dim()}D input)")
+        check_feature_count(x, 1, self.num_features, "num_features")
+        running = None
+        if self.running_mean is not None:
+            running = RunningStats(self.running_mean, self.running_var, self.num_batches_tracked)
+        y, update, _ = batch_norm_forward(
+            x,
+            self.weight,
+            self.bias,
+            running,
+            axis=1,
+            eps=self.eps,
+            momentum=self.momentum,
+            convention="torch",
+            training=self.training,
+        )
+        if update is not None:  # in place, as torch does: buffers keep their identity
+            with torch.no_grad():
+                for buffer, value in zip(running, update, strict=True):
+                    buffer.copy_(value)
+        return y
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+            f"affine={self.affine}, track_running_stats={self.track_running_stats}"
+        )
+
+
+_BATCH_DOC = """Drop-in for ``torch.nn.{name}`` computed by :func:`normcore.batch_norm`.
+
+    Same constructor, ``state_dict`` keys (``weight``, ``bias``,
+    ``running_mean``, ``running_var``, ``num_batches_tracked``) and
+    ``train()``/``eval()`` behaviour: in training the batch's statistics
+    normalize and update the running ones (``momentum`` None: the cumulative
+    average; the running variance is unbiased), in eval mode the running ones
+    normalize. The running update is :class:`normcore.BatchNorm`'s; a batch
+    with NaN or infinite statistics leaves them unchanged with a ``RuntimeWarning``.
+
+    Parameters
+    ----------
+    num_features : int
+        ``C`` of an input ``{shape}``.
+    eps : float, default 1e-5
+    momentum : float or None, default 0.1
+    affine : bool, default True
+        Learn ``weight`` (init 1) and ``bias`` (init 0).
+    track_running_stats : bool, default True
+    device, dtype : optional
+        Of the parameters and running statistics.
+    bias : bool, default True
+        Learn a bias (with ``affine``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> import normcore
+    >>> bn = normcore.torch.{name}(3)
+    >>> bn.load_state_dict(torch.nn.{name}(3).state_dict())
+    <All keys matched successfully>
+    >>> y = bn(torch.randn({example}))
+    >>> int(bn.num_batches_tracked)
+    1
+    """
+
+
+class BatchNorm1d(_BatchNorm):
+    __doc__ = _BATCH_DOC.format(name="BatchNorm1d", shape="(N, C) or (N, C, L)", example="4, 3")
+    _ranks = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm):
+    __doc__ = _BATCH_DOC.format(name="BatchNorm2d", shape="(N, C, H, W)", example="4, 3, 2, 2")
+    _ranks = (4,)
+
+
+class BatchNorm3d(_BatchNorm):
+    __doc__ = _BATCH_DOC.format(
+        name="BatchNorm3d", shape="(N, C, D, H, W)", example="4, 3, 2, 2, 2"
+    )
+    _ranks = (5,)
+
+
+class GroupNorm(torch.nn.Module):
+    """Drop-in for ``torch.nn.GroupNorm`` computed by :func:`normcore.group_norm`.
+
+    Parameters
+    ----------
+    num_groups : int
+        Number of groups; must divide ``num_channels``.
+    num_channels : int
+        ``C`` of an input ``(N, C, *)``.
+    eps : float, default 1e-5
+    affine : bool, default True
+        Learn a per-channel ``weight`` (init 1) and ``bias`` (init 0).
+    device, dtype : optional
+        Of the parameters.
+    bias : bool, default True
+        Learn a bias (with ``affine``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> import normcore
+    >>> gn = normcore.torch.GroupNorm(2, 4)
+    >>> gn(torch.arange(8.0).reshape(1, 4, 2)).detach().round(decimals=4)
+    tensor([[[-1.3416, -0.4472],
+             [ 0.4472,  1.3416],
+             [-1.3416, -0.4472],
+             [ 0.4472,  1.3416]]])
+    """
+
+    def __init__(
+        self,
+        num_groups: int,
+        num_channels: int,
+        eps: float = 1e-5,
+        affine: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.num_channels = check_positive_int(num_channels, "num_channels")
+        self.num_groups = check_num_groups(num_groups, self.num_channels)
+        self.eps = check_eps(eps)
+        self.affine = affine
+        _affine_parameters(
+            self, (self.num_channels,), affine, bias, {"device": device, "dtype": dtype}
+        )
+
+    def reset_parameters(self) -> None:
+        """Set the weight to 1 and the bias to 0."""
+        _reset_affine(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Group-normalize ``x`` of shape ``(N, C, *)``."""
+        check_feature_count(x, 1, self.num_channels, "num_channels")
+        return normcore.group_norm(x, self.num_groups, self.weight, self.bias, eps=self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"

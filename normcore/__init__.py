@@ -26,6 +26,7 @@ from ._batch import (
     instance_norm_backward,
 )
 from ._batchnorm import BatchNorm
+from ._groupnorm import GroupNorm
 from ._layer import layer_norm, layer_norm_backward, rms_norm, rms_norm_backward
 from ._layer_modules import LayerNorm, RMSNorm
 from ._module import Module
@@ -33,15 +34,20 @@ from ._moments import Moments, Population, moments, population_stats
 from ._primitive import Gradients
 from ._recurrent import RNNGradients, rnn, rnn_backward
 from ._registry import reference_path, using_reference_path
+from ._rnn_modules import GRU, LSTM, RNN
 from ._rnn_params import rnn_params, rnn_params_from_torch, rnn_params_to_torch
 from ._weight_norm import weight_norm, weight_norm_backward
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "GRU",
+    "LSTM",
+    "RNN",
     "Adapter",
     "BatchNorm",
     "Gradients",
+    "GroupNorm",
     "LayerNorm",
     "Module",
     "Moments",

@@ -6,13 +6,13 @@ import math
 import numbers
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._batch import batch_norm_backward, normalize_batch, prepare_batch_norm
-from ._compat import library_label, without_grad
+from ._compat import library_label, namespace_of, without_grad
 from ._dispatch import is_empty
 from ._module import Module
-from ._validation import check_arrays, check_eps, normalize_axis
+from ._validation import check_arrays, check_eps, check_feature_count
 
 __all__ = ["BatchNorm"]
 
@@ -137,7 +137,7 @@ class BatchNorm(Module):
             raise ValueError(f"convention must be 'torch' or 'keras', got {convention!r}")
         if momentum is CONVENTION_DEFAULT:
             momentum = _CONVENTIONS[convention]
-        self.momentum = _check_momentum(momentum)
+        self.momentum = check_momentum(momentum)
         self.eps = check_eps(eps)
         super().__init__(like=like, device=device, dtype=dtype)
         self.num_features = int(num_features)
@@ -167,23 +167,21 @@ class BatchNorm(Module):
             single value per feature.
         """
         self._check_input(x)
-        use_batch = training or self.running_mean is None
-        running = (None, None) if use_batch else (self.running_mean, self.running_var)
-        layout = prepare_batch_norm(x, self.gain, self.bias, self.axis, self.eps, *running)
-        xp, axis = layout.xp, layout.axis
-        if is_empty(x):  # the running statistics stay as they are
-            return xp.zeros_like(x)
-        tracking = use_batch and training and self.running_mean is not None
-        # One pass normalizes the batch and yields the statistics it used, which
-        # then feed the running update (nothing is assigned before both succeed).
-        y, mean, var = normalize_batch(x, self.gain, self.bias, layout, need_stats=tracking)
-        update = None
-        if tracking:
-            count = math.prod(x.shape) // x.shape[axis]
-            update = self._running_update(count, mean, var)
+        running = None if self.running_mean is None else self._running()
+        y, update, used = batch_norm_forward(
+            x,
+            self.gain,
+            self.bias,
+            running,
+            axis=self.axis,
+            eps=self.eps,
+            momentum=self.momentum,
+            convention=self.convention,
+            training=training,
+        )
         if update is not None:
             self.running_mean, self.running_var, self.num_batches_tracked = update
-        self._saved = (x, running)
+        self._saved = (x, used)
         return y
 
     def backward(self, dy: Any) -> Any:
@@ -196,12 +194,7 @@ class BatchNorm(Module):
         grads = batch_norm_backward(
             dy, x, self.gain, self.bias, axis=self.axis, eps=self.eps, mean=mean, var=var
         )
-        self._grads = {
-            name: grad
-            for name, grad in (("gain", grads.dgain), ("bias", grads.dbias))
-            if grad is not None
-        }
-        return grads.dx
+        return self._store_gradients(grads)
 
     # -- validation and the running update ------------------------------------------
     def _check_input(self, x: Any) -> None:
@@ -226,37 +219,10 @@ class BatchNorm(Module):
             running_mean=self.running_mean,
             running_var=self.running_var,
         )
-        if x.ndim >= 2:
-            axis = normalize_axis(self.axis, x.ndim)
-            if x.shape[axis] != self.num_features:
-                raise ValueError(
-                    f"x must have num_features={self.num_features} values along axis "
-                    f"{self.axis}, got shape {tuple(x.shape)}"
-                )
+        check_feature_count(x, self.axis, self.num_features, "num_features")
 
-    def _running_update(self, count: int, mean: Any, var: Any) -> tuple[Any, Any, Any] | None:
-        """New ``(running_mean, running_var, num_batches_tracked)``, or None to skip."""
-        xp = self._xp
-        shape = (self.num_features,)
-        mean, var = (without_grad(xp.reshape(s, shape)) for s in (mean, var))
-        if not bool(xp.all(xp.isfinite(mean)) & xp.all(xp.isfinite(var))):
-            warnings.warn(
-                "BatchNorm: the batch has NaN or infinite statistics; the running "
-                "statistics and num_batches_tracked were left unchanged",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            return None
-        if self.convention == "torch":  # count > 1: prepare_batch_norm refused one value
-            var = var * (count / (count - 1))
-        tracked = xp.asarray(self.num_batches_tracked + 1)  # NumPy: keep a 0-d array
-        if self.momentum is None:
-            weight = 1.0 / (int(self.num_batches_tracked) + 1)
-        else:
-            weight = self.momentum if self.convention == "torch" else 1.0 - self.momentum
-        new_mean = self.running_mean * (1.0 - weight) + xp.astype(mean, self._dtype) * weight
-        new_var = self.running_var * (1.0 - weight) + xp.astype(var, self._dtype) * weight
-        return new_mean, new_var, tracked
+    def _running(self) -> RunningStats:
+        return RunningStats(self.running_mean, self.running_var, self.num_batches_tracked)
 
     # -- state -------------------------------------------------------------------
     def _check_state(self, state: Mapping[str, Any]) -> None:
@@ -290,11 +256,85 @@ class BatchNorm(Module):
         self.load_state_dict({torch_names.get(k, k): v for k, v in state.items()})
 
 
+class RunningStats(NamedTuple):
+    """Running statistics of a batch norm layer (normcore's and ``normcore.torch``'s)."""
+
+    mean: Any
+    var: Any
+    num_batches_tracked: Any  # 0-d int64
+
+
+def batch_norm_forward(
+    x, gain, bias, running, *, axis, eps, momentum, convention, training
+) -> tuple[Any, RunningStats | None, tuple[Any, Any]]:
+    """One forward of a batch norm layer: ``(y, new running stats or None, (mean, var) used)``.
+
+    Batch statistics in training or without running statistics (``running``
+    None), the running ones otherwise. The batch moments are computed once
+    and serve both the normalization and the running update; the new running
+    statistics are returned, never assigned, so the caller applies them only
+    after everything succeeded. ``(mean, var)`` is ``(None, None)`` for batch
+    statistics, as :func:`normcore.batch_norm_backward` expects.
+    """
+    use_batch = training or running is None
+    fixed = (None, None) if use_batch else (running.mean, running.var)
+    layout = prepare_batch_norm(x, gain, bias, axis, eps, *fixed)
+    if is_empty(x):
+        return layout.xp.zeros_like(x), None, fixed
+    tracking = use_batch and training and running is not None
+    # One pass normalizes the batch and yields the statistics it used, which
+    # then feed the running update (returned, never assigned here).
+    y, mean, var = normalize_batch(x, gain, bias, layout, need_stats=tracking)
+    update = None
+    if tracking:
+        count = math.prod(x.shape) // x.shape[layout.axis]
+        update = running_update(running, count, mean, var, momentum, convention)
+    return y, update, fixed
+
+
+def running_update(
+    running: RunningStats, count: int, mean: Any, var: Any, momentum: Any, convention: str
+) -> RunningStats | None:
+    """New running statistics after a batch of ``count`` values per feature, or None to skip.
+
+    ``mean``/``var`` are the batch's mean and biased variance (any shape with
+    one value per feature). ``"torch"``: ``new = (1 - momentum) old + momentum
+    batch`` with the unbiased variance; ``"keras"``: ``new = momentum old +
+    (1 - momentum) batch`` with the biased one; ``momentum`` None: the
+    cumulative average. A batch with non-finite statistics is skipped with a
+    ``RuntimeWarning``.
+    """
+    xp = namespace_of(running.mean)
+    shape = tuple(running.mean.shape)
+    mean, var = (without_grad(xp.reshape(s, shape)) for s in (mean, var))
+    if not bool(xp.all(xp.isfinite(mean)) & xp.all(xp.isfinite(var))):
+        warnings.warn(
+            "BatchNorm: the batch has NaN or infinite statistics; the running "
+            "statistics and num_batches_tracked were left unchanged",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return None
+    if convention == "torch":  # count > 1: prepare_batch_norm refused one value
+        var = var * (count / (count - 1))
+    tracked = running.num_batches_tracked
+    if momentum is None:
+        weight = 1.0 / (int(tracked) + 1)
+    else:
+        weight = momentum if convention == "torch" else 1.0 - momentum
+    dtype = running.mean.dtype
+    return RunningStats(
+        running.mean * (1.0 - weight) + xp.astype(mean, dtype) * weight,
+        running.var * (1.0 - weight) + xp.astype(var, dtype) * weight,
+        xp.asarray(tracked + 1),  # NumPy: keep a 0-d array
+    )
+
+
 def _is_low(xp: Any, dtype: Any) -> bool:
     return xp.isdtype(dtype, "real floating") and xp.finfo(dtype).bits < 32
 
 
-def _check_momentum(momentum: Any) -> float | None:
+def check_momentum(momentum: Any) -> float | None:
     if momentum is None:
         return None
     if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):

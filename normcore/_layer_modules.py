@@ -98,10 +98,7 @@ class _Normalization(Module):
         forward call.
         """
         x, gain, bias = self._require_saved()
-        grads = self._backward(dy, x, gain, bias)
-        found = {"gain": grads.dgain, "bias": grads.dbias}
-        self._grads = {name: g for name, g in found.items() if g is not None}
-        return grads.dx
+        return self._store_gradients(self._backward(dy, x, gain, bias))
 
     def __repr__(self) -> str:
         return (

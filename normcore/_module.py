@@ -144,6 +144,12 @@ class Module:
         self._saved = None
         return self
 
+    def _store_gradients(self, grads: Any) -> Any:
+        """Store a ``Gradients``' dgain/dbias as the ``gain``/``bias`` gradients; return dx."""
+        found = {"gain": grads.dgain, "bias": grads.dbias}
+        self._grads = {name: g for name, g in found.items() if g is not None}
+        return grads.dx
+
     def _require_saved(self) -> Any:
         if self._saved is None:
             raise RuntimeError(

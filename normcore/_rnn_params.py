@@ -20,9 +20,12 @@ __all__ = [
     "CELLS",
     "GATES",
     "param_shapes",
+    "params_from_torch_layout",
     "rnn_params",
     "rnn_params_from_torch",
     "rnn_params_to_torch",
+    "torch_keys",
+    "torch_names",
 ]
 
 CELLS = ("rnn", "lstm", "gru")
@@ -156,11 +159,57 @@ def rnn_params(
     return {name: xp.asarray(v, dtype=dtype, device=device) for name, v in values.items()}
 
 
-def _transpose_copy(xp: Any, w: Any) -> Any:
-    return xp.asarray(xp.permute_dims(w, (1, 0)), copy=True)
+def torch_names(cell: str, layer_norm: bool) -> dict[str, str]:
+    """``{normcore name: torch name}`` for the parameters other than the weights and ``b*``.
+
+    The layer norms' gains and biases keep their names behind an ``ln_`` prefix.
+    """
+    shapes = param_shapes(cell, 1, 1, layer_norm)
+    return {k: f"ln_{k}" for k in shapes if k.startswith(("gain", "bias"))}
 
 
-def rnn_params_from_torch(state_dict: Mapping, cell: str) -> dict[str, Any]:
+def torch_keys(cell: str, layer_norm: bool) -> tuple[str, ...]:
+    """The keys of the torch-layout state of ``cell``, in ``torch.nn.RNN``'s order.
+
+    ``bias_ih_l0``/``bias_hh_l0`` exist where the cell adds a bias outside its
+    layer norms: every plain cell and the layer-normalized LSTM (its ``b``).
+    """
+    shapes = param_shapes(cell, 1, 1, layer_norm)
+    biased = any(k in shapes for k in ("b", "b_x"))
+    weights = TORCH_KEYS if biased else TORCH_KEYS[:2]
+    return (*weights, *torch_names(cell, layer_norm).values())
+
+
+def params_from_torch_layout(
+    state: Mapping, cell: str, layer_norm: bool, *, copy: bool
+) -> dict[str, Any]:
+    """normcore params from validated torch-layout ``state``; views of it unless ``copy``.
+
+    Written with array operations only, so on torch tensors that require grad
+    the result is differentiable (``normcore.torch``'s modules call it in
+    every forward, with ``copy=False``).
+    """
+    xp = namespace_of(state["weight_ih_l0"])
+
+    def take(a: Any) -> Any:
+        return xp.asarray(a, copy=True) if copy else a
+
+    params = {
+        "W_x": take(xp.permute_dims(state["weight_ih_l0"], (1, 0))),
+        "W_h": take(xp.permute_dims(state["weight_hh_l0"], (1, 0))),
+    }
+    if "bias_ih_l0" in state:
+        b_ih, b_hh = state["bias_ih_l0"], state["bias_hh_l0"]
+        if cell == "gru" and not layer_norm:  # b_hn is multiplied by r: keep them apart
+            params.update(b_x=take(b_ih), b_h=take(b_hh))
+        else:
+            params["b"] = b_ih + b_hh
+    params.update({k: take(state[t]) for k, t in torch_names(cell, layer_norm).items()})
+    order = param_shapes(cell, 1, 1, layer_norm)
+    return {k: params[k] for k in order}
+
+
+def rnn_params_from_torch(state_dict: Mapping, cell: str, layer_norm: bool = False) -> dict:
     """Convert a one-layer ``torch.nn.RNN``/``LSTM``/``GRU`` state dict to normcore params.
 
     The mapping, for a module with ``bias=True``, one layer, one direction
@@ -171,13 +220,18 @@ def rnn_params_from_torch(state_dict: Mapping, cell: str) -> dict[str, Any]:
         gru:        b_x = bias_ih_l0, b_h = bias_hh_l0  (kept apart: b_hn is
                     multiplied by r inside the candidate)
 
-    The result is for ``layer_norm=False`` and equals the module in value.
+    With ``layer_norm=True`` the state is that of a ``normcore.torch`` module
+    with ``layer_norm=True``: the layer norms' gains and biases come as
+    ``ln_<name>`` (``ln_gain_x``, ...), and ``bias_ih_l0``/``bias_hh_l0``
+    exist only for the LSTM (summed into ``b``).
 
     Parameters
     ----------
     state_dict : mapping
         ``module.state_dict()`` (arrays of any library, e.g. torch tensors).
     cell : {"rnn", "lstm", "gru"}
+    layer_norm : bool, default False
+        Whether the module is layer-normalized.
 
     Returns
     -------
@@ -199,35 +253,32 @@ def rnn_params_from_torch(state_dict: Mapping, cell: str) -> dict[str, Any]:
     (torch.Size([3, 8]), torch.Size([8]))
     """
     check_choice(cell, CELLS, "cell")
-    check_keys(state_dict, TORCH_KEYS, "state_dict")
-    w_ih, w_hh, b_ih, b_hh = (state_dict[k] for k in TORCH_KEYS)
-    xp = namespace_of(w_ih)
-    params = {"W_x": _transpose_copy(xp, w_ih), "W_h": _transpose_copy(xp, w_hh)}
-    if cell == "gru":
-        params.update(b_x=xp.asarray(b_ih, copy=True), b_h=xp.asarray(b_hh, copy=True))
-    else:
-        params["b"] = b_ih + b_hh
-    return params
+    check_bool(layer_norm, "layer_norm")
+    check_keys(state_dict, torch_keys(cell, layer_norm), "state_dict")
+    return params_from_torch_layout(state_dict, cell, layer_norm, copy=True)
 
 
-def rnn_params_to_torch(params: Mapping, cell: str) -> dict[str, Any]:
-    """Convert plain (``layer_norm=False``) normcore params to a torch module state dict.
+def rnn_params_to_torch(params: Mapping, cell: str, layer_norm: bool = False) -> dict[str, Any]:
+    """Convert normcore params to a torch module state dict.
 
     The inverse of :func:`rnn_params_from_torch`; for ``rnn``/``lstm`` the
     bias goes to ``bias_ih_l0`` and ``bias_hh_l0`` is zero. Load the result
-    with ``module.load_state_dict(...)`` (torch tensors needed for that).
+    with ``module.load_state_dict(...)`` (torch tensors needed for that) into
+    a ``torch.nn`` module (``layer_norm=False``) or a ``normcore.torch`` one.
 
     Parameters
     ----------
     params : mapping
-        Exactly the keys of ``rnn_params(cell, ..., layer_norm=False)``.
+        Exactly the keys of ``rnn_params(cell, ..., layer_norm=layer_norm)``.
     cell : {"rnn", "lstm", "gru"}
+    layer_norm : bool, default False
 
     Returns
     -------
     dict of str to array
-        ``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0`` in
-        the params' library, device and dtype.
+        ``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0``
+        (where the cell has them) and the ``ln_`` entries, in the params'
+        library, device and dtype.
 
     Examples
     --------
@@ -238,16 +289,20 @@ def rnn_params_to_torch(params: Mapping, cell: str) -> dict[str, Any]:
     <All keys matched successfully>
     """
     check_choice(cell, CELLS, "cell")
-    hidden = params["W_h"].shape[0] if isinstance(params, Mapping) and "W_h" in params else 0
-    inputs = params["W_x"].shape[0] if isinstance(params, Mapping) and "W_x" in params else 0
-    check_keys(params, param_shapes(cell, max(inputs, 1), max(hidden, 1), False), "params")
+    check_bool(layer_norm, "layer_norm")
+    check_keys(params, param_shapes(cell, 1, 1, layer_norm), "params")
     xp = namespace_of(params["W_x"])
-    state = {"weight_ih_l0": _transpose_copy(xp, params["W_x"])}
-    state["weight_hh_l0"] = _transpose_copy(xp, params["W_h"])
-    if cell == "gru":
+    state = {
+        "weight_ih_l0": xp.asarray(xp.permute_dims(params["W_x"], (1, 0)), copy=True),
+        "weight_hh_l0": xp.asarray(xp.permute_dims(params["W_h"], (1, 0)), copy=True),
+    }
+    if "b_x" in params:
         state["bias_ih_l0"] = xp.asarray(params["b_x"], copy=True)
         state["bias_hh_l0"] = xp.asarray(params["b_h"], copy=True)
-    else:
+    elif "b" in params:
         state["bias_ih_l0"] = xp.asarray(params["b"], copy=True)
         state["bias_hh_l0"] = xp.zeros_like(params["b"])
+    state.update(
+        {t: xp.asarray(params[k], copy=True) for k, t in torch_names(cell, layer_norm).items()}
+    )
     return state

@@ -19,6 +19,7 @@ __all__ = [
     "check_bool",
     "check_choice",
     "check_eps",
+    "check_feature_count",
     "check_gradient",
     "check_keys",
     "check_num_groups",
@@ -120,6 +121,20 @@ def normalize_axes(axis: Any, ndim: int, name: str = "axis") -> tuple[int, ...]:
     if len(set(axes)) != len(axes):
         raise ValueError(f"{name}={axis!r} repeats an axis")
     return axes
+
+
+def check_feature_count(x: Any, axis: int, count: int, name: str, x_name: str = "x") -> None:
+    """Check that ``x`` has ``count`` values along ``axis`` (when ``x`` has an ``axis``).
+
+    For layers built for a number of features or channels (``name`` is the
+    constructor argument); inputs with too few dimensions are left to the
+    functional API's own check.
+    """
+    if x.ndim >= 2 and -x.ndim <= axis < x.ndim and x.shape[axis] != count:
+        raise ValueError(
+            f"{x_name} must have {name}={count} values along axis {axis}, "
+            f"got shape {tuple(x.shape)}"
+        )
 
 
 def check_param_shape(param: Any, expected: tuple[int, ...], name: str, what: str) -> None:
