@@ -59,9 +59,12 @@ class Adapter:
         """Return the dtype in which statistics of ``dtype`` data are accumulated.
 
         The default accumulates floats narrower than 32 bits (float16,
-        bfloat16) in float32 and everything else in its own dtype.
+        bfloat16) in float32 and everything else in its own dtype: the rule the
+        core applies to arrays that no adapter owns.
         """
-        return xp.float32 if xp.finfo(dtype).bits < 32 else dtype
+        from ._primitive import default_accumulation_dtype
+
+        return default_accumulation_dtype(xp, dtype)
 
     def library_version(self) -> str | None:
         """Return the installed library's version, or None if it is not installed."""

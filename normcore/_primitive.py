@@ -67,11 +67,16 @@ class Gradients(NamedTuple):
     dbias: Any
 
 
+def default_accumulation_dtype(xp: Any, dtype: Any) -> Any:
+    """float32 for floats narrower than 32 bits (float16, bfloat16), else ``dtype``."""
+    return xp.float32 if xp.finfo(dtype).bits < 32 else dtype
+
+
 def accumulation_dtype(xp: Any, adapter: Any, dtype: Any) -> Any:
-    """Return the dtype statistics of ``dtype`` data accumulate in."""
+    """Return the dtype statistics of ``dtype`` data accumulate in (the adapter's policy)."""
     if adapter is not None:
         return adapter.accumulation_dtype(xp, dtype)
-    return xp.float32 if xp.finfo(dtype).bits < 32 else dtype
+    return default_accumulation_dtype(xp, dtype)
 
 
 def _astype(xp: Any, x: Any, dtype: Any) -> Any:
