@@ -13,7 +13,7 @@ from ._compat import library_label, without_grad
 from ._module import Module
 from ._moments import batch_moments
 from ._primitive import Statistics
-from ._validation import check_arrays, check_eps, normalize_axis
+from ._validation import check_arrays, check_correction, check_eps, normalize_axis
 
 __all__ = ["BatchNorm"]
 
@@ -62,7 +62,13 @@ class BatchNorm(Module):
           and ``running_var`` stores the *biased* batch variance. (Keras's own
           default ``eps`` is 1e-3; pass it explicitly to match.)
 
-        Normalization in training always uses the biased batch variance.
+        Normalization in training uses the biased batch variance unless
+        ``correction`` says otherwise.
+    correction : float, default 0
+        Degrees-of-freedom correction of the batch variance used to
+        *normalize* in training (see :func:`batch_norm`): 1 normalizes with the
+        unbiased variance, as Ba et al. (2016) do for batch norm at batch size
+        4. The running statistics follow ``convention`` whatever it is.
     like, device, dtype
         Library, device and dtype of the arrays (see :class:`normcore.Module`);
         NumPy float32 by default.
@@ -124,6 +130,7 @@ class BatchNorm(Module):
         affine: bool = True,
         track_running_stats: bool = True,
         convention: str = "torch",
+        correction: float = 0,
         like: Any = None,
         device: Any = None,
         dtype: Any = None,
@@ -140,6 +147,7 @@ class BatchNorm(Module):
             momentum = _CONVENTIONS[convention]
         self.momentum = _check_momentum(momentum)
         self.eps = check_eps(eps)
+        self.correction = check_correction(correction, None)
         super().__init__(like=like, device=device, dtype=dtype)
         self.num_features = int(num_features)
         self.axis = int(axis)
@@ -170,20 +178,25 @@ class BatchNorm(Module):
         self._check_input(x)
         use_batch = training or self.running_mean is None
         running = (None, None) if use_batch else (self.running_mean, self.running_var)
-        layout = prepare_batch_norm(x, self.gain, self.bias, self.axis, self.eps, *running)
+        correction = self.correction if use_batch else 0
+        layout = prepare_batch_norm(
+            x, self.gain, self.bias, self.axis, self.eps, *running, correction=correction
+        )
         xp, axis = layout.xp, layout.axis
         if math.prod(x.shape) == 0:
             return xp.zeros_like(x)
         update = None
         if use_batch:
             count, mean, var = batch_moments(xp, x, axis)
-            layout = layout._replace(stats=Statistics(mean, var))
+            # the running update takes the biased variance; normalization the corrected one
+            used = var * (count / (count - correction)) if correction else var
+            layout = layout._replace(stats=Statistics(mean, used))
             if training and self.running_mean is not None:
                 update = self._running_update(count, mean, var)
         y = normalize_batch(x, self.gain, self.bias, layout)
         if update is not None:
             self.running_mean, self.running_var, self.num_batches_tracked = update
-        self._saved = (x, running)
+        self._saved = (x, running, correction)
         return y
 
     def backward(self, dy: Any) -> Any:
@@ -192,10 +205,11 @@ class BatchNorm(Module):
         After a training call the gradient flows through the batch statistics;
         after an inference call the (running) statistics are constants.
         """
-        x, (mean, var) = self._require_saved()
+        x, (mean, var), correction = self._require_saved()
         grads = batch_norm_backward(
-            dy, x, self.gain, self.bias, axis=self.axis, eps=self.eps, mean=mean, var=var
-        )
+            dy, x, self.gain, self.bias, axis=self.axis, eps=self.eps, mean=mean, var=var,
+            correction=correction,
+        )  # fmt: skip
         self._grads = {
             name: grad
             for name, grad in (("gain", grads.dgain), ("bias", grads.dbias))
