@@ -69,10 +69,10 @@ def _keepdims(v: Any, x: Any, axes_kept: tuple[int, ...]) -> Any:
 
 def _normalize(
     xp, adapter, x, gain, bias, *, reduce_axes, param_axes, center, eps, stats=None,
-    need_stats=False,
+    need_stats=False, correction=0.0,
 ):  # fmt: skip
-    if not _supported(x, gain, bias):
-        return NotImplemented
+    if correction or not _supported(x, gain, bias):
+        return NotImplemented  # the kernels compute the biased variance only
     kernels = _kernels()
     if stats is None and not need_stats and _rows_layout(x, reduce_axes, param_axes):
         width = math.prod(x.shape[a] for a in reduce_axes)
@@ -90,9 +90,9 @@ def _normalize(
 
 def _normalize_backward(
     xp, adapter, dy, x, gain, *, reduce_axes, param_axes, center, eps, stats=None,
-    need_dgain, need_dbias, bias_dtype=None,
+    correction=0.0, need_dgain, need_dbias, bias_dtype=None,
 ):  # fmt: skip
-    if not _supported(dy, x, gain) or dy.dtype != x.dtype:
+    if correction or not _supported(dy, x, gain) or dy.dtype != x.dtype:
         return NotImplemented
     kernels = _kernels()
     param_shape = tuple(x.shape[a] for a in param_axes)

@@ -25,7 +25,7 @@ def _trailing(axes: tuple[int, ...], ndim: int) -> bool:
 
 def _normalize(
     xp, adapter, x, gain, bias, *, reduce_axes, param_axes, center, eps, stats=None,
-    need_stats=False,
+    need_stats=False, correction=0.0,
 ):  # fmt: skip
     """Native kernels for float32/float64: F.layer_norm/rms_norm, else Welford + one fused op.
 
@@ -43,21 +43,19 @@ def _normalize(
         return NotImplemented
     if any(p is not None and p.dtype != x.dtype for p in (gain, bias)):
         return NotImplemented
-    if (
-        stats is None
-        and not need_stats
-        and param_axes == reduce_axes
-        and _trailing(reduce_axes, x.ndim)
-    ):
+    if correction and not center:  # torch's mean square has no correction argument
+        return NotImplemented
+    layer_layout = param_axes == reduce_axes and _trailing(reduce_axes, x.ndim)
+    if stats is None and not need_stats and not correction and layer_layout:
         functional = torch.nn.functional
         shape = tuple(x.shape[a] for a in reduce_axes)
         if center:
             return Normalized(functional.layer_norm(x, shape, gain, bias, eps), None, None)
         return Normalized(functional.rms_norm(x, shape, gain, eps), None, None)
-    return _fused(torch, xp, x, gain, bias, reduce_axes, param_axes, center, eps, stats)
+    return _fused(torch, xp, x, gain, bias, reduce_axes, param_axes, center, eps, stats, correction)
 
 
-def _fused(torch, xp, x, gain, bias, reduce_axes, param_axes, center, eps, stats):
+def _fused(torch, xp, x, gain, bias, reduce_axes, param_axes, center, eps, stats, correction):
     """Statistics by torch's Welford ``var_mean``, then ``bias + (x - mean) * (gain * rstd)``.
 
     Two passes over ``x`` instead of the reference's six to eight, still
@@ -68,7 +66,7 @@ def _fused(torch, xp, x, gain, bias, reduce_axes, param_axes, center, eps, stats
         mean = None if stats.mean is None else stats.mean.to(x.dtype)
         var = stats.var.to(x.dtype)
     elif center:
-        var, mean = torch.var_mean(x, dim=reduce_axes, correction=0, keepdim=True)
+        var, mean = torch.var_mean(x, dim=reduce_axes, correction=correction, keepdim=True)
     else:
         mean, var = None, torch.mean(torch.square(x), dim=reduce_axes, keepdim=True)
     rstd = torch.rsqrt(var + eps)
@@ -82,13 +80,14 @@ def _fused(torch, xp, x, gain, bias, reduce_axes, param_axes, center, eps, stats
 
 def _normalize_backward(
     xp, adapter, dy, x, gain, *, reduce_axes, param_axes, center, eps, stats=None,
-    need_dgain, need_dbias, bias_dtype=None,
+    correction=0.0, need_dgain, need_dbias, bias_dtype=None,
 ):  # fmt: skip
     """aten's ``native_layer_norm_backward`` for the layer-norm layout."""
     torch = sys.modules["torch"]
     if (
         not center
         or stats is not None
+        or correction
         or param_axes != reduce_axes
         or not _trailing(reduce_axes, x.ndim)
         or x.dtype not in (torch.float32, torch.float64)

@@ -22,6 +22,7 @@ from ._primitive import Gradients, Normalized, Statistics, broadcast_param
 from ._registry import adapter_for
 from ._validation import (
     check_arrays,
+    check_correction,
     check_eps,
     check_gradient,
     check_num_groups,
@@ -57,9 +58,10 @@ class _BatchLayout(NamedTuple):
     axis: int
     eps: float
     stats: Statistics | None
+    correction: float
 
 
-def prepare_batch_norm(x, gain, bias, axis, eps, mean, var, dy=None) -> _BatchLayout:
+def prepare_batch_norm(x, gain, bias, axis, eps, mean, var, dy=None, correction=0) -> _BatchLayout:
     """Validate batch norm's arguments; return the layout for the primitive.
 
     Also used by :class:`normcore.BatchNorm`, which passes its running
@@ -82,12 +84,19 @@ def prepare_batch_norm(x, gain, bias, axis, eps, mean, var, dy=None) -> _BatchLa
         check_param_shape(param, features, name, what)
     if mean is None:
         check_trainable_batch(x, axis)
+        values = None if is_empty(x) else math.prod(x.shape) // x.shape[axis]
+        correction = check_correction(correction, values)
+    elif check_correction(correction, None):
+        raise ValueError(
+            "correction applies to batch statistics only; with mean and var given it must "
+            f"be 0, got {correction!r}"
+        )
     stats = None
     if mean is not None:
         stats = Statistics(
             broadcast_param(xp, mean, (axis,), x.ndim), broadcast_param(xp, var, (axis,), x.ndim)
         )
-    return _BatchLayout(xp, adapter_for(x), axis, eps, stats)
+    return _BatchLayout(xp, adapter_for(x), axis, eps, stats, float(correction))
 
 
 def check_trainable_batch(x: Any, axis: int) -> None:
@@ -119,10 +128,11 @@ def normalize_batch(
         eps=layout.eps,
         stats=layout.stats,
         need_stats=need_stats,
+        correction=layout.correction,
     )
 
 
-def batch_norm(x, gain=None, bias=None, *, axis=1, eps=1e-5, mean=None, var=None):
+def batch_norm(x, gain=None, bias=None, *, axis=1, eps=1e-5, mean=None, var=None, correction=0):
     """Batch normalization: normalize each feature with statistics over the batch.
 
     Computes ``y = (x - mean) / sqrt(var + eps) * gain + bias`` per index of
@@ -145,6 +155,12 @@ def batch_norm(x, gain=None, bias=None, *, axis=1, eps=1e-5, mean=None, var=None
         Fixed statistics, shape ``(x.shape[axis],)``, for inference (for
         example the running statistics of a :class:`BatchNorm`, or the result
         of :func:`population_stats`). Give both or neither.
+    correction : float, default 0
+        Degrees-of-freedom correction of the batch variance: it divides the
+        sum of squared deviations by ``m - correction`` for ``m`` values per
+        feature. 0 is Ioffe & Szegedy's biased variance; 1 the unbiased one
+        that Ba et al. (2016) use for batch norm at batch size 4. Must be 0
+        when ``mean``/``var`` are given.
 
     Returns
     -------
@@ -158,8 +174,9 @@ def batch_norm(x, gain=None, bias=None, *, axis=1, eps=1e-5, mean=None, var=None
     ValueError
         If ``x`` has fewer than 2 dimensions, ``axis`` is out of range, a
         parameter or statistic has the wrong shape or device, only one of
-        ``mean``/``var`` is given, ``eps`` is not > 0, or batch statistics are
-        requested from a single value per feature.
+        ``mean``/``var`` is given, ``eps`` is not > 0, batch statistics are
+        requested from a single value per feature, or ``correction`` is
+        negative, not less than ``m``, or nonzero with ``mean``/``var`` given.
 
     See Also
     --------
@@ -181,6 +198,13 @@ def batch_norm(x, gain=None, bias=None, *, axis=1, eps=1e-5, mean=None, var=None
            [ 0.    , -0.4629],
            [ 1.2247,  1.3887]])
 
+    With the unbiased batch variance (here ``m = 3``, so ``xhat`` shrinks by ``sqrt(2/3)``):
+
+    >>> np.round(normcore.batch_norm(x, correction=1), 4)
+    array([[-1.    , -0.7559],
+           [ 0.    , -0.378 ],
+           [ 1.    ,  1.1339]])
+
     With fixed (running or population) statistics:
 
     >>> np.round(normcore.batch_norm(x, mean=np.array([2.0, 30.0]), var=np.array([1.0, 400.0])), 4)
@@ -188,11 +212,13 @@ def batch_norm(x, gain=None, bias=None, *, axis=1, eps=1e-5, mean=None, var=None
            [ 0. , -0.5],
            [ 1. ,  1.5]])
     """
-    layout = prepare_batch_norm(x, gain, bias, axis, eps, mean, var)
+    layout = prepare_batch_norm(x, gain, bias, axis, eps, mean, var, correction=correction)
     return normalize_batch(x, gain, bias, layout).y
 
 
-def batch_norm_backward(dy, x, gain=None, bias=None, *, axis=1, eps=1e-5, mean=None, var=None):
+def batch_norm_backward(
+    dy, x, gain=None, bias=None, *, axis=1, eps=1e-5, mean=None, var=None, correction=0
+):
     """Gradients of :func:`batch_norm` with respect to ``x``, ``gain`` and ``bias``.
 
     With batch statistics (``mean``/``var`` None) the gradient flows through
@@ -200,13 +226,15 @@ def batch_norm_backward(dy, x, gain=None, bias=None, *, axis=1, eps=1e-5, mean=N
 
         dx = rstd * (dxhat - m(dxhat) - xhat * m(dxhat * xhat)),  dxhat = dy * gain
 
-    With given statistics they are constants: ``dx = rstd * dxhat``.
+    (with ``correction`` ``k`` the last mean is scaled by ``n / (n - k)``, ``n``
+    values per feature). With given statistics they are constants:
+    ``dx = rstd * dxhat``.
 
     Parameters
     ----------
     dy : array
         Gradient of the loss with respect to the output; shape and dtype of ``x``.
-    x, gain, bias, axis, eps, mean, var
+    x, gain, bias, axis, eps, mean, var, correction
         The arguments the forward was called with.
 
     Returns
@@ -234,7 +262,7 @@ def batch_norm_backward(dy, x, gain=None, bias=None, *, axis=1, eps=1e-5, mean=N
     >>> grads.dbias
     array([1.])
     """
-    layout = prepare_batch_norm(x, gain, bias, axis, eps, mean, var, dy=dy)
+    layout = prepare_batch_norm(x, gain, bias, axis, eps, mean, var, dy=dy, correction=correction)
     return _dispatch.normalize_backward(
         layout.xp,
         layout.adapter,
@@ -246,6 +274,7 @@ def batch_norm_backward(dy, x, gain=None, bias=None, *, axis=1, eps=1e-5, mean=N
         center=True,
         eps=layout.eps,
         stats=layout.stats,
+        correction=layout.correction,
         need_dgain=gain is not None,
         need_dbias=bias is not None,
         bias_dtype=None if bias is None else bias.dtype,

@@ -12,7 +12,7 @@ from ._batch import batch_norm_backward, normalize_batch, prepare_batch_norm
 from ._compat import library_label, namespace_of, without_grad
 from ._dispatch import is_empty
 from ._module import Module
-from ._validation import check_arrays, check_eps, check_feature_count
+from ._validation import check_arrays, check_correction, check_eps, check_feature_count
 
 __all__ = ["BatchNorm"]
 
@@ -61,7 +61,13 @@ class BatchNorm(Module):
           and ``running_var`` stores the *biased* batch variance. (Keras's own
           default ``eps`` is 1e-3; pass it explicitly to match.)
 
-        Normalization in training always uses the biased batch variance.
+        Normalization in training uses the biased batch variance unless
+        ``correction`` says otherwise.
+    correction : float, default 0
+        Degrees-of-freedom correction of the batch variance used to
+        *normalize* in training (see :func:`batch_norm`): 1 normalizes with the
+        unbiased variance, as Ba et al. (2016) do for batch norm at batch size
+        4. The running statistics follow ``convention`` whatever it is.
     like, device, dtype
         Library, device and dtype of the arrays (see :class:`normcore.Module`);
         NumPy float32 by default.
@@ -123,6 +129,7 @@ class BatchNorm(Module):
         affine: bool = True,
         track_running_stats: bool = True,
         convention: str = "torch",
+        correction: float = 0,
         like: Any = None,
         device: Any = None,
         dtype: Any = None,
@@ -139,6 +146,7 @@ class BatchNorm(Module):
             momentum = _CONVENTIONS[convention]
         self.momentum = check_momentum(momentum)
         self.eps = check_eps(eps)
+        self.correction = check_correction(correction, None)
         super().__init__(like=like, device=device, dtype=dtype)
         self.num_features = int(num_features)
         self.axis = int(axis)
@@ -178,6 +186,7 @@ class BatchNorm(Module):
             momentum=self.momentum,
             convention=self.convention,
             training=training,
+            correction=self.correction,
         )
         if update is not None:
             self.running_mean, self.running_var, self.num_batches_tracked = update
@@ -190,10 +199,11 @@ class BatchNorm(Module):
         After a training call the gradient flows through the batch statistics;
         after an inference call the (running) statistics are constants.
         """
-        x, (mean, var) = self._require_saved()
+        x, (mean, var, correction) = self._require_saved()
         grads = batch_norm_backward(
-            dy, x, self.gain, self.bias, axis=self.axis, eps=self.eps, mean=mean, var=var
-        )
+            dy, x, self.gain, self.bias, axis=self.axis, eps=self.eps, mean=mean, var=var,
+            correction=correction,
+        )  # fmt: skip
         return self._store_gradients(grads)
 
     # -- validation and the running update ------------------------------------------
@@ -265,22 +275,25 @@ class RunningStats(NamedTuple):
 
 
 def batch_norm_forward(
-    x, gain, bias, running, *, axis, eps, momentum, convention, training
-) -> tuple[Any, RunningStats | None, tuple[Any, Any]]:
-    """One forward of a batch norm layer: ``(y, new running stats or None, (mean, var) used)``.
+    x, gain, bias, running, *, axis, eps, momentum, convention, training, correction=0
+) -> tuple[Any, RunningStats | None, tuple[Any, Any, Any]]:
+    """One forward of a batch norm layer: ``(y, new running stats or None, statistics used)``.
 
     Batch statistics in training or without running statistics (``running``
     None), the running ones otherwise. The batch moments are computed once
     and serve both the normalization and the running update; the new running
     statistics are returned, never assigned, so the caller applies them only
-    after everything succeeded. ``(mean, var)`` is ``(None, None)`` for batch
-    statistics, as :func:`normcore.batch_norm_backward` expects.
+    after everything succeeded. The statistics used are ``(mean, var,
+    correction)`` as :func:`normcore.batch_norm_backward` expects them:
+    ``(None, None, correction)`` for batch statistics (normalized with the
+    variance divided by ``count - correction``), the running ones otherwise.
     """
     use_batch = training or running is None
+    correction = correction if use_batch else 0
     fixed = (None, None) if use_batch else (running.mean, running.var)
-    layout = prepare_batch_norm(x, gain, bias, axis, eps, *fixed)
+    layout = prepare_batch_norm(x, gain, bias, axis, eps, *fixed, correction=correction)
     if is_empty(x):
-        return layout.xp.zeros_like(x), None, fixed
+        return layout.xp.zeros_like(x), None, (*fixed, correction)
     tracking = use_batch and training and running is not None
     # One pass normalizes the batch and yields the statistics it used, which
     # then feed the running update (returned, never assigned here).
@@ -288,8 +301,11 @@ def batch_norm_forward(
     update = None
     if tracking:
         count = math.prod(x.shape) // x.shape[layout.axis]
-        update = running_update(running, count, mean, var, momentum, convention)
-    return y, update, fixed
+        # the running update takes the biased variance; the normalization used
+        # the one divided by count - correction
+        biased = var * ((count - correction) / count) if correction else var
+        update = running_update(running, count, mean, biased, momentum, convention)
+    return y, update, (*fixed, correction)
 
 
 def running_update(

@@ -20,7 +20,7 @@ from ._layer import layer_norm, layer_norm_backward, rms_norm, rms_norm_backward
 from ._module import _host_copy
 from ._registry import adapters, reference_path
 
-__all__ = ["CheckError", "Row", "check_rows", "format_table"]
+__all__ = ["CheckError", "Row", "check_rows", "format_table", "select_adapters"]
 
 # (shape, normalized axes): N x D, N x C x H x W as in the paper, reversed axes
 CASES = (((4, 7), (-1,)), ((2, 3, 4, 5), (1, 2, 3)), ((3, 4, 5), (2, 1)))
@@ -123,7 +123,12 @@ def _check_device(adapter: Any, xp: Any, device: Any, dtype: str) -> Iterator[Ro
             yield Row(adapter.name, label, dtype, name, vs_ref, vs_f64, status)
 
 
-def _select(backend: str | None) -> list:
+def select_adapters(backend: str | None) -> list:
+    """All registered adapters, or only ``backend``.
+
+    Raises :class:`CheckError` naming what to install when ``backend`` is
+    unknown or its library is not installed (also used by ``normcore experiment``).
+    """
     found = adapters()
     if backend is None:
         return found
@@ -147,7 +152,7 @@ def check_rows(backend: str | None = None) -> Iterator[Row]:
     ``backend`` names one of them, which raises :class:`CheckError` (as does an
     unknown ``backend``) before anything runs.
     """
-    for adapter in _select(backend):
+    for adapter in select_adapters(backend):
         if adapter.library_version() is None:
             yield Row(adapter.name, "-", "-", "-", None, None, "SKIP", "library not installed")
             continue

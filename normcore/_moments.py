@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 from ._compat import device_of, library_label, namespace_of
 from ._primitive import accumulation_dtype, centered_moments
 from ._registry import adapter_for
-from ._validation import check_arrays, normalize_axes, normalize_axis
+from ._validation import check_arrays, check_correction, normalize_axes, normalize_axis
 
 __all__ = ["Moments", "Population", "batch_moments", "moments", "population_stats"]
 
@@ -61,16 +61,7 @@ def moments(x, *, axis, correction=0, keepdims=False):
     """
     xp = check_arrays(x)
     axes = tuple(range(x.ndim)) if axis is None else tuple(sorted(normalize_axes(axis, x.ndim)))
-    if isinstance(correction, bool) or not isinstance(correction, numbers.Real):
-        raise TypeError(f"correction must be a real number, got {type(correction).__name__}")
-    count = 1
-    for a in axes:
-        count *= x.shape[a]
-    if not 0 <= correction < count:
-        raise ValueError(
-            f"correction must be >= 0 and less than the number of values reduced ({count}), "
-            f"got {correction!r}"
-        )
+    correction = check_correction(correction, math.prod(x.shape[a] for a in axes))
     acc = accumulation_dtype(xp, adapter_for(x), x.dtype)
     xa = x if x.dtype == acc else xp.astype(x, acc)
     mean, _, var = centered_moments(xp, xa, axes, correction)

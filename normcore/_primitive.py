@@ -14,7 +14,10 @@ Its backward is one formula as well (``m_R`` is the mean over ``reduce_axes``)::
     dx    = rstd * (dxhat - m_R(dxhat) - xhat * m_R(dxhat * xhat))   # batch statistics
     dx    = rstd * dxhat                                              # fixed statistics
 
-(RMS norm drops the ``m_R(dxhat)`` term.) Statistics are accumulated in the
+(RMS norm drops the ``m_R(dxhat)`` term.) A ``correction`` ``k`` divides the
+sum of squares by ``count - k`` instead of ``count`` (``k = 1``: the unbiased
+variance batch norm uses at small batches in Ba et al., 2016); the last term of
+the backward is then scaled by ``count / (count - k)``. Statistics are accumulated in the
 adapter's accumulation dtype (float32 for float16/bfloat16) and results are cast
 back to the input's dtype. Adapters may register faster kernels for these two
 functions (see ``normcore._dispatch``); this module is the reference they are
@@ -102,10 +105,7 @@ def centered_moments(
     shifted = x - shift
     offset = xp.mean(shifted, axis=axes, keepdims=True)
     centered = shifted - offset
-    count = 1
-    for a in axes:
-        count *= x.shape[a]
-    var = xp.sum(centered * centered, axis=axes, keepdims=True) / (count - correction)
+    var = xp.sum(centered * centered, axis=axes, keepdims=True) / (_count(x, axes) - correction)
     return shift + offset, centered, var
 
 
@@ -133,16 +133,32 @@ def _rstd(xp: Any, var: Any, eps: float) -> Any:
     return 1.0 / xp.sqrt(var + eps)
 
 
+def _count(x: Any, axes: tuple[int, ...]) -> int:
+    count = 1
+    for a in axes:
+        count *= x.shape[a]
+    return count
+
+
 def _standardize(
-    xp: Any, xa: Any, reduce_axes: tuple[int, ...], center: bool, eps: float, stats: Any
+    xp: Any,
+    xa: Any,
+    reduce_axes: tuple[int, ...],
+    center: bool,
+    eps: float,
+    stats: Any,
+    correction: float = 0.0,
 ) -> tuple[Any, Any, Any, Any]:
     """Return ``(xhat, mean, var, rstd)`` for ``xa`` already in the accumulation dtype."""
     if stats is None:
         if center:
-            mean, centered, var = centered_moments(xp, xa, reduce_axes)
+            mean, centered, var = centered_moments(xp, xa, reduce_axes, correction)
         else:
             mean, centered = None, xa
             var = xp.mean(xa * xa, axis=reduce_axes, keepdims=True)
+            if correction:
+                count = _count(xa, reduce_axes)
+                var = var * (count / (count - correction))
     else:
         mean = None if stats.mean is None else _astype(xp, stats.mean, xa.dtype)
         var = _astype(xp, stats.var, xa.dtype)
@@ -164,17 +180,20 @@ def normalize(
     eps: float,
     stats: Statistics | None = None,
     need_stats: bool = False,
+    correction: float = 0.0,
 ) -> Normalized:
     """Reference forward of the normalization primitive (arguments already validated).
 
     ``reduce_axes`` are sorted non-negative axes; ``param_axes`` are the axes of
     ``x`` that ``gain``/``bias`` span, in the order of their dimensions.
     ``stats`` fixes the statistics (inference); otherwise they are computed
-    from ``x``. The reference always returns the statistics it used;
-    ``need_stats`` tells a fast path that the caller needs them too.
+    from ``x``, the variance dividing by ``count - correction``. The reference
+    always returns the statistics it used; ``need_stats`` tells a fast path
+    that the caller needs them too.
     """
     acc = accumulation_dtype(xp, adapter, x.dtype)
-    xhat, mean, var, _ = _standardize(xp, _astype(xp, x, acc), reduce_axes, center, eps, stats)
+    xa = _astype(xp, x, acc)
+    xhat, mean, var, _ = _standardize(xp, xa, reduce_axes, center, eps, stats, correction)
     y = xhat
     if gain is not None:
         y = y * broadcast_param(xp, _astype(xp, gain, acc), param_axes, x.ndim)
@@ -195,6 +214,7 @@ def normalize_backward(
     center: bool,
     eps: float,
     stats: Statistics | None = None,
+    correction: float = 0.0,
     need_dgain: bool,
     need_dbias: bool,
     bias_dtype: Any = None,
@@ -202,17 +222,24 @@ def normalize_backward(
     """Reference backward of :func:`normalize` (arguments already validated).
 
     With ``stats`` given the statistics are constants and the gradient does not
-    flow through them; otherwise it does (the full formula).
+    flow through them; otherwise it does (the full formula, with ``correction``
+    as in the forward).
     """
     acc = accumulation_dtype(xp, adapter, x.dtype)
-    xhat, _, _, rstd = _standardize(xp, _astype(xp, x, acc), reduce_axes, center, eps, stats)
+    xa = _astype(xp, x, acc)
+    xhat, _, _, rstd = _standardize(xp, xa, reduce_axes, center, eps, stats, correction)
     grad = _astype(xp, dy, acc)
     dgain = _sum_to_param(xp, grad * xhat, param_axes) if need_dgain else None
     dbias = _sum_to_param(xp, grad, param_axes) if need_dbias else None
     if gain is not None:
         grad = grad * broadcast_param(xp, _astype(xp, gain, acc), param_axes, x.ndim)
     if stats is None:
-        inner = grad - xhat * xp.mean(grad * xhat, axis=reduce_axes, keepdims=True)
+        projection = xp.mean(grad * xhat, axis=reduce_axes, keepdims=True)
+        if correction:
+            # d var / d x carries 1 / (count - correction), not m_R's 1 / count
+            count = _count(xa, reduce_axes)
+            projection = projection * (count / (count - correction))
+        inner = grad - xhat * projection
         if center:
             inner = inner - xp.mean(grad, axis=reduce_axes, keepdims=True)
         grad = inner

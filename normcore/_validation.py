@@ -94,6 +94,26 @@ def check_eps(eps: Any, name: str = "eps") -> float:
     return value
 
 
+def check_correction(correction: Any, count: int | None) -> float:
+    """Return a variance's degrees-of-freedom ``correction`` as a float after checking it.
+
+    It must be a real number >= 0 and, when ``count`` (the number of values
+    reduced) is given, leave degrees of freedom: ``correction < count``.
+    """
+    if isinstance(correction, bool) or not isinstance(correction, numbers.Real):
+        raise TypeError(f"correction must be a real number, got {type(correction).__name__}")
+    value = float(correction)
+    if count is None:
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"correction must be a finite number >= 0, got {correction!r}")
+    elif not 0 <= value < count:
+        raise ValueError(
+            f"correction must be >= 0 and less than the number of values reduced ({count}), "
+            f"got {correction!r}"
+        )
+    return value
+
+
 def normalize_axis(axis: Any, ndim: int, name: str = "axis") -> int:
     """Return ``axis`` as a non-negative int, checking its type and range."""
     if type(axis) is not int and (isinstance(axis, bool) or not isinstance(axis, numbers.Integral)):

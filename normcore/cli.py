@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["main"]
 
@@ -38,6 +39,55 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiment(args: argparse.Namespace) -> int:
+    from .experiments._common import ExperimentError
+    from .experiments._runner import run
+
+    try:
+        run(args.experiment, backend=args.backend, seed=args.seed, epochs=args.epochs,
+            hidden=args.hidden, out=args.out)  # fmt: skip
+    except ExperimentError as error:
+        print(f"normcore experiment: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _add_experiments(commands: Any) -> None:
+    experiment = commands.add_parser(
+        "experiment",
+        help="reproduce the layer-norm paper's comparisons in miniature (tables and plots)",
+        description="Run one experiment on scikit-learn's 8x8 digits with normcore's own "
+        "forward, backward and Adam; print its table, write OUT/NAME.png and OUT/NAME.md. "
+        'Needs pip install "normcore[experiments]". Exit status 2 when a package is missing.',
+    )
+    names = experiment.add_subparsers(dest="experiment", required=True, metavar="NAME")
+    about = {
+        "batch-size": "MLP without norm, with batch norm and with layer norm at batch 128 "
+        "and 4 (the paper's permutation-invariant MNIST comparison; about a minute)",
+        "rnn": "plain LSTM vs LN-LSTM reading the digits row by row",
+        "invariance": "measure every cell of the paper's Table 1 (invariance properties)",
+    }
+    epochs_help = {
+        "batch-size": "passes over the training set (default 20)",
+        "rnn": "passes over the training set (default 15)",
+        "invariance": "independent random draws of data, weights and transformations; "
+        "the table keeps the largest change (default 5)",
+    }
+    for name, text in about.items():
+        sub = names.add_parser(name, help=text, description=text)
+        sub.add_argument(
+            "--backend", default="numpy", metavar="B", help="numpy (default), torch or cupy"
+        )
+        sub.add_argument("--seed", type=int, default=0, help="seed of data split, init, order")
+        sub.add_argument("--epochs", type=int, default=None, help=epochs_help[name])
+        if name != "invariance":
+            hidden_help = "hidden units (default: 256 batch-size, 32 rnn)"
+            sub.add_argument("--hidden", type=int, default=None, help=hidden_help)
+        out_help = "where NAME.png and NAME.md go (default normcore-results)"
+        sub.add_argument("--out", default="normcore-results", metavar="DIR", help=out_help)
+        sub.set_defaults(run=_experiment, hidden=None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``normcore`` command."""
     parser = argparse.ArgumentParser(
@@ -69,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="small sizes and few repeats (seconds; for CI)"
     )
     bench.set_defaults(run=_bench)
+    _add_experiments(commands)
     return parser
 
 

@@ -1,7 +1,10 @@
 """Reproducible experiments built on normcore's public functions.
 
-Each module exposes a function that runs the experiment and returns its
-curves; nothing runs at import. Optional dependencies (scikit-learn,
-matplotlib) are imported inside the functions that need them:
-``pip install normcore[experiments]``.
+One module per experiment, each returning its numbers (nothing runs at import):
+:mod:`~normcore.experiments.batch_size` (MLP without norm, with batch norm and
+with layer norm at batch 128 and 4), :mod:`~normcore.experiments.rnn_digits`
+(LSTM vs LN-LSTM) and :mod:`~normcore.experiments.invariance` (Table 1 of Ba et
+al., measured). ``normcore experiment NAME`` runs them from the command line.
+Optional dependencies (scikit-learn, matplotlib, tqdm) are imported inside the
+functions that need them: ``pip install normcore[experiments]``.
 """

@@ -19,6 +19,8 @@ import normcore
 from normcore._compat import device_of, resolve_creation
 from normcore.optim import Adam
 
+from ._common import pyplot, softmax_cross_entropy, to_host
+
 __all__ = ["compare", "load_digit_sequences", "plot_curves", "train"]
 
 
@@ -33,16 +35,6 @@ def load_digit_sequences(seed: int = 0, test_fraction: float = 0.2) -> dict[str,
     n_test = round(test_fraction * len(x))
     test, train_ = order[:n_test], order[n_test:]
     return {"x_train": x[train_], "y_train": y[train_], "x_test": x[test], "y_test": y[test]}
-
-
-def _softmax_cross_entropy(xp: Any, logits: Any, onehot: Any) -> tuple[Any, Any]:
-    """Return (mean loss, d loss / d logits) of a softmax cross-entropy."""
-    shifted = logits - xp.max(logits, axis=1, keepdims=True)
-    log_z = xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
-    log_p = shifted - log_z
-    n = logits.shape[0]
-    loss = -xp.sum(onehot * log_p) / n
-    return loss, (xp.exp(log_p) - onehot) / n
 
 
 class _Classifier:
@@ -71,7 +63,7 @@ class _Classifier:
     def loss_and_grads(self, xs, onehot):
         xp = self.xp
         h, logits = self.logits(xs)
-        loss, dlogits = _softmax_cross_entropy(xp, logits, onehot)
+        loss, dlogits = softmax_cross_entropy(xp, logits, onehot)
         dreadout = {
             "W": xp.matmul(xp.permute_dims(h, (1, 0)), dlogits),
             "b": xp.sum(dlogits, axis=0),
@@ -145,7 +137,7 @@ def train(
             total += float(loss) * len(batch)
             count += len(batch)
         _, logits = model.logits(x_test)
-        predicted = np.asarray(_to_host(xp.argmax(logits, axis=1)))
+        predicted = to_host(xp.argmax(logits, axis=1))
         accuracy = float(np.mean(predicted == data["y_test"]))
         curves["train_loss"].append(total / count)
         curves["test_accuracy"].append(accuracy)
@@ -153,10 +145,6 @@ def train(
             progress(epoch, total / count, accuracy)
     curves["seconds"] = time.perf_counter() - start
     return curves
-
-
-def _to_host(a: Any) -> Any:
-    return a.cpu() if hasattr(a, "cpu") else a
 
 
 def compare(**settings: Any) -> dict[str, dict[str, Any]]:
@@ -170,11 +158,7 @@ def compare(**settings: Any) -> dict[str, dict[str, Any]]:
 
 def plot_curves(results: dict[str, dict[str, Any]], path: str, title: str = "") -> None:
     """Write a PNG of training loss and test accuracy per epoch for each run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
     for name, curves in results.items():
         epochs = range(1, len(curves["train_loss"]) + 1)
