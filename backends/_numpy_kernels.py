@@ -220,33 +220,29 @@ def _chan_merge(count, m, m2):
     """Merge per-part statistics along axis 0 with Chan's pairwise update.
 
     ``count`` (T,), ``m`` and ``m2`` (T, C) hold each part's size, mean and
-    sum of squared deviations.  Parts are merged pairwise in a tree, which is
-    both accurate and vectorised over the C columns.  Returns (count, m, m2)
-    of the union, ``m`` and ``m2`` of shape (C,).
+    sum of squared deviations; ``m`` and ``m2`` are overwritten.  Parts are
+    merged pairwise in a tree (part i absorbs part i + step), which is both
+    accurate and vectorised over the C columns, and works in place so the
+    temporaries stay at half a results array.  Returns (count, m, m2) of
+    the union, ``m`` and ``m2`` of shape (C,).
     """
-    count = np.asarray(count, np.float64)
-    while m.shape[0] > 1:
-        h = m.shape[0] // 2
-        na, nb = count[0 : 2 * h : 2], count[1 : 2 * h : 2]
-        ma, mb = m[0 : 2 * h : 2], m[1 : 2 * h : 2]
-        total = na + nb
-        delta = mb - ma
-        merged_m = ma + delta * (nb / total)[:, None]
-        merged_m2 = (
-            m2[0 : 2 * h : 2] + m2[1 : 2 * h : 2] + delta * delta * (na * nb / total)[:, None]
-        )
-        if m.shape[0] % 2:
-            total = np.append(total, count[-1])
-            merged_m = np.vstack([merged_m, m[-1:]])
-            merged_m2 = np.vstack([merged_m2, m2[-1:]])
-        count, m, m2 = total, merged_m, merged_m2
+    count = np.array(count, np.float64)
+    parts = m.shape[0]
+    step = 1
+    while step < parts:
+        into, part = slice(0, parts - step, 2 * step), slice(step, parts, 2 * step)
+        n_into, n_part = count[into, None], count[part, None]
+        _chan_update(m[into], m2[into], n_into, m[part], m2[part], n_part)
+        count[into] += count[part]
+        step *= 2
     return count[0], m[0], m2[0]
 
 
 def _chan_update(m, m2, count, part_m, part_m2, part_count):
-    """Merge one part's (mean, M2) into the running ``m``/``m2`` in place (Chan).
+    """Merge a part's (mean, M2) into the running ``m``/``m2`` in place (Chan).
 
-    ``count`` and ``part_count`` are the element counts behind each side.
+    ``count`` and ``part_count`` are the element counts behind each side
+    (scalars, or columns broadcasting against ``m``).
     """
     total = count + part_count
     delta = np.subtract(part_m, m)
