@@ -66,6 +66,12 @@ _MIN_TILE_ROWS = 16
 _MAX_TILE_ROWS = 4096
 # Upper bound on per-task partial sums for dgain/dbias in rows_backward.
 _MAX_CHUNKS = 64
+# Column layouts reduce their row tiles in at most this many fixed groups of
+# consecutive tiles, one task per group and column block, each merged as it
+# goes: per-channel partial statistics then take ``_MAX_GROUPS * C`` values
+# instead of one row per 16-row tile (half the array for C=4096 channels-last).
+# The grouping depends on the shape only, so results do not depend on threads.
+_MAX_GROUPS = 32
 
 # --------------------------------------------------------------------------
 # Threads and scratch memory
@@ -214,27 +220,38 @@ def _chan_merge(count, m, m2):
     """Merge per-part statistics along axis 0 with Chan's pairwise update.
 
     ``count`` (T,), ``m`` and ``m2`` (T, C) hold each part's size, mean and
-    sum of squared deviations.  Parts are merged pairwise in a tree, which is
-    both accurate and vectorised over the C columns.  Returns (count, m, m2)
-    of the union, ``m`` and ``m2`` of shape (C,).
+    sum of squared deviations; ``m`` and ``m2`` are overwritten.  Parts are
+    merged pairwise in a tree (part i absorbs part i + step), which is both
+    accurate and vectorised over the C columns, and works in place so the
+    temporaries stay at half a results array.  Returns (count, m, m2) of
+    the union, ``m`` and ``m2`` of shape (C,).
     """
-    count = np.asarray(count, np.float64)
-    while m.shape[0] > 1:
-        h = m.shape[0] // 2
-        na, nb = count[0 : 2 * h : 2], count[1 : 2 * h : 2]
-        ma, mb = m[0 : 2 * h : 2], m[1 : 2 * h : 2]
-        total = na + nb
-        delta = mb - ma
-        merged_m = ma + delta * (nb / total)[:, None]
-        merged_m2 = (
-            m2[0 : 2 * h : 2] + m2[1 : 2 * h : 2] + delta * delta * (na * nb / total)[:, None]
-        )
-        if m.shape[0] % 2:
-            total = np.append(total, count[-1])
-            merged_m = np.vstack([merged_m, m[-1:]])
-            merged_m2 = np.vstack([merged_m2, m2[-1:]])
-        count, m, m2 = total, merged_m, merged_m2
+    count = np.array(count, np.float64)
+    parts = m.shape[0]
+    step = 1
+    while step < parts:
+        into, part = slice(0, parts - step, 2 * step), slice(step, parts, 2 * step)
+        n_into, n_part = count[into, None], count[part, None]
+        _chan_update(m[into], m2[into], n_into, m[part], m2[part], n_part)
+        count[into] += count[part]
+        step *= 2
     return count[0], m[0], m2[0]
+
+
+def _chan_update(m, m2, count, part_m, part_m2, part_count):
+    """Merge a part's (mean, M2) into the running ``m``/``m2`` in place (Chan).
+
+    ``count`` and ``part_count`` are the element counts behind each side
+    (scalars, or columns broadcasting against ``m``).
+    """
+    total = count + part_count
+    delta = np.subtract(part_m, m)
+    m2 += part_m2
+    sq = np.multiply(delta, delta)
+    sq *= count * part_count / total
+    m2 += sq
+    delta *= part_count / total
+    m += delta
 
 
 # --------------------------------------------------------------------------
@@ -366,6 +383,9 @@ class _RowLayout:
         self.step = max(1, _BLOCK // self.seg)
         self.nrb = -(-self.rows // self.step)
         self.ntiles = self.nrb * self.nseg
+        # Reductions run one task per tile: each result slot is a row, so
+        # partial results are already a small fraction of the array.
+        self.ntasks = self.ntiles
         self.rowlen = self.seg
         self.ones_len = self.seg
 
@@ -378,6 +398,10 @@ class _RowLayout:
         r0, c0 = rb * self.step, s * self.seg
         rows = slice(r0, min(r0 + self.step, self.rows))
         return (rows, slice(c0, min(c0 + self.seg, self.B))), (rows, s)
+
+    def task_tiles(self, t):
+        """The tiles reduction task ``t`` covers, with their result slots."""
+        return (self.tile(t),)
 
     def expand(self, v):
         return np.tile(v, self.A)[:, None]
@@ -432,6 +456,9 @@ class _ColLayout:
         self.nra = -(-self.A // self.ta)
         self.ncb = -(-self.C // self.tc)
         self.ntiles = self.nra * self.ncb
+        # Reductions: one task per (group of row tiles, column block).
+        self.ngroups = min(_MAX_GROUPS, -(-self.nra // 4))
+        self.ntasks = self.ngroups * self.ncb
         self.rowlen = self.tc * self.B
         self.ones_len = self.ta
 
@@ -444,6 +471,17 @@ class _ColLayout:
         c1 = min(c0 + self.tc, self.C)
         idx = (slice(a0, min(a0 + self.ta, self.A)), slice(c0 * self.B, c1 * self.B))
         return idx, (ia, slice(c0, c1))
+
+    def _group(self, gi):
+        """Row tiles of group ``gi``: a fixed, balanced partition of the nra tiles."""
+        return range(gi * self.nra // self.ngroups, (gi + 1) * self.nra // self.ngroups)
+
+    def task_tiles(self, t):
+        """The tiles reduction task ``t`` covers, each with its group's result slot."""
+        gi, jc = divmod(t, self.ncb)
+        for ia in self._group(gi):
+            idx, (_, cols) = self.tile(ia * self.ncb + jc)
+            yield idx, (gi, cols)
 
     def expand(self, v):
         col = np.repeat(v, self.B) if self.B > 1 else v
@@ -471,15 +509,26 @@ class _ColLayout:
         return np.repeat(vals, self.B) if self.B > 1 else vals
 
     def results(self):
-        return np.empty((self.nra, self.C), np.float64)
+        return np.empty((self.ngroups, self.C), np.float64)
 
     def merge(self, msum, m2):
-        count = np.full(self.nra, self.ta * self.B, np.float64)
-        count[-1] = (self.A - self.ta * (self.nra - 1)) * self.B
+        count = np.empty(self.ngroups, np.float64)
+        for gi in range(self.ngroups):
+            tiles = self._group(gi)
+            rows = min(self.A, tiles.stop * self.ta) - tiles.start * self.ta
+            count[gi] = rows * self.B
         return _chan_merge(count, msum, m2)
 
     def total(self, r):
         return r.sum(axis=0)
+
+
+def _accumulate(results, slot, values, first):
+    """Store (first tile of a task) or add a tile's sums into its result slot."""
+    if first:
+        results[slot] = values
+    else:
+        results[slot] += values
 
 
 def _layout(shape):
@@ -500,18 +549,24 @@ def _channel_stats(x, lay, acc):
     ones = np.ones(lay.ones_len, acc)
     msum, m2 = lay.results(), lay.results()
 
-    def work(i):
-        idx, slot = lay.tile(i)
-        xa = _load(x2[idx], "x", acc)
-        t = _scratch("t", xa.shape, acc)
-        np.subtract(xa, lay.operand(kexp, idx), out=t)
-        m = lay.sums(t, ones)
-        m /= lay.count(idx)
-        np.subtract(t, lay.local(m), out=t)
-        msum[slot] = m
-        m2[slot] = lay.sumsq(t, ones)
+    def work(task):
+        seen = 0
+        for idx, slot in lay.task_tiles(task):
+            xa = _load(x2[idx], "x", acc)
+            t = _scratch("t", xa.shape, acc)
+            np.subtract(xa, lay.operand(kexp, idx), out=t)
+            n = lay.count(idx)
+            m = lay.sums(t, ones)
+            m /= n
+            np.subtract(t, lay.local(m), out=t)
+            if seen:
+                _chan_update(msum[slot], m2[slot], seen, m, lay.sumsq(t, ones), n)
+            else:
+                msum[slot] = m
+                m2[slot] = lay.sumsq(t, ones)
+            seen += n
 
-    _run(lay.ntiles, work, x.size, lay.rowlen)
+    _run(lay.ntasks, work, x.size, lay.rowlen)
     count, m, sq = lay.merge(msum, m2)
     return k, m, sq / count
 
@@ -864,24 +919,26 @@ def channels_backward(
     s_u = lay.results() if need_su else None
     s_dy = lay.results() if need_sdy else None
 
-    def sums(i):
-        # Per-tile sum(dy * (x - mean)) and sum(dy); with fixed statistics dx
+    def sums(task):
+        # Per-task sums of dy * (x - mean) and of dy; with fixed statistics dx
         # needs no reduction and is formed in the same pass.
-        idx, slot = lay.tile(i)
-        dya = _load(dy2[idx], "dy", acc)
-        if s_u is not None:
-            u = _scratch("u", dya.shape, acc)
-            centre(_load(x2[idx], "x", acc), idx, u)
-            np.multiply(u, dya, out=u)
-            s_u[slot] = lay.sums(u, ones)
-        if s_dy is not None:
-            s_dy[slot] = lay.sums(dya, ones)
-        if alpha_e is not None:
-            out = _target(dx2[idx], "dx", acc)
-            np.multiply(dya, lay.operand(alpha_e, idx), out=out)
-            _store(dx2[idx], out)
+        first = True
+        for idx, slot in lay.task_tiles(task):
+            dya = _load(dy2[idx], "dy", acc)
+            if s_u is not None:
+                u = _scratch("u", dya.shape, acc)
+                centre(_load(x2[idx], "x", acc), idx, u)
+                np.multiply(u, dya, out=u)
+                _accumulate(s_u, slot, lay.sums(u, ones), first)
+            if s_dy is not None:
+                _accumulate(s_dy, slot, lay.sums(dya, ones), first)
+            if alpha_e is not None:
+                out = _target(dx2[idx], "dx", acc)
+                np.multiply(dya, lay.operand(alpha_e, idx), out=out)
+                _store(dx2[idx], out)
+            first = False
 
-    _run(lay.ntiles, sums, x.size, lay.rowlen)
+    _run(lay.ntasks, sums, x.size, lay.rowlen)
     su = None if s_u is None else lay.total(s_u)
     sdy = None if s_dy is None else lay.total(s_dy)
     if not fixed_stats:
