@@ -18,6 +18,7 @@ __all__ = [
     "check_arrays",
     "check_bool",
     "check_choice",
+    "check_correction",
     "check_eps",
     "check_gradient",
     "check_keys",
@@ -26,6 +27,7 @@ __all__ = [
     "check_positive_int",
     "normalize_axes",
     "normalize_axis",
+    "resolve_dtype",
 ]
 
 
@@ -199,3 +201,47 @@ def check_keys(mapping: Any, expected: Any, name: str, what: str = "") -> None:
             f"{name}{' ' + what if what else ''} must have exactly the keys {sorted(expected)}: "
             f"missing {missing}, unexpected {extra}"
         )
+
+
+def check_correction(correction: Any, count: int | None = None, what: str = "") -> float:
+    """Return the degrees-of-freedom ``correction`` as a float after checking it.
+
+    It must be a real number >= 0 and, when ``count`` is given, less than
+    ``count`` (a variance divides by ``count - correction``); ``what`` names
+    the count in the message (e.g. ``"the number of values reduced"``).
+    """
+    if type(correction) not in (int, float) and (
+        isinstance(correction, bool) or not isinstance(correction, numbers.Real)
+    ):
+        raise TypeError(f"correction must be a real number, got {library_label(correction)}")
+    value = float(correction)
+    upper = math.inf if count is None else count
+    if not 0 <= value < upper:
+        bound = "" if count is None else f" and less than {what} ({count})"
+        raise ValueError(f"correction must be >= 0{bound}, got {correction!r}")
+    return value
+
+
+def resolve_dtype(xp: Any, dtype: Any, name: str = "dtype", default: Any = None) -> Any:
+    """Return ``dtype`` as a real floating dtype of the namespace ``xp``.
+
+    ``dtype`` is a dtype of ``xp`` or its name (``"float64"``); None gives
+    ``default`` (returned as it is, so None may stay None).
+    """
+    if dtype is None:
+        return default
+    if isinstance(dtype, str):
+        found = getattr(xp, dtype, None)
+        if found is None:
+            raise TypeError(f"{name} {dtype!r} is not a dtype of {xp.__name__}")
+        dtype = found
+    if not _is_real_floating_dtype(xp, dtype):
+        raise TypeError(f"{name} must be a real floating-point dtype, got {dtype}")
+    return dtype
+
+
+def _is_real_floating_dtype(xp: Any, dtype: Any) -> bool:
+    try:
+        return bool(xp.isdtype(dtype, "real floating"))
+    except (TypeError, AttributeError, ValueError):  # not a dtype at all, e.g. dtype="sum"
+        return False
