@@ -13,20 +13,25 @@ from typing import Any
 
 import numpy as np
 
-from ._compat import namespace_of, resolve_creation
-from ._validation import check_bool, check_choice, check_keys, check_positive_int
+from ._compat import resolve_creation
+from ._rnn_cells import CELL_IMPLEMENTATIONS
+from ._validation import check_arrays, check_bool, check_choice, check_keys, check_positive_int
 
 __all__ = [
     "CELLS",
     "GATES",
+    "check_named_arrays",
+    "check_shapes",
+    "matrix_size",
+    "param_names",
     "param_shapes",
     "rnn_params",
     "rnn_params_from_torch",
     "rnn_params_to_torch",
 ]
 
-CELLS = ("rnn", "lstm", "gru")
-GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+CELLS = tuple(CELL_IMPLEMENTATIONS)
+GATES = {cell: implementation.gates for cell, implementation in CELL_IMPLEMENTATIONS.items()}
 TORCH_KEYS = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
 
 
@@ -46,6 +51,51 @@ def param_shapes(cell: str, input_size: int, hidden_size: int, layer_norm: bool)
     else:
         shapes.update({"b_x": (g,), "b_h": (g,)})
     return shapes
+
+
+def param_names(cell: str, layer_norm: bool) -> tuple[str, ...]:
+    """Return the names of the parameters of ``cell`` (they do not depend on the sizes)."""
+    return tuple(param_shapes(cell, 1, 1, layer_norm))
+
+
+def torch_shapes(cell: str, input_size: int, hidden_size: int) -> dict:
+    """Return ``{key: shape}`` of a one-layer torch ``RNN``/``LSTM``/``GRU`` state dict."""
+    g = GATES[cell] * hidden_size
+    shapes = ((g, input_size), (g, hidden_size), (g,), (g,))
+    return dict(zip(TORCH_KEYS, shapes, strict=True))
+
+
+def check_named_arrays(
+    arrays: Any, names: tuple[str, ...], name: str, what: str = "", **like: Any
+) -> Any:
+    """Check that ``arrays`` maps exactly ``names`` to arrays of one library, device and dtype.
+
+    The entries are compared with the one array in ``like`` (keyword: its name
+    in messages), or else with the first of ``names``. Messages name an entry
+    ``name[key]``; ``what`` is added to the keys' message. Returns the namespace.
+    """
+    check_keys(arrays, names, name, what)
+    labelled = {f"{name}[{key!r}]": arrays[key] for key in names}
+    if not like:
+        first = next(iter(labelled))
+        like = {first: labelled.pop(first)}
+    ((like_name, reference),) = like.items()
+    return check_arrays(reference, x_name=like_name, exact_dtype=True, **labelled)
+
+
+def matrix_size(a: Any, label: str, axis: int) -> int:
+    """Return ``a.shape[axis]`` after checking that ``a`` (called ``label``) is 2-D."""
+    if a.ndim != 2:
+        raise ValueError(f"{label} must be a 2-D weight matrix, got shape {tuple(a.shape)}")
+    return a.shape[axis]
+
+
+def check_shapes(arrays: Mapping, expected: Mapping, name: str, what: str) -> None:
+    """Check ``arrays[key].shape == expected[key]`` for every key; ``what`` explains them."""
+    for key, shape in expected.items():
+        got = tuple(arrays[key].shape)
+        if got != shape:
+            raise ValueError(f"{name}[{key!r}] must have shape {shape} {what}, got {got}")
 
 
 def _ln_pairs(suffixes: tuple[str, ...], size: int) -> dict:
@@ -186,9 +236,14 @@ def rnn_params_from_torch(state_dict: Mapping, cell: str) -> dict[str, Any]:
 
     Raises
     ------
-    TypeError, ValueError
-        If ``cell`` is invalid or ``state_dict`` lacks a key or has others
-        (a multi-layer or bidirectional module).
+    TypeError
+        If ``cell`` is not a str, or an entry of ``state_dict`` is not an
+        array, or the entries differ in library or dtype.
+    ValueError
+        If ``cell`` is unknown, ``state_dict`` lacks a key or has others (a
+        multi-layer or bidirectional module), the entries are on different
+        devices, or their shapes are not those of a ``cell`` module (for
+        example an LSTM's state dict converted with ``cell="gru"``).
 
     Examples
     --------
@@ -199,9 +254,17 @@ def rnn_params_from_torch(state_dict: Mapping, cell: str) -> dict[str, Any]:
     (torch.Size([3, 8]), torch.Size([8]))
     """
     check_choice(cell, CELLS, "cell")
-    check_keys(state_dict, TORCH_KEYS, "state_dict")
+    xp = check_named_arrays(state_dict, TORCH_KEYS, "state_dict")
     w_ih, w_hh, b_ih, b_hh = (state_dict[k] for k in TORCH_KEYS)
-    xp = namespace_of(w_ih)
+    inputs = matrix_size(w_ih, "state_dict['weight_ih_l0']", 1)
+    hidden = matrix_size(w_hh, "state_dict['weight_hh_l0']", 1)
+    check_shapes(
+        state_dict,
+        torch_shapes(cell, inputs, hidden),
+        "state_dict",
+        f"for cell={cell!r} ({GATES[cell]} blocks of hidden size {hidden}, the columns of "
+        f"weight_hh_l0; input size {inputs}, the columns of weight_ih_l0)",
+    )
     params = {"W_x": _transpose_copy(xp, w_ih), "W_h": _transpose_copy(xp, w_hh)}
     if cell == "gru":
         params.update(b_x=xp.asarray(b_ih, copy=True), b_h=xp.asarray(b_hh, copy=True))
@@ -229,6 +292,16 @@ def rnn_params_to_torch(params: Mapping, cell: str) -> dict[str, Any]:
         ``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0`` in
         the params' library, device and dtype.
 
+    Raises
+    ------
+    TypeError
+        If ``cell`` is not a str, or an entry of ``params`` is not an array,
+        or the entries differ in library or dtype.
+    ValueError
+        If ``cell`` is unknown, ``params`` has other keys than those of
+        ``cell`` without layer norm, the entries are on different devices, or
+        their shapes do not fit together.
+
     Examples
     --------
     >>> import torch, normcore
@@ -238,10 +311,18 @@ def rnn_params_to_torch(params: Mapping, cell: str) -> dict[str, Any]:
     <All keys matched successfully>
     """
     check_choice(cell, CELLS, "cell")
-    hidden = params["W_h"].shape[0] if isinstance(params, Mapping) and "W_h" in params else 0
-    inputs = params["W_x"].shape[0] if isinstance(params, Mapping) and "W_x" in params else 0
-    check_keys(params, param_shapes(cell, max(inputs, 1), max(hidden, 1), False), "params")
-    xp = namespace_of(params["W_x"])
+    xp = check_named_arrays(
+        params, param_names(cell, False), "params", f"for cell={cell!r}, layer_norm=False"
+    )
+    inputs = matrix_size(params["W_x"], "params['W_x']", 0)
+    hidden = matrix_size(params["W_h"], "params['W_h']", 0)
+    check_shapes(
+        params,
+        param_shapes(cell, inputs, hidden, False),
+        "params",
+        f"for cell={cell!r} with input size {inputs} (the rows of W_x) and hidden size "
+        f"{hidden} (the rows of W_h)",
+    )
     state = {"weight_ih_l0": _transpose_copy(xp, params["W_x"])}
     state["weight_hh_l0"] = _transpose_copy(xp, params["W_h"])
     if cell == "gru":

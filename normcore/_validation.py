@@ -31,14 +31,24 @@ __all__ = [
 ]
 
 
-def check_arrays(x: Any, /, *, x_name: str = "x", exact_dtype: bool = False, **others: Any) -> Any:
+def check_arrays(
+    x: Any,
+    /,
+    *,
+    x_name: str = "x",
+    exact_dtype: bool = False,
+    others_kind: str | None = None,
+    **others: Any,
+) -> Any:
     """Check ``x`` and the optional arrays in ``others``; return the namespace.
 
     ``x`` must be a real floating-point array of at least one dimension. Every
     other array that is not None must come from the same library, live on the
     same device and have ``x``'s dtype, except that float16/bfloat16 ``x`` may
-    come with float32 parameters (unless ``exact_dtype``). Keyword names, and
-    ``x_name`` for ``x``, are used in messages.
+    come with float32 parameters (unless ``exact_dtype``). With
+    ``others_kind`` (an Array API dtype kind such as ``"bool"``) the others
+    must have a dtype of that kind instead. Keyword names, and ``x_name`` for
+    ``x``, are used in messages.
     """
     if not is_array(x):
         raise TypeError(
@@ -68,6 +78,10 @@ def check_arrays(x: Any, /, *, x_name: str = "x", exact_dtype: bool = False, **o
                 f"{name} is on device {other_device} but {x_name} is on device {x_device}; "
                 "move one of them explicitly (normcore never moves data between devices)"
             )
+        if others_kind is not None:
+            if not xp.isdtype(other.dtype, others_kind):
+                raise TypeError(f"{name} must have dtype {others_kind}, got {other.dtype}")
+            continue
         if other.dtype == x.dtype:
             continue
         if exact_dtype:
