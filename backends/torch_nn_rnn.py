@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 import normcore
-from normcore._rnn_params import param_shapes, params_from_torch_layout, torch_keys
+from normcore._rnn_params import params_from_torch_layout, torch_keys, torch_shapes
 from normcore._validation import check_bool, check_eps, check_positive_int
 
 __all__ = ["GRU", "LSTM", "RNN"]
@@ -63,20 +63,10 @@ class _Recurrent(torch.nn.Module):
         self.layer_norm = check_bool(layer_norm, "layer_norm")
         self.eps = check_eps(eps)
         self.num_layers, self.bias, self.dropout, self.bidirectional = 1, True, 0.0, False
-        shapes = param_shapes(self._cell, self.input_size, self.hidden_size, layer_norm)
-        gates = shapes["W_x"][1]
-        torch_shapes = {
-            "weight_ih_l0": (gates, self.input_size),
-            "weight_hh_l0": (gates, self.hidden_size),
-            "bias_ih_l0": (gates,),
-            "bias_hh_l0": (gates,),
-        }
-        torch_shapes.update({f"ln_{k}": shape for k, shape in shapes.items()})
+        shapes = torch_shapes(self._cell, self.input_size, self.hidden_size, layer_norm)
         factory = {"device": device, "dtype": dtype}
-        for key in torch_keys(self._cell, layer_norm):
-            self.register_parameter(
-                key, torch.nn.Parameter(torch.empty(torch_shapes[key], **factory))
-            )
+        for key, shape in shapes.items():
+            self.register_parameter(key, torch.nn.Parameter(torch.empty(shape, **factory)))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -85,15 +85,9 @@ def resolve_creation(like: Any = None, device: Any = None, dtype: Any = None) ->
                 f"got {library_label(like)}"
             )
         xp = namespace_of(zeros(1))
-    if dtype is None:
-        dtype = xp.float32
-    elif isinstance(dtype, str):
-        if not hasattr(xp, dtype):
-            raise TypeError(f"dtype {dtype!r} is not a dtype of {xp.__name__}")
-        dtype = getattr(xp, dtype)
-    if not xp.isdtype(dtype, "real floating"):
-        raise TypeError(f"dtype must be a real floating-point dtype, got {dtype}")
-    return xp, device, dtype
+    from ._validation import resolve_dtype  # _validation imports this module
+
+    return xp, device, resolve_dtype(xp, dtype, default=xp.float32)
 
 
 def without_grad(x: Any) -> Any:

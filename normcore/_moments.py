@@ -2,8 +2,10 @@
 
 :func:`moments` reduces one array. :class:`Moments` accumulates per-feature
 ``(count, mean, M2)`` over batches of any sizes with Chan et al.'s parallel
-merge, so population statistics (batch normalization's Algorithm 2) can be
-computed over a dataset that never fits in memory at once.
+merge, so the mean and variance of a whole training set (what batch
+normalization uses at inference) can be computed over a dataset that never
+fits in memory at once. :func:`population_stats` also offers the paper's own
+estimator (Algorithm 2: averages of the per-batch statistics).
 """
 
 from __future__ import annotations
@@ -13,10 +15,17 @@ import numbers
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-from ._compat import device_of, library_label, namespace_of
+from ._compat import device_of, library_label, namespace_of, without_grad
 from ._primitive import accumulation_dtype, centered_moments
 from ._registry import adapter_for
-from ._validation import check_arrays, check_correction, normalize_axes, normalize_axis
+from ._validation import (
+    check_arrays,
+    check_choice,
+    check_correction,
+    normalize_axes,
+    normalize_axis,
+    resolve_dtype,
+)
 
 __all__ = ["Moments", "Population", "batch_moments", "moments", "population_stats"]
 
@@ -61,7 +70,8 @@ def moments(x, *, axis, correction=0, keepdims=False):
     """
     xp = check_arrays(x)
     axes = tuple(range(x.ndim)) if axis is None else tuple(sorted(normalize_axes(axis, x.ndim)))
-    correction = check_correction(correction, math.prod(x.shape[a] for a in axes))
+    count = math.prod(x.shape[a] for a in axes)
+    correction = check_correction(correction, count, "the number of values reduced")
     acc = accumulation_dtype(xp, adapter_for(x), x.dtype)
     xa = x if x.dtype == acc else xp.astype(x, acc)
     mean, _, var = centered_moments(xp, xa, axes, correction)
@@ -168,6 +178,15 @@ class Moments:
             If ``x`` has fewer than 2 dimensions, ``axis`` is out of range, or
             the number of features or the device differs from earlier batches.
         """
+        self._add(x)
+        return self
+
+    def _add(self, x: Any) -> tuple[int, Any, Any] | None:
+        """:meth:`update`; return the batch's ``(count, mean, biased var)`` per feature.
+
+        None for a batch without values. The statistics are cut from any
+        autograd graph: accumulated state never keeps the batches' graphs alive.
+        """
         xp = check_arrays(x)
         if x.ndim < 2:
             raise ValueError(
@@ -175,15 +194,15 @@ class Moments:
                 f"got shape {tuple(x.shape)}"
             )
         axis = normalize_axis(self.axis, x.ndim)
-        dtype = self._resolve_dtype(xp)
+        dtype = resolve_dtype(xp, self._dtype)
         self._check_compatible(xp, device_of(x), x.shape[axis], "x")
         if math.prod(x.shape) == 0:
-            return self
-        count, mean, var = batch_moments(xp, x, axis, dtype)
+            return None
+        count, mean, var = batch_moments(xp, without_grad(x), axis, dtype)
         shape = (x.shape[axis],)
-        batch = (count, xp.reshape(mean, shape), xp.reshape(var, shape) * count)
-        self.count, self.mean, self.m2 = _chan_merge(self._state(), batch)
-        return self
+        mean, var = xp.reshape(mean, shape), xp.reshape(var, shape)
+        self.count, self.mean, self.m2 = _chan_merge(self._state(), (count, mean, var * count))
+        return count, mean, var
 
     def merge(self, other: Moments) -> Moments:
         """Return a new accumulator holding both ``self``'s and ``other``'s values.
@@ -208,30 +227,18 @@ class Moments:
         Raises
         ------
         ValueError
-            If ``count - correction <= 0`` (for example a single value with the
-            unbiased variance) or ``correction`` is negative.
+            If no values were added yet, ``count - correction <= 0`` (for
+            example a single value with the unbiased variance) or
+            ``correction`` is negative.
         """
-        if isinstance(correction, bool) or not isinstance(correction, numbers.Real):
-            raise TypeError(f"correction must be a real number, got {library_label(correction)}")
-        if not 0 <= correction < self.count:
-            raise ValueError(
-                f"correction must be >= 0 and less than the number of values per feature "
-                f"({self.count}), got {correction!r}"
-            )
+        correction = check_correction(correction)
+        if self.count == 0:
+            raise ValueError("variance() needs values, but no batch with values was added yet")
+        correction = check_correction(correction, self.count, "the number of values per feature")
         return self.m2 / (self.count - correction)
 
     def _state(self) -> tuple[int, Any, Any]:
         return self.count, self.mean, self.m2
-
-    def _resolve_dtype(self, xp: Any) -> Any:
-        dtype = self._dtype
-        if isinstance(dtype, str):
-            if not hasattr(xp, dtype):
-                raise TypeError(f"dtype {dtype!r} is not a dtype of {xp.__name__}")
-            dtype = getattr(xp, dtype)
-        if dtype is not None and not xp.isdtype(dtype, "real floating"):
-            raise TypeError(f"dtype must be a real floating-point dtype, got {dtype}")
-        return dtype
 
     def _check_compatible(self, xp: Any, device: Any, features: int, name: str) -> None:
         if self.mean is None:
@@ -266,16 +273,37 @@ def _chan_merge(a: tuple[int, Any, Any], b: tuple[int, Any, Any]) -> tuple[int, 
     return count, mean, m2
 
 
-def population_stats(
-    batches: Iterable[Any], *, axis: int = 1, correction: float = 1, dtype: Any = None
-) -> Population:
-    """Exact mean and (by default unbiased) variance per feature over a stream of batches.
+ESTIMATORS = ("exact", "batch_average")
 
-    Batch normalization's Algorithm 2 (Ioffe & Szegedy, 2015) normalizes at
-    inference time with statistics of the whole training set. This computes
-    them exactly in one pass over batches of any sizes (each is reduced with
-    two-pass centered sums, then merged with Chan's parallel update; see
-    :class:`Moments`), so only one batch needs to be in memory at a time.
+
+def population_stats(
+    batches: Iterable[Any],
+    *,
+    axis: int = 1,
+    correction: float = 1,
+    dtype: Any = None,
+    estimator: str = "exact",
+) -> Population:
+    """Mean and (by default unbiased) variance per feature over a stream of batches.
+
+    Batch normalization normalizes at inference time with statistics of the
+    whole training set. By default (``estimator="exact"``) this returns the
+    exact mean and variance of all the values seen, as if the batches were
+    concatenated: each batch is reduced with two-pass centered sums, then
+    merged with Chan's parallel update (see :class:`Moments`), in one pass and
+    with only one batch in memory at a time.
+
+    The paper's Algorithm 2 (Ioffe & Szegedy, 2015) estimates the same
+    quantities from per-batch statistics instead: ``E[x]`` is the average of
+    the batch means and ``Var[x] = m / (m - 1) * average of the batch
+    variances`` (``m`` values per feature in every batch). Both means agree
+    for batches of equal sizes, but Algorithm 2's variance leaves out the
+    spread of the batch means around ``E[x]`` (the between-batch variance),
+    so it is smaller whenever the batch means differ. ``estimator=
+    "batch_average"`` computes Algorithm 2: the unweighted average over the
+    non-empty batches of each batch's mean and of its variance
+    ``M2_B / (m_B - correction)``; with batches of equal sizes and the
+    default ``correction=1`` this is exactly the paper's formula.
 
     Parameters
     ----------
@@ -286,24 +314,33 @@ def population_stats(
         The feature axis; statistics are taken over every other axis.
     correction : float, default 1
         The variance divides the sum of squared deviations by
-        ``count - correction``: 1 gives the unbiased variance that PyTorch's
-        ``running_var`` stores, 0 the biased one (Keras, Flax).
+        ``count - correction`` (with ``"batch_average"``, each batch's by its
+        own count minus ``correction``): 1 gives the unbiased variance that
+        PyTorch's ``running_var`` stores, 0 the biased one (Keras, Flax).
     dtype : dtype or str, optional
         Dtype to accumulate in (``"float64"`` for float32 data that needs it);
         default: the batches' dtype (float32 for float16/bfloat16).
+    estimator : {"exact", "batch_average"}, default "exact"
+        ``"exact"``: the mean and variance of all the data;
+        ``"batch_average"``: the paper's Algorithm 2 (see above).
 
     Returns
     -------
     Population
         Named tuple ``(mean, var, count)``: 1-D arrays with one value per
         feature in the batches' library and device, and the number of values
-        per feature.
+        per feature. They never carry an autograd graph.
 
     Raises
     ------
+    TypeError
+        If ``correction`` is not a real number or ``estimator`` not a str;
+        and as for :meth:`Moments.update`.
     ValueError
         If the stream holds no values, or fewer than ``correction + 1`` per
-        feature; and as for :meth:`Moments.update`.
+        feature (per feature of any non-empty batch with ``"batch_average"``),
+        ``correction`` is negative or ``estimator`` unknown; and as for
+        :meth:`Moments.update`.
 
     Examples
     --------
@@ -323,10 +360,33 @@ def population_stats(
     >>> bn = normcore.BatchNorm(4, dtype="float64")
     >>> bn.load_state_dict({**bn.state_dict(), "running_mean": stats.mean,
     ...                     "running_var": stats.var})
+
+    Two batches whose means differ (1 and 5): the exact variance of
+    ``[0, 2, 4, 6]`` is 20/3; Algorithm 2 gives ``2 / 1 * mean(1, 1) = 2``:
+
+    >>> halves = [np.array([[0.0], [2.0]]), np.array([[4.0], [6.0]])]
+    >>> normcore.population_stats(halves).var
+    array([6.66666667])
+    >>> normcore.population_stats(halves, estimator="batch_average").var
+    array([2.])
     """
+    check_choice(estimator, ESTIMATORS, "estimator")
+    correction = check_correction(correction)
     accumulator = Moments(axis=axis, dtype=dtype)
+    mean_sum = var_sum = None
+    averaged = 0  # batches in the averages of "batch_average"
     for batch in batches:
-        accumulator.update(batch)
+        stats = accumulator._add(batch)
+        if stats is None or estimator == "exact":
+            continue
+        count, mean, var = stats
+        check_correction(correction, count, "the number of values per feature of every batch")
+        var = var * (count / (count - correction))
+        mean_sum = mean if mean_sum is None else mean_sum + mean
+        var_sum = var if var_sum is None else var_sum + var
+        averaged += 1
     if accumulator.count == 0:
         raise ValueError("batches must hold at least one value per feature, got none")
-    return Population(accumulator.mean, accumulator.variance(correction), accumulator.count)
+    if estimator == "exact":
+        return Population(accumulator.mean, accumulator.variance(correction), accumulator.count)
+    return Population(mean_sum / averaged, var_sum / averaged, accumulator.count)

@@ -9,14 +9,20 @@ it in reverse order and does the two weight-gradient matmuls once at the end.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from ._compat import device_of, is_array, library_label, namespace_of
+from ._compat import device_of, library_label
 from ._registry import adapter_for
 from ._rnn_cells import CELL_IMPLEMENTATIONS, Context
-from ._rnn_params import CELLS, param_shapes
-from ._validation import check_arrays, check_bool, check_choice, check_eps, check_keys
+from ._rnn_params import (
+    CELLS,
+    check_named_arrays,
+    check_shapes,
+    matrix_size,
+    param_names,
+    param_shapes,
+)
+from ._validation import check_arrays, check_bool, check_choice, check_eps
 
 __all__ = ["RNNGradients", "rnn", "rnn_backward"]
 
@@ -48,23 +54,17 @@ def _time_major(xp: Any, a: Any, batch_first: bool) -> Any:
 
 def _check_params(xs: Any, params: Any, cell: str, layer_norm: bool) -> int:
     """Check keys, library, device, dtype and shape of every parameter; return H."""
-    if not isinstance(params, Mapping):
-        raise TypeError(f"params must be a mapping of names to arrays, got {library_label(params)}")
-    w_h = params.get("W_h")
-    hidden = w_h.shape[0] if is_array(w_h) and w_h.ndim == 2 else 1
-    expected = param_shapes(cell, xs.shape[-1], hidden, layer_norm)
-    check_keys(params, expected, "params", f"for cell={cell!r}, layer_norm={layer_norm}")
-    check_arrays(
-        xs, x_name="xs", exact_dtype=True, **{f"params[{k!r}]": params[k] for k in expected}
+    names = param_names(cell, layer_norm)
+    what = f"for cell={cell!r}, layer_norm={layer_norm}"
+    check_named_arrays(params, names, "params", what, xs=xs)
+    hidden = matrix_size(params["W_h"], "params['W_h']", 0)
+    check_shapes(
+        params,
+        param_shapes(cell, xs.shape[-1], hidden, layer_norm),
+        "params",
+        f"{what} with input size {xs.shape[-1]} (the last axis of xs) and hidden size "
+        f"{hidden} (the rows of W_h)",
     )
-    for name, shape in expected.items():
-        got = tuple(params[name].shape)
-        if got != shape:
-            raise ValueError(
-                f"params[{name!r}] must have shape {shape} for input size {xs.shape[-1]} and "
-                f"hidden size {hidden} (W_h is {hidden} x {hidden * (shape[-1] // hidden)}), "
-                f"got {got}"
-            )
     return hidden
 
 
@@ -80,7 +80,7 @@ def _state_tuple(state: Any, cell: str, name: str) -> tuple | None:
             )
         return tuple(state)
     if isinstance(state, tuple | list):
-        raise TypeError(f"{name} for cell={cell!r} must be one array h, got a {type(state)}")
+        raise TypeError(f"{name} for cell={cell!r} must be one array h, got {library_label(state)}")
     return (state,)
 
 
@@ -94,8 +94,6 @@ def _check_state(xs, state, cell, hidden, name) -> tuple | None:
     }
     check_arrays(xs, x_name="xs", exact_dtype=True, **named)
     for label, part in named.items():
-        if not is_array(part):
-            raise TypeError(f"{label} must be an array, got {library_label(part)}")
         if tuple(part.shape) != (xs.shape[1], hidden):
             raise ValueError(
                 f"{label} must have shape (batch, hidden) = {(xs.shape[1], hidden)}, "
@@ -104,22 +102,14 @@ def _check_state(xs, state, cell, hidden, name) -> tuple | None:
     return parts
 
 
-def _check_mask(xp: Any, xs: Any, mask: Any, batch_first: bool) -> None:
+def _check_mask(xs: Any, mask: Any, batch_first: bool) -> None:
     if mask is None:
         return
-    if not is_array(mask) or namespace_of(mask) is not xp:
-        raise TypeError(
-            f"mask must be a bool array of the same library as xs ({library_label(xs)}), "
-            f"got {library_label(mask)}"
-        )
-    if mask.dtype != xp.bool:
-        raise TypeError(f"mask must have dtype bool, got {mask.dtype}")
+    check_arrays(xs, x_name="xs", others_kind="bool", mask=mask)
     expected = tuple(xs.shape[:2])
     if tuple(mask.shape) != expected:
         layout = "(batch, time)" if batch_first else "(time, batch)"
         raise ValueError(f"mask must have shape {layout} = {expected}, got {tuple(mask.shape)}")
-    if device_of(mask) != device_of(xs):
-        raise ValueError(f"mask is on device {device_of(mask)} but xs is on {device_of(xs)}")
 
 
 def _prepare(xs, state0, params, cell, layer_norm, mask, eps, batch_first) -> tuple:
@@ -133,7 +123,7 @@ def _prepare(xs, state0, params, cell, layer_norm, mask, eps, batch_first) -> tu
         layout = "(batch, time, input)" if batch_first else "(time, batch, input)"
         raise ValueError(f"xs must be 3-D {layout}, got shape {tuple(xs.shape)}")
     hidden = _check_params(xs, params, cell, layer_norm)
-    _check_mask(xp, xs, mask, batch_first)
+    _check_mask(xs, mask, batch_first)
     xs_tm = _time_major(xp, xs, batch_first)
     state = _check_state(xs_tm, state0, cell, hidden, "state0")
     if state is None:

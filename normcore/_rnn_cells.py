@@ -16,6 +16,9 @@ Every cell is split the same way so that the sequence loop
   Recomputing keeps what a backward stores to the states: O(T * B * H).
 
 Every layer norm goes through ``normcore._dispatch`` over the last axis.
+Each cell's ``gates`` (its number of blocks of ``H`` columns in ``W_x`` and
+``W_h``) and :data:`CELL_IMPLEMENTATIONS` are the one source of the cell names
+and parameter layouts used elsewhere (``normcore._rnn_params``).
 """
 
 from __future__ import annotations
@@ -83,7 +86,7 @@ def _merge(*parts: dict) -> dict:
 class TanhRNN:
     """``h_t = tanh(a_t)`` (plain, ``a_t + b``) or ``tanh(LN(a_t; gain, bias))`` (eq. 4)."""
 
-    gates = 1
+    gates = 1  # one block: the pre-activation
 
     def project_inputs(self, ctx: Context, ax: Any) -> Any:
         return ax if ctx.layer_norm else ax + ctx.params["b"]
@@ -110,7 +113,7 @@ class TanhRNN:
 class LSTM:
     """Gate blocks ``(i, f, g, o)``; with layer norm, eqs. 20-22 of Ba et al."""
 
-    gates = 4
+    gates = 4  # blocks i, f, g, o
 
     def project_inputs(self, ctx: Context, ax: Any) -> Any:
         projected = ctx.ln(ax, "gain_x", "bias_x") if ctx.layer_norm else ax
@@ -126,7 +129,7 @@ class LSTM:
     def _forward(self, ctx: Context, u: Any, ah: Any, c_prev: Any) -> tuple:
         xp = ctx.xp
         z = u + (ctx.ln(ah, "gain_h", "bias_h") if ctx.layer_norm else ah)
-        zi, zf, zg, zo = ctx.blocks(z, 4)
+        zi, zf, zg, zo = ctx.blocks(z, self.gates)
         i, f, g, o = sigmoid(xp, zi), sigmoid(xp, zf), xp.tanh(zg), sigmoid(xp, zo)
         c = f * c_prev + i * g
         squashed = xp.tanh(ctx.ln(c, "gain_c", "bias_c") if ctx.layer_norm else c)
@@ -171,7 +174,7 @@ class GRU:
     (the paper's update gate weighs the candidate, PyTorch's the old state).
     """
 
-    gates = 3
+    gates = 3  # blocks r, z, n
 
     def project_inputs(self, ctx: Context, ax: Any) -> Any:
         if not ctx.layer_norm:
@@ -211,7 +214,7 @@ class GRU:
     def _forward(self, ctx: Context, u: Any, ah: Any) -> tuple:
         xp = ctx.xp
         gates_h, cand_h = self._recurrent_terms(ctx, ah)
-        ur, uz, un = ctx.blocks(u, 3)
+        ur, uz, un = ctx.blocks(u, self.gates)
         hr, hz = ctx.blocks(gates_h, 2)
         r, z = sigmoid(xp, ur + hr), sigmoid(xp, uz + hz)
         n = xp.tanh(un + r * cand_h)

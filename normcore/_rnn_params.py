@@ -14,11 +14,16 @@ from typing import Any
 import numpy as np
 
 from ._compat import namespace_of, resolve_creation
-from ._validation import check_bool, check_choice, check_keys, check_positive_int
+from ._rnn_cells import CELL_IMPLEMENTATIONS
+from ._validation import check_arrays, check_bool, check_choice, check_keys, check_positive_int
 
 __all__ = [
     "CELLS",
     "GATES",
+    "check_named_arrays",
+    "check_shapes",
+    "matrix_size",
+    "param_names",
     "param_shapes",
     "params_from_torch_layout",
     "rnn_params",
@@ -28,8 +33,8 @@ __all__ = [
     "torch_names",
 ]
 
-CELLS = ("rnn", "lstm", "gru")
-GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+CELLS = tuple(CELL_IMPLEMENTATIONS)
+GATES = {cell: implementation.gates for cell, implementation in CELL_IMPLEMENTATIONS.items()}
 TORCH_KEYS = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
 
 
@@ -49,6 +54,58 @@ def param_shapes(cell: str, input_size: int, hidden_size: int, layer_norm: bool)
     else:
         shapes.update({"b_x": (g,), "b_h": (g,)})
     return shapes
+
+
+def param_names(cell: str, layer_norm: bool) -> tuple[str, ...]:
+    """Return the names of the parameters of ``cell`` (they do not depend on the sizes)."""
+    return tuple(param_shapes(cell, 1, 1, layer_norm))
+
+
+def torch_shapes(cell: str, input_size: int, hidden_size: int, layer_norm: bool) -> dict:
+    """Return ``{key: shape}`` of the torch-layout state of ``cell`` (see :func:`torch_keys`)."""
+    ours = param_shapes(cell, input_size, hidden_size, layer_norm)
+    gates = ours["W_x"][1]
+    shapes = {
+        "weight_ih_l0": (gates, input_size),
+        "weight_hh_l0": (gates, hidden_size),
+        "bias_ih_l0": (gates,),
+        "bias_hh_l0": (gates,),
+    }
+    shapes.update({t: ours[k] for k, t in torch_names(cell, layer_norm).items()})
+    return {key: shapes[key] for key in torch_keys(cell, layer_norm)}
+
+
+def check_named_arrays(
+    arrays: Any, names: tuple[str, ...], name: str, what: str = "", **like: Any
+) -> Any:
+    """Check that ``arrays`` maps exactly ``names`` to arrays of one library, device and dtype.
+
+    The entries are compared with the one array in ``like`` (keyword: its name
+    in messages), or else with the first of ``names``. Messages name an entry
+    ``name[key]``; ``what`` is added to the keys' message. Returns the namespace.
+    """
+    check_keys(arrays, names, name, what)
+    labelled = {f"{name}[{key!r}]": arrays[key] for key in names}
+    if not like:
+        first = next(iter(labelled))
+        like = {first: labelled.pop(first)}
+    ((like_name, reference),) = like.items()
+    return check_arrays(reference, x_name=like_name, exact_dtype=True, **labelled)
+
+
+def matrix_size(a: Any, label: str, axis: int) -> int:
+    """Return ``a.shape[axis]`` after checking that ``a`` (called ``label``) is 2-D."""
+    if a.ndim != 2:
+        raise ValueError(f"{label} must be a 2-D weight matrix, got shape {tuple(a.shape)}")
+    return a.shape[axis]
+
+
+def check_shapes(arrays: Mapping, expected: Mapping, name: str, what: str) -> None:
+    """Check ``arrays[key].shape == expected[key]`` for every key; ``what`` explains them."""
+    for key, shape in expected.items():
+        got = tuple(arrays[key].shape)
+        if got != shape:
+            raise ValueError(f"{name}[{key!r}] must have shape {shape} {what}, got {got}")
 
 
 def _ln_pairs(suffixes: tuple[str, ...], size: int) -> dict:
@@ -240,9 +297,14 @@ def rnn_params_from_torch(state_dict: Mapping, cell: str, layer_norm: bool = Fal
 
     Raises
     ------
-    TypeError, ValueError
-        If ``cell`` is invalid or ``state_dict`` lacks a key or has others
-        (a multi-layer or bidirectional module).
+    TypeError
+        If ``cell`` is not a str, or an entry of ``state_dict`` is not an
+        array, or the entries differ in library or dtype.
+    ValueError
+        If ``cell`` is unknown, ``state_dict`` lacks a key or has others (a
+        multi-layer or bidirectional module), the entries are on different
+        devices, or their shapes are not those of a ``cell`` module (for
+        example an LSTM's state dict converted with ``cell="gru"``).
 
     Examples
     --------
@@ -254,7 +316,16 @@ def rnn_params_from_torch(state_dict: Mapping, cell: str, layer_norm: bool = Fal
     """
     check_choice(cell, CELLS, "cell")
     check_bool(layer_norm, "layer_norm")
-    check_keys(state_dict, torch_keys(cell, layer_norm), "state_dict")
+    check_named_arrays(state_dict, torch_keys(cell, layer_norm), "state_dict")
+    inputs = matrix_size(state_dict["weight_ih_l0"], "state_dict['weight_ih_l0']", 1)
+    hidden = matrix_size(state_dict["weight_hh_l0"], "state_dict['weight_hh_l0']", 1)
+    check_shapes(
+        state_dict,
+        torch_shapes(cell, inputs, hidden, layer_norm),
+        "state_dict",
+        f"for cell={cell!r} ({GATES[cell]} blocks of hidden size {hidden}, the columns of "
+        f"weight_hh_l0; input size {inputs}, the columns of weight_ih_l0)",
+    )
     return params_from_torch_layout(state_dict, cell, layer_norm, copy=True)
 
 
@@ -280,6 +351,16 @@ def rnn_params_to_torch(params: Mapping, cell: str, layer_norm: bool = False) ->
         (where the cell has them) and the ``ln_`` entries, in the params'
         library, device and dtype.
 
+    Raises
+    ------
+    TypeError
+        If ``cell`` is not a str, or an entry of ``params`` is not an array,
+        or the entries differ in library or dtype.
+    ValueError
+        If ``cell`` is unknown, ``params`` has other keys than those of
+        ``cell`` without layer norm, the entries are on different devices, or
+        their shapes do not fit together.
+
     Examples
     --------
     >>> import torch, normcore
@@ -290,8 +371,19 @@ def rnn_params_to_torch(params: Mapping, cell: str, layer_norm: bool = False) ->
     """
     check_choice(cell, CELLS, "cell")
     check_bool(layer_norm, "layer_norm")
-    check_keys(params, param_shapes(cell, 1, 1, layer_norm), "params")
-    xp = namespace_of(params["W_x"])
+    xp = check_named_arrays(
+        params, param_names(cell, layer_norm), "params",
+        f"for cell={cell!r}, layer_norm={layer_norm}",
+    )  # fmt: skip
+    inputs = matrix_size(params["W_x"], "params['W_x']", 0)
+    hidden = matrix_size(params["W_h"], "params['W_h']", 0)
+    check_shapes(
+        params,
+        param_shapes(cell, inputs, hidden, layer_norm),
+        "params",
+        f"for cell={cell!r} with input size {inputs} (the rows of W_x) and hidden size "
+        f"{hidden} (the rows of W_h)",
+    )
     state = {
         "weight_ih_l0": xp.asarray(xp.permute_dims(params["W_x"], (1, 0)), copy=True),
         "weight_hh_l0": xp.asarray(xp.permute_dims(params["W_h"], (1, 0)), copy=True),

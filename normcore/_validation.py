@@ -18,6 +18,7 @@ __all__ = [
     "check_arrays",
     "check_bool",
     "check_choice",
+    "check_correction",
     "check_eps",
     "check_feature_count",
     "check_gradient",
@@ -27,17 +28,28 @@ __all__ = [
     "check_positive_int",
     "normalize_axes",
     "normalize_axis",
+    "resolve_dtype",
 ]
 
 
-def check_arrays(x: Any, /, *, x_name: str = "x", exact_dtype: bool = False, **others: Any) -> Any:
+def check_arrays(
+    x: Any,
+    /,
+    *,
+    x_name: str = "x",
+    exact_dtype: bool = False,
+    others_kind: str | None = None,
+    **others: Any,
+) -> Any:
     """Check ``x`` and the optional arrays in ``others``; return the namespace.
 
     ``x`` must be a real floating-point array of at least one dimension. Every
     other array that is not None must come from the same library, live on the
     same device and have ``x``'s dtype, except that float16/bfloat16 ``x`` may
-    come with float32 parameters (unless ``exact_dtype``). Keyword names, and
-    ``x_name`` for ``x``, are used in messages.
+    come with float32 parameters (unless ``exact_dtype``). With
+    ``others_kind`` (an Array API dtype kind such as ``"bool"``) the others
+    must have a dtype of that kind instead. Keyword names, and ``x_name`` for
+    ``x``, are used in messages.
     """
     if not is_array(x):
         raise TypeError(
@@ -67,6 +79,10 @@ def check_arrays(x: Any, /, *, x_name: str = "x", exact_dtype: bool = False, **o
                 f"{name} is on device {other_device} but {x_name} is on device {x_device}; "
                 "move one of them explicitly (normcore never moves data between devices)"
             )
+        if others_kind is not None:
+            if not xp.isdtype(other.dtype, others_kind):
+                raise TypeError(f"{name} must have dtype {others_kind}, got {other.dtype}")
+            continue
         if other.dtype == x.dtype:
             continue
         if exact_dtype:
@@ -91,26 +107,6 @@ def check_eps(eps: Any, name: str = "eps") -> float:
     value = float(eps)
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a finite number > 0, got {eps!r}")
-    return value
-
-
-def check_correction(correction: Any, count: int | None) -> float:
-    """Return a variance's degrees-of-freedom ``correction`` as a float after checking it.
-
-    It must be a real number >= 0 and, when ``count`` (the number of values
-    reduced) is given, leave degrees of freedom: ``correction < count``.
-    """
-    if isinstance(correction, bool) or not isinstance(correction, numbers.Real):
-        raise TypeError(f"correction must be a real number, got {type(correction).__name__}")
-    value = float(correction)
-    if count is None:
-        if not (math.isfinite(value) and value >= 0):
-            raise ValueError(f"correction must be a finite number >= 0, got {correction!r}")
-    elif not 0 <= value < count:
-        raise ValueError(
-            f"correction must be >= 0 and less than the number of values reduced ({count}), "
-            f"got {correction!r}"
-        )
     return value
 
 
@@ -234,3 +230,52 @@ def check_keys(mapping: Any, expected: Any, name: str, what: str = "") -> None:
             f"{name}{' ' + what if what else ''} must have exactly the keys {sorted(expected)}: "
             f"missing {missing}, unexpected {extra}"
         )
+
+
+def check_correction(
+    correction: Any, count: int | None = None, what: str = "the number of values reduced"
+) -> float:
+    """Return the degrees-of-freedom ``correction`` as a float after checking it.
+
+    It must be a finite real number >= 0 and, when ``count`` is given, less
+    than ``count`` (a variance divides by ``count - correction``); ``what``
+    names the count in the message.
+    """
+    if type(correction) not in (int, float) and (
+        isinstance(correction, bool) or not isinstance(correction, numbers.Real)
+    ):
+        raise TypeError(f"correction must be a real number, got {library_label(correction)}")
+    value = float(correction)
+    if count is None:
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"correction must be a finite number >= 0, got {correction!r}")
+    elif not 0 <= value < count:
+        raise ValueError(
+            f"correction must be >= 0 and less than {what} ({count}), got {correction!r}"
+        )
+    return value
+
+
+def resolve_dtype(xp: Any, dtype: Any, name: str = "dtype", default: Any = None) -> Any:
+    """Return ``dtype`` as a real floating dtype of the namespace ``xp``.
+
+    ``dtype`` is a dtype of ``xp`` or its name (``"float64"``); None gives
+    ``default`` (returned as it is, so None may stay None).
+    """
+    if dtype is None:
+        return default
+    if isinstance(dtype, str):
+        found = getattr(xp, dtype, None)
+        if found is None:
+            raise TypeError(f"{name} {dtype!r} is not a dtype of {xp.__name__}")
+        dtype = found
+    if not _is_real_floating_dtype(xp, dtype):
+        raise TypeError(f"{name} must be a real floating-point dtype, got {dtype}")
+    return dtype
+
+
+def _is_real_floating_dtype(xp: Any, dtype: Any) -> bool:
+    try:
+        return bool(xp.isdtype(dtype, "real floating"))
+    except (TypeError, AttributeError, ValueError):  # not a dtype at all, e.g. dtype="sum"
+        return False

@@ -10,9 +10,11 @@ An optimizer updates one of two kinds of *targets*:
   stored and replaces each parameter with ``setattr``.
 
 Arrays are replaced, never written into, so read-only NumPy arrays and
-immutable libraries work, and every key and shape is checked before anything
-changes. The update rules are PyTorch's (``torch.optim.SGD`` without
-dampening or Nesterov, ``torch.optim.Adam`` without weight decay).
+immutable libraries work. Every gradient is checked against its parameter
+(key, library, device, dtype, shape) and every new value is computed before
+anything is assigned, so a step that raises changes nothing. The update rules
+are PyTorch's (``torch.optim.SGD`` without dampening or Nesterov,
+``torch.optim.Adam`` without weight decay).
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ import numbers
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-from ._compat import is_array, library_label, namespace_of
-from ._validation import check_keys
+from ._compat import library_label, namespace_of
+from ._validation import check_arrays, check_keys
 
 __all__ = ["SGD", "Adam", "Optimizer"]
 
@@ -77,11 +79,9 @@ class Optimizer:
         check_keys(grads, params, "grads", "(the parameters' names)")
         for name, param in params.items():
             grad = grads[name]
-            if not is_array(grad) or namespace_of(grad) is not namespace_of(param):
-                raise TypeError(
-                    f"grads[{name!r}] must be an array of the parameter's library "
-                    f"({library_label(param)}), got {library_label(grad)}"
-                )
+            check_arrays(
+                param, x_name=f"parameter {name!r}", exact_dtype=True, **{f"grads[{name!r}]": grad}
+            )
             if tuple(grad.shape) != tuple(param.shape):
                 raise ValueError(
                     f"grads[{name!r}] must have shape {tuple(param.shape)}, got {tuple(grad.shape)}"
@@ -101,21 +101,30 @@ class Optimizer:
         ------
         TypeError, ValueError
             If ``grads`` is missing, has other keys, or an entry has another
-            library or shape than its parameter. Nothing is updated then.
+            library, device, dtype or shape than its parameter. Nothing is
+            updated then: parameters, ``state`` and ``steps`` stay as they were.
         """
         grads = self._checked_grads(grads)
-        self.steps += 1
-        updated = {
-            name: self._update(name, param, grads[name])
-            for name, param in self._parameters().items()
-        }
+        steps = self.steps + 1
+        # Everything new goes into locals first: assigned only once every update succeeded.
+        updated: dict[str, Any] = {}
+        buffers: dict[str, dict[str, Any]] = {}
+        for name, param in self._parameters().items():
+            updated[name], buffers[name] = self._update(
+                param, grads[name], self.state.get(name, {}), steps
+            )
+        self.steps = steps
+        self.state.update({name: found for name, found in buffers.items() if found})
         for name, value in updated.items():
             if self._is_module:
                 setattr(self._targets, name, value)
             else:
                 self._targets[name] = value
 
-    def _update(self, name: str, param: Any, grad: Any) -> Any:
+    def _update(
+        self, param: Any, grad: Any, buffers: Mapping[str, Any], step: int
+    ) -> tuple[Any, dict[str, Any]]:
+        """Return the new parameter and its new buffers, given the old ones (never modified)."""
         raise NotImplementedError
 
 
@@ -149,14 +158,14 @@ class SGD(Optimizer):
         super().__init__(targets, lr)
         self.momentum = _check_rate(momentum, "momentum", upper=1.0)
 
-    def _update(self, name: str, param: Any, grad: Any) -> Any:
-        direction = grad
-        if self.momentum:
-            buffers = self.state.setdefault(name, {})
-            previous = buffers.get("momentum")
-            direction = grad if previous is None else self.momentum * previous + grad
-            buffers["momentum"] = direction
-        return param - self.lr * direction
+    def _update(
+        self, param: Any, grad: Any, buffers: Mapping[str, Any], step: int
+    ) -> tuple[Any, dict[str, Any]]:
+        if not self.momentum:
+            return param - self.lr * grad, {}
+        previous = buffers.get("momentum")
+        direction = grad if previous is None else self.momentum * previous + grad
+        return param - self.lr * direction, {"momentum": direction}
 
 
 class Adam(Optimizer):
@@ -200,16 +209,16 @@ class Adam(Optimizer):
         )
         self.eps = _check_rate(eps, "eps")
 
-    def _update(self, name: str, param: Any, grad: Any) -> Any:
+    def _update(
+        self, param: Any, grad: Any, buffers: Mapping[str, Any], step: int
+    ) -> tuple[Any, dict[str, Any]]:
         xp = namespace_of(param)
         beta1, beta2 = self.betas
-        buffers = self.state.setdefault(name, {})
-        m = buffers.get("exp_avg", xp.zeros_like(param))
-        v = buffers.get("exp_avg_sq", xp.zeros_like(param))
-        m = beta1 * m + (1 - beta1) * grad
-        v = beta2 * v + (1 - beta2) * (grad * grad)
-        buffers["exp_avg"], buffers["exp_avg_sq"] = m, v
-        correction1 = 1 - beta1**self.steps
-        correction2 = 1 - beta2**self.steps
+        m, v = buffers.get("exp_avg"), buffers.get("exp_avg_sq")
+        # The first step starts from zero moments: beta * 0 drops out, no zeros needed.
+        m = (1 - beta1) * grad if m is None else beta1 * m + (1 - beta1) * grad
+        v = (1 - beta2) * (grad * grad) if v is None else beta2 * v + (1 - beta2) * (grad * grad)
+        correction1 = 1 - beta1**step
+        correction2 = 1 - beta2**step
         denom = xp.sqrt(v) / math.sqrt(correction2) + self.eps
-        return param - (self.lr / correction1) * (m / denom)
+        return param - (self.lr / correction1) * (m / denom), {"exp_avg": m, "exp_avg_sq": v}

@@ -154,6 +154,21 @@ def assert_close(
     np.testing.assert_allclose(got, expected, rtol=tol, atol=tol)
 
 
+def assert_grads(backend, dtype, grads, expected, likes, shape) -> None:
+    """Assert each gradient is like its input in ``likes`` and close to ``expected``.
+
+    A None in ``likes`` (an absent parameter) expects a None gradient. The
+    tolerance of a parameter gradient grows with the number of elements it sums.
+    """
+    for got, want, like in zip(grads, expected, likes, strict=True):
+        if like is None:
+            assert got is None
+            continue
+        backend.assert_like(got, like)
+        count = max(1, int(np.prod(shape)) // int(np.prod(like.shape)))
+        assert_close(backend, got, want, dtype, scale=4 * np.sqrt(count))
+
+
 # -- float64 references, written independently of normcore ---------------
 def _to_last(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     k = len(axes)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from _support import (
+    BACKENDS,
     TOLERANCE,
     assert_close,
+    assert_grads,
     finite_difference,
     reference_layer_norm,
     torch_layer_norm_grads,
@@ -91,14 +93,7 @@ def test_backward_matches_torch_autograd(backend, dtype, rng, shape, axis, cente
         eps,
         center,
     )
-    for got, want, like in zip(grads, expected, (x, gain, bias), strict=True):
-        if like is None:
-            assert got is None
-            continue
-        backend.assert_like(got, like)
-        # dgain/dbias sum over many elements: scale the tolerance by the count
-        count = max(1, int(np.prod(shape)) // int(np.prod(like.shape)))
-        assert_close(backend, got, want, dtype, scale=4 * np.sqrt(count))
+    assert_grads(backend, dtype, grads, expected, (x, gain, bias), shape)
 
 
 def test_backward_without_params_returns_none(backend, rng):
@@ -137,13 +132,20 @@ def test_backward_matches_finite_differences(backend, rng, center):
     )
 
 
-def test_large_mean_no_worse_than_torch(backend, rng):
+def test_large_mean_keeps_float32_accuracy(backend, rng):
     """Mean 1e4, std 1 in float32: E[x^2]-E[x]^2 would lose every digit here."""
-    torch = pytest.importorskip("torch")
     x_np = (1e4 + rng.normal(size=(64, 256))).astype(np.float32)
+    x64 = x_np.astype(np.float64)
     y = normcore.layer_norm(backend.asarray(x_np, "float32"))
-    expected = reference_layer_norm(x_np.astype(np.float64))
+    expected = reference_layer_norm(x64)
     ours = np.abs(backend.to_numpy(y) - expected).max()
+    # A float32 mean of values near 1e4 is a multiple of ulp(1e4) = 2**-10 and a
+    # float32 sum of 256 of them adds a few such roundings, so y = (x - mean) / std
+    # may be off by a few ulp(1e4) / std (torch's F.layer_norm: about 1.5 of them);
+    # E[x^2] - E[x]^2 in float32 cancels all of the variance's digits (errors ~1e3).
+    bound = 4 * float(np.spacing(np.float32(1e4))) / x64.std(axis=-1).min()
+    assert ours <= bound, (ours, bound)
+    torch = pytest.importorskip("torch")
     theirs = np.abs(
         torch.nn.functional.layer_norm(torch.from_numpy(x_np), (256,)).double().numpy() - expected
     ).max()
@@ -229,7 +231,7 @@ def test_random_shapes_and_axes_match_torch(data):
         y = normcore.layer_norm(args[0], args[1], args[1], axis=axes)
         np.testing.assert_allclose(np.asarray(y), values, rtol=1e-10, atol=1e-10)
         got = normcore.layer_norm_backward(convert(dy), args[0], args[1], args[1], axis=axes)
-        for g, w in zip(got, grads[:2], strict=False):
+        for g, w in zip(got, grads, strict=True):  # dx, dgain and dbias
             np.testing.assert_allclose(np.asarray(g), w, rtol=1e-9, atol=1e-9)
 
 
@@ -247,5 +249,5 @@ def test_moments_is_stable_and_matches_numpy(backend, dtype, rng):
     assert tuple(mean.shape) == (5, 1, 7) == tuple(var.shape)
 
 
-def test_default_tolerances_cover_every_dtype(backend):
-    assert set(backend.dtypes) <= set(TOLERANCE)
+def test_default_tolerances_cover_every_dtype():
+    assert {dtype for backend in BACKENDS for dtype in backend.dtypes} <= set(TOLERANCE)

@@ -9,12 +9,11 @@ import normcore
 from normcore._module import Module
 from normcore.optim import SGD, Adam
 
-torch = pytest.importorskip("torch")
-
 STEPS = 5
 
 
 def _torch_trajectory(make_optimizer, initial, grads):
+    torch = pytest.importorskip("torch")
     tensors = {k: torch.tensor(v, requires_grad=True) for k, v in initial.items()}
     opt = make_optimizer(list(tensors.values()))
     for step_grads in grads:
@@ -30,15 +29,20 @@ def _problem(rng):
     return initial, grads
 
 
+def _torch_optim(name, **kwargs):
+    """Build ``torch.optim.<name>`` lazily: only the comparisons with torch need it."""
+    return lambda p: getattr(pytest.importorskip("torch").optim, name)(p, **kwargs)
+
+
 OPTIMIZERS = {
-    "sgd": (lambda t: SGD(t, lr=0.1), lambda p: torch.optim.SGD(p, lr=0.1)),
+    "sgd": (lambda t: SGD(t, lr=0.1), _torch_optim("SGD", lr=0.1)),
     "sgd-momentum": (
         lambda t: SGD(t, lr=0.1, momentum=0.9),
-        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+        _torch_optim("SGD", lr=0.1, momentum=0.9),
     ),
     "adam": (
         lambda t: Adam(t, lr=0.01, betas=(0.8, 0.99), eps=1e-6),
-        lambda p: torch.optim.Adam(p, lr=0.01, betas=(0.8, 0.99), eps=1e-6),
+        _torch_optim("Adam", lr=0.01, betas=(0.8, 0.99), eps=1e-6),
     ),
 }
 
@@ -96,14 +100,43 @@ def test_read_only_arrays_are_replaced_not_written(rng):
         ({"w": np.ones(3), "v": np.ones(1)}, ValueError, r"unexpected \['v'\]"),
         ({"w": np.ones(4)}, ValueError, r"grads\['w'\] must have shape \(3,\), got \(4,\)"),
         ({"w": [1.0, 1.0, 1.0]}, TypeError, r"grads\['w'\] must be an array"),
+        (
+            {"w": np.ones(3, dtype=np.float32)},
+            TypeError,
+            r"grads\['w'\] must have dtype float64 like parameter 'w', got float32",
+        ),
     ],
 )
-def test_bad_grads_leave_the_parameters_unchanged(grads, error, match):
+@pytest.mark.parametrize("make", [Adam, lambda t: SGD(t, lr=0.1, momentum=0.9)])
+def test_bad_grads_leave_the_parameters_unchanged(make, grads, error, match):
     params = {"w": np.ones(3)}
-    opt = Adam(params)
+    opt = make(params)
     with pytest.raises(error, match=match):
         opt.step(grads)
     assert opt.steps == 0 and np.all(params["w"] == 1) and not opt.state
+
+
+def test_grad_of_another_dtype_never_changes_the_parameters_dtype():
+    params = {"w": np.ones(3, dtype=np.float32)}
+    with pytest.raises(TypeError, match=r"grads\['w'\] must have dtype float32"):
+        SGD(params, lr=0.1).step({"w": np.ones(3)})
+    assert params["w"].dtype == np.float32
+
+
+def test_a_failing_later_parameter_leaves_earlier_state_untouched():
+    strict = pytest.importorskip("array_api_strict")
+    here, there = strict.Device("device1"), strict.Device("CPU_DEVICE")
+    params = {"a": strict.ones(3, device=here), "b": strict.ones(3, device=here)}
+    opt = Adam(params, lr=0.1)
+    opt.step({"a": strict.ones(3, device=here), "b": strict.ones(3, device=here)})
+    before = {k: strict.asarray(v, copy=True) for k, v in params.items()}
+    state = {k: dict(v) for k, v in opt.state.items()}
+    bad = {"a": strict.ones(3, device=here), "b": strict.ones(3, device=there)}
+    with pytest.raises(ValueError, match=r"grads\['b'\] is on device .* but parameter 'b'"):
+        opt.step(bad)
+    assert opt.steps == 1
+    assert all(opt.state[k][b] is state[k][b] for k in state for b in state[k])
+    assert all(bool(strict.all(params[k] == before[k])) for k in params)
 
 
 @pytest.mark.parametrize(

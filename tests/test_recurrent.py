@@ -488,7 +488,13 @@ def _bad_calls():
         ValueError,
         r"mask must have shape \(batch, time\) = \(4, 3\), got \(3, 4\)",
     )
-    yield "mask type", (x, None, p), {"mask": [[True]]}, TypeError, r"mask must be a bool array"
+    yield (
+        "mask type",
+        (x, None, p),
+        {"mask": [[True]]},
+        TypeError,
+        r"mask must be an array of the same library as xs \(numpy.ndarray\), got list",
+    )
 
 
 BAD_CALLS = list(_bad_calls())
@@ -538,10 +544,110 @@ def test_bad_output_gradients():
         (
             lambda: normcore.rnn_params_to_torch(normcore.rnn_params("rnn", 2, 2), "rnn"),
             ValueError,
-            r"params must have exactly the keys .* unexpected \['bias', 'gain'\]",
+            r"params for cell='rnn', layer_norm=False must have exactly the keys .* "
+            r"unexpected \['bias', 'gain'\]",
         ),
     ],
 )
 def test_bad_params_arguments(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def _lstm_state_dict(inputs=3, hidden=2):
+    """A one-layer LSTM's state dict in torch's layout (NumPy arrays: no torch needed)."""
+    g = 4 * hidden
+    shapes = ((g, inputs), (g, hidden), (g,), (g,))
+    keys = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
+    return {k: np.ones(shape) for k, shape in zip(keys, shapes, strict=True)}
+
+
+@pytest.mark.parametrize(
+    ("change", "cell", "error", "match"),
+    [
+        (
+            {},
+            "gru",
+            ValueError,
+            r"state_dict\['weight_ih_l0'\] must have shape \(6, 3\) for cell='gru' \(3 blocks "
+            r"of hidden size 2.*got \(8, 3\)",
+        ),
+        ({"bias_hh_l0": np.ones(6)}, "lstm", ValueError, r"state_dict\['bias_hh_l0'\] .*\(8,\)"),
+        (
+            {"weight_hh_l0": np.ones(8)},
+            "lstm",
+            ValueError,
+            r"state_dict\['weight_hh_l0'\] must be a 2-D weight matrix, got shape \(8,\)",
+        ),
+        (
+            {"weight_ih_l0": [[1.0]]},
+            "lstm",
+            TypeError,
+            r"state_dict\['weight_ih_l0'\] must be an array \(numpy.ndarray",
+        ),
+        (
+            {"bias_ih_l0": [1.0] * 8},
+            "lstm",
+            TypeError,
+            r"state_dict\['bias_ih_l0'\] must be an array of the same library as "
+            r"state_dict\['weight_ih_l0'\] \(numpy.ndarray\), got list",
+        ),
+        (
+            {"bias_ih_l0": np.ones(8, np.float32)},
+            "lstm",
+            TypeError,
+            r"state_dict\['bias_ih_l0'\] must have dtype float64 like",
+        ),
+    ],
+)
+def test_rnn_params_from_torch_checks_every_entry(change, cell, error, match):
+    with pytest.raises(error, match=match):
+        normcore.rnn_params_from_torch({**_lstm_state_dict(), **change}, cell)
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        ({"b": np.ones(6)}, ValueError, r"params\['b'\] must have shape \(8,\) for cell='lstm'"),
+        ({"W_h": np.ones((2, 6))}, ValueError, r"params\['W_h'\] must have shape \(2, 8\)"),
+        ({"W_x": np.ones(8)}, ValueError, r"params\['W_x'\] must be a 2-D weight matrix"),
+        ({"b": [0.0] * 8}, TypeError, r"params\['b'\] must be an array of the same library"),
+    ],
+)
+def test_rnn_params_to_torch_checks_every_entry(change, error, match):
+    params = normcore.rnn_params("lstm", 3, 2, layer_norm=False, dtype="float64")
+    with pytest.raises(error, match=match):
+        normcore.rnn_params_to_torch({**params, **change}, "lstm")
+
+
+def test_params_shape_message_shows_the_actual_sizes():
+    # LSTM-sized weights (W_h is 2 x 8) given for a GRU: the message must not invent W_h's width.
+    params = normcore.rnn_params("gru", 3, 2, layer_norm=False, dtype="float64")
+    params = {**params, "W_x": np.ones((3, 8)), "W_h": np.ones((2, 8))}
+    with pytest.raises(ValueError) as info:
+        normcore.rnn(np.zeros((4, 1, 3)), None, params, cell="gru", layer_norm=False)
+    message = str(info.value)
+    assert "params['W_x'] must have shape (3, 6)" in message and "got (3, 8)" in message
+    assert "hidden size 2 (the rows of W_h)" in message and "2 x 6" not in message
+
+
+def test_mask_on_another_device_and_missing_dhs():
+    strict = pytest.importorskip("array_api_strict")
+    device = strict.Device("device1")
+    params = {
+        k: strict.asarray(v, device=device)
+        for k, v in normcore.rnn_params("rnn", 2, 3, dtype="float64").items()
+    }
+    xs = strict.zeros((4, 1, 2), dtype=strict.float64, device=device)
+    mask = strict.ones((4, 1), dtype=strict.bool, device=strict.Device("CPU_DEVICE"))
+    with pytest.raises(ValueError, match=r"mask is on device .*CPU_DEVICE.* but xs is on device"):
+        normcore.rnn(xs, None, params, cell="rnn", mask=mask)
+    with pytest.raises(TypeError, match=r"dhs must be an array, got None"):
+        normcore.rnn_backward(None, xs, None, params, cell="rnn")
+
+
+def test_state_given_as_a_tuple_for_a_one_state_cell_names_its_type():
+    params = normcore.rnn_params("gru", 2, 3, dtype="float64")
+    h = np.zeros((1, 3))
+    with pytest.raises(TypeError, match=r"state0 for cell='gru' must be one array h, got tuple$"):
+        normcore.rnn(np.zeros((4, 1, 2)), (h,), params, cell="gru")

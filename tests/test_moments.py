@@ -1,0 +1,119 @@
+"""Moments and population_stats: the paper's estimator, autograd, devices, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import normcore
+from normcore._validation import check_correction, resolve_dtype
+
+
+def _paper_algorithm_2(batches, correction=1):
+    """Float64 Algorithm 2 of Ioffe & Szegedy: averages of per-batch mean and variance."""
+    flat = [np.moveaxis(b, 1, -1).reshape(-1, b.shape[1]) for b in batches if b.size]
+    mean = np.mean([f.mean(axis=0) for f in flat], axis=0)
+    var = np.mean([f.var(axis=0, ddof=correction) for f in flat], axis=0)
+    return mean, var
+
+
+def test_batch_average_is_the_papers_algorithm_2(backend, rng):
+    # Batch means far apart: the exact variance is much larger than Algorithm 2's.
+    batches = [rng.normal(shift, 1.5, size=(6, 3, 2)) for shift in (-4.0, 0.0, 9.0)]
+    stats = normcore.population_stats(
+        [backend.asarray(b) for b in batches], estimator="batch_average"
+    )
+    # m / (m - 1) * mean of the biased batch variances, m = 12 values per feature
+    m = 12
+    want_var = m / (m - 1) * np.mean([b.var(axis=(0, 2)) for b in batches], axis=0)
+    want_mean = np.mean([b.mean(axis=(0, 2)) for b in batches], axis=0)
+    backend.assert_like(stats.mean, backend.asarray(want_mean))
+    np.testing.assert_allclose(backend.to_numpy(stats.mean), want_mean, rtol=1e-13)
+    np.testing.assert_allclose(backend.to_numpy(stats.var), want_var, rtol=1e-12)
+    assert stats.count == 36
+    exact = np.concatenate(batches).var(axis=(0, 2), ddof=1)
+    assert np.all(exact > 3 * want_var)  # the two estimators really differ here
+
+
+def test_batch_average_of_unequal_batches_weighs_each_batch_once(backend, rng):
+    batches = [rng.normal(s, 2.0, size=(n, 2)) for s, n in ((1.0, 3), (5.0, 0), (-2.0, 11))]
+    for correction in (0, 1):
+        stats = normcore.population_stats(
+            [backend.asarray(b) for b in batches], correction=correction, estimator="batch_average"
+        )
+        want_mean, want_var = _paper_algorithm_2(batches, correction)
+        np.testing.assert_allclose(backend.to_numpy(stats.mean), want_mean, rtol=1e-13)
+        np.testing.assert_allclose(backend.to_numpy(stats.var), want_var, rtol=1e-12)
+
+
+def test_population_stats_never_keep_the_autograd_graph():
+    torch = pytest.importorskip("torch")
+    x = torch.ones((4, 3), dtype=torch.float64, requires_grad=True)
+    for estimator in ("exact", "batch_average"):
+        stats = normcore.population_stats([x, 2 * x], estimator=estimator)
+        assert not stats.mean.requires_grad and not stats.var.requires_grad
+    moments = normcore.Moments().update(x * 3).update(x)
+    assert not moments.mean.requires_grad and not moments.m2.requires_grad
+
+
+def test_moments_reject_a_batch_on_another_device(rng):
+    strict = pytest.importorskip("array_api_strict")
+    data = rng.normal(size=(4, 3))
+    moments = normcore.Moments().update(strict.asarray(data, device=strict.Device("device1")))
+    before = np.asarray(moments.mean.to_device(strict.Device("CPU_DEVICE")))
+    elsewhere = strict.asarray(data, device=strict.Device("CPU_DEVICE"))
+    with pytest.raises(
+        ValueError, match=r"x is on device .*CPU_DEVICE.* but the earlier batches were on device"
+    ):
+        moments.update(elsewhere)
+    with pytest.raises(ValueError, match=r"other is on device .*CPU_DEVICE"):
+        moments.merge(normcore.Moments().update(elsewhere))
+    assert moments.count == 4
+    after = np.asarray(moments.mean.to_device(strict.Device("CPU_DEVICE")))
+    np.testing.assert_array_equal(after, before)
+
+
+def test_variance_before_any_values_says_so():
+    with pytest.raises(ValueError, match=r"variance\(\) needs values, but no batch with values"):
+        normcore.Moments().variance()
+    with pytest.raises(ValueError, match=r"no batch with values"):
+        normcore.Moments().update(np.zeros((0, 3))).variance(0)
+    with pytest.raises(TypeError, match=r"correction must be a real number, got str"):
+        normcore.Moments().variance("1")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"estimator": "paper"}, ValueError, r"estimator must be one of \('exact', 'batch_av"),
+        ({"estimator": 2}, TypeError, r"estimator must be a str"),
+        ({"correction": -1}, ValueError, r"correction must be a finite number >= 0, got -1"),
+        ({"correction": None}, TypeError, r"correction must be a real number, got NoneType"),
+        ({"dtype": "sum"}, TypeError, r"dtype must be a real floating-point dtype, got <"),
+        ({"dtype": "int32"}, TypeError, r"dtype must be a real floating-point dtype, got .*int32"),
+        (
+            {"estimator": "batch_average"},
+            ValueError,
+            r"correction must be >= 0 and less than the number of values per feature of every "
+            r"batch \(1\), got 1",
+        ),
+    ],
+)
+def test_population_stats_bad_arguments(kwargs, error, match):
+    batches = [np.ones((3, 2)), np.ones((1, 2))]
+    with pytest.raises(error, match=match):
+        normcore.population_stats(batches, **kwargs)
+
+
+def test_check_correction_and_resolve_dtype():
+    assert check_correction(1) == 1.0 and check_correction(0.5, 2, "n") == 0.5
+    with pytest.raises(ValueError, match=r"less than n \(2\), got 2"):
+        check_correction(2, 2, "n")
+    with pytest.raises(TypeError, match=r"correction must be a real number, got bool"):
+        check_correction(True)
+    xp = normcore._compat.namespace_of(np.ones(1))
+    assert resolve_dtype(xp, "float64") == np.float64
+    assert resolve_dtype(xp, None, default=xp.float32) == np.float32
+    assert resolve_dtype(xp, None) is None
+    with pytest.raises(TypeError, match=r"like 'float80' is not a dtype of"):
+        resolve_dtype(xp, "float80", "like")
