@@ -320,6 +320,25 @@ def test_unsupported_configurations_are_value_errors(kwargs, message):
         normcore.torch.LSTM(3, 4, **kwargs)
     with pytest.raises(ValueError, match=r"supports nonlinearity='tanh' only, got 'relu'"):
         normcore.torch.RNN(3, 4, nonlinearity="relu")
+    with pytest.raises(TypeError, match=r"^nonlinearity must be a str, one of .* got int"):
+        normcore.torch.RNN(3, 4, nonlinearity=1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"bias": 1}, TypeError, r"^bias must be True or False, got int"),
+        ({"bidirectional": 0}, TypeError, r"^bidirectional must be True or False, got int"),
+        ({"batch_first": "yes"}, TypeError, r"^batch_first must be True or False, got str"),
+        ({"layer_norm": 1}, TypeError, r"^layer_norm must be True or False, got int"),
+        ({"num_layers": 1.0}, TypeError, r"^num_layers must be an int, got float"),
+        ({"dropout": -0.5}, ValueError, r"^dropout must be in \[0, 1\], got -0.5"),
+        ({"dropout": "0"}, TypeError, r"^dropout must be a real number, got str"),
+    ],
+)
+def test_recurrent_argument_types_are_checked(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        normcore.torch.GRU(3, 4, **kwargs)
 
 
 @pytest.mark.parametrize(
