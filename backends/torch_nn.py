@@ -11,18 +11,18 @@ Checkpoints load in either direction; gradients come from autograd. Reached as
 
 from __future__ import annotations
 
-import numbers
-from typing import Any
-
 import torch
 
 import normcore
-from normcore._batchnorm import RunningStats, batch_norm_forward, check_momentum
+from normcore._batchnorm import RunningStats, batch_norm_forward
+from normcore._layer_modules import check_normalized_shape
 from normcore._validation import (
+    check_bool,
     check_eps,
     check_feature_count,
     check_num_groups,
     check_positive_int,
+    check_real,
 )
 
 from .torch_nn_rnn import GRU, LSTM, RNN
@@ -40,14 +40,9 @@ __all__ = [
 ]
 
 
-def _shape(normalized_shape: Any) -> tuple[int, ...]:
-    if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
-        return (int(normalized_shape),)
-    return tuple(int(d) for d in normalized_shape)
-
-
 def _affine_parameters(module, shape, affine, bias, factory) -> None:
     """Register ``weight`` (ones) and ``bias`` (zeros), or None where absent."""
+    check_bool(bias, "bias")
     weight = torch.nn.Parameter(torch.ones(shape, **factory)) if affine else None
     module.register_parameter("weight", weight)
     bias_value = torch.nn.Parameter(torch.zeros(shape, **factory)) if affine and bias else None
@@ -67,9 +62,9 @@ class _TrailingNorm(torch.nn.Module):
 
     def __init__(self, normalized_shape, eps, elementwise_affine, bias, device, dtype) -> None:
         super().__init__()
-        self.normalized_shape = _shape(normalized_shape)
-        self.eps = eps
-        self.elementwise_affine = elementwise_affine
+        self.normalized_shape = check_normalized_shape(normalized_shape)
+        self.eps = eps if eps is None else check_eps(eps)  # None: RMSNorm's per-dtype default
+        self.elementwise_affine = check_bool(elementwise_affine, "elementwise_affine")
         factory = {"device": device, "dtype": dtype}
         _affine_parameters(self, self.normalized_shape, elementwise_affine, bias, factory)
 
@@ -196,9 +191,9 @@ class _BatchNorm(torch.nn.Module):
         super().__init__()
         self.num_features = check_positive_int(num_features, "num_features")
         self.eps = check_eps(eps)
-        self.momentum = check_momentum(momentum)
-        self.affine = affine
-        self.track_running_stats = track_running_stats
+        self.momentum = check_real(momentum, "momentum", 0.0, 1.0, allow_none=True)
+        self.affine = check_bool(affine, "affine")
+        self.track_running_stats = check_bool(track_running_stats, "track_running_stats")
         factory = {"device": device, "dtype": dtype}
         _affine_parameters(self, (self.num_features,), affine, bias, factory)
         if track_running_stats:
@@ -354,7 +349,7 @@ class GroupNorm(torch.nn.Module):
         self.num_channels = check_positive_int(num_channels, "num_channels")
         self.num_groups = check_num_groups(num_groups, self.num_channels)
         self.eps = check_eps(eps)
-        self.affine = affine
+        self.affine = check_bool(affine, "affine")
         _affine_parameters(
             self, (self.num_channels,), affine, bias, {"device": device, "dtype": dtype}
         )

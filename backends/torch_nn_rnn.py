@@ -19,7 +19,13 @@ import torch
 
 import normcore
 from normcore._rnn_params import params_from_torch_layout, torch_keys, torch_shapes
-from normcore._validation import check_bool, check_eps, check_positive_int
+from normcore._validation import (
+    check_bool,
+    check_choice,
+    check_eps,
+    check_positive_int,
+    check_real,
+)
 
 __all__ = ["GRU", "LSTM", "RNN"]
 
@@ -45,11 +51,11 @@ class _Recurrent(torch.nn.Module):
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        unsupported = {
-            "num_layers": (num_layers, 1),
-            "bias": (bias, True),
-            "dropout": (dropout, 0.0),
-            "bidirectional": (bidirectional, False),
+        unsupported = {  # checked as torch would take them, then refused unless supported
+            "num_layers": (check_positive_int(num_layers, "num_layers"), 1),
+            "bias": (check_bool(bias, "bias"), True),
+            "dropout": (check_real(dropout, "dropout", 0.0, 1.0), 0.0),
+            "bidirectional": (check_bool(bidirectional, "bidirectional"), False),
         }
         for arg, (value, supported) in unsupported.items():
             if value != supported:
@@ -220,7 +226,7 @@ class RNN(_Recurrent):
         layer_norm: bool = False,
         eps: float = 1e-5,
     ) -> None:
-        if nonlinearity != "tanh":
+        if check_choice(nonlinearity, ("tanh", "relu"), "nonlinearity") != "tanh":
             raise ValueError(
                 f"normcore.torch.RNN supports nonlinearity='tanh' only, got {nonlinearity!r}"
             )

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from ._batch import batch_norm_backward, normalize_batch, prepare_batch_norm
-from ._compat import library_label, namespace_of, without_grad
+from ._compat import namespace_of, without_grad
 from ._dispatch import is_empty
 from ._module import Module
-from ._validation import check_arrays, check_correction, check_eps, check_feature_count
+from ._validation import (
+    check_bool,
+    check_choice,
+    check_correction,
+    check_eps,
+    check_feature_count,
+    check_int,
+    check_positive_int,
+    check_real,
+)
 
 __all__ = ["BatchNorm"]
 
@@ -134,22 +142,21 @@ class BatchNorm(Module):
         device: Any = None,
         dtype: Any = None,
     ) -> None:
-        if isinstance(num_features, bool) or not isinstance(num_features, numbers.Integral):
-            raise TypeError(f"num_features must be an int, got {library_label(num_features)}")
-        if num_features <= 0:
-            raise ValueError(f"num_features must be > 0, got {num_features}")
-        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
-            raise TypeError(f"axis must be an int, got {library_label(axis)}")
-        if convention not in _CONVENTIONS:
-            raise ValueError(f"convention must be 'torch' or 'keras', got {convention!r}")
+        num_features = check_positive_int(num_features, "num_features")
+        axis = check_int(axis, "axis")
+        affine = check_bool(affine, "affine")
+        track_running_stats = check_bool(track_running_stats, "track_running_stats")
+        convention = check_choice(convention, tuple(_CONVENTIONS), "convention")
         if momentum is CONVENTION_DEFAULT:
             momentum = _CONVENTIONS[convention]
-        self.momentum = check_momentum(momentum)
+        self.momentum = check_real(momentum, "momentum", 0.0, 1.0, allow_none=True)
         self.eps = check_eps(eps)
         self.correction = check_correction(correction, None)
         super().__init__(like=like, device=device, dtype=dtype)
-        self.num_features = int(num_features)
-        self.axis = int(axis)
+        self.num_features = num_features
+        self.axis = axis
+        self.affine = affine
+        self.track_running_stats = track_running_stats
         self.convention = convention
         shape = (self.num_features,)
         self.gain = self._new(1.0, shape) if affine else None
@@ -174,7 +181,9 @@ class BatchNorm(Module):
             not ``num_features`` features along ``axis``, or (in training) a
             single value per feature.
         """
+        training = check_bool(training, "training")
         self._check_input(x)
+        check_feature_count(x, self.axis, self.num_features, "num_features")
         running = None if self.running_mean is None else self._running()
         y, update, used = batch_norm_forward(
             x,
@@ -190,47 +199,24 @@ class BatchNorm(Module):
         )
         if update is not None:
             self.running_mean, self.running_var, self.num_batches_tracked = update
-        self._saved = (x, used)
+        self._saved = (x, self.gain, self.bias, used)
         return y
 
     def backward(self, dy: Any) -> Any:
         """Return ``dx`` for the last forward call and store ``dgain``/``dbias``.
 
         After a training call the gradient flows through the batch statistics;
-        after an inference call the (running) statistics are constants.
+        after an inference call the (running) statistics are constants. The
+        gradients are those of the parameters as they were in the forward call.
         """
-        x, (mean, var, correction) = self._require_saved()
+        x, gain, bias, (mean, var, correction) = self._require_saved()
         grads = batch_norm_backward(
-            dy, x, self.gain, self.bias, axis=self.axis, eps=self.eps, mean=mean, var=var,
+            dy, x, gain, bias, axis=self.axis, eps=self.eps, mean=mean, var=var,
             correction=correction,
         )  # fmt: skip
         return self._store_gradients(grads)
 
     # -- validation and the running update ------------------------------------------
-    def _check_input(self, x: Any) -> None:
-        xp = check_arrays(x)
-        if xp is not self._xp:
-            raise TypeError(
-                f"x must be an array of this BatchNorm's library ({self._xp.__name__}), "
-                f"got {library_label(x)}; create the BatchNorm with like=x"
-            )
-        if not (x.dtype == self._dtype or (self._dtype == xp.float32 and _is_low(xp, x.dtype))):
-            name = getattr(self._dtype, "__name__", self._dtype)  # NumPy's float32 is a class
-            raise TypeError(
-                f"x must have this BatchNorm's dtype {name} (float16/bfloat16 is "
-                f"accepted by a float32 BatchNorm), got {x.dtype}; convert x or create the "
-                "BatchNorm with dtype=..."
-            )
-        # device and library of every array, with check_arrays' messages
-        check_arrays(
-            x,
-            gain=self.gain,
-            bias=self.bias,
-            running_mean=self.running_mean,
-            running_var=self.running_var,
-        )
-        check_feature_count(x, self.axis, self.num_features, "num_features")
-
     def _running(self) -> RunningStats:
         return RunningStats(self.running_mean, self.running_var, self.num_batches_tracked)
 
@@ -344,17 +330,3 @@ def running_update(
         running.var * (1.0 - weight) + xp.astype(var, dtype) * weight,
         xp.asarray(tracked + 1),  # NumPy: keep a 0-d array
     )
-
-
-def _is_low(xp: Any, dtype: Any) -> bool:
-    return xp.isdtype(dtype, "real floating") and xp.finfo(dtype).bits < 32
-
-
-def check_momentum(momentum: Any) -> float | None:
-    if momentum is None:
-        return None
-    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
-        raise TypeError(f"momentum must be a real number or None, got {library_label(momentum)}")
-    if not 0.0 <= float(momentum) <= 1.0:
-        raise ValueError(f"momentum must be in [0, 1] or None, got {momentum!r}")
-    return float(momentum)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 from ._batch import group_norm, group_norm_backward
-from ._compat import library_label
 from ._module import Module
 from ._validation import (
-    check_arrays,
+    check_bool,
     check_eps,
     check_feature_count,
+    check_int,
     check_num_groups,
     check_positive_int,
 )
@@ -96,17 +95,15 @@ class GroupNorm(Module):
     ) -> None:
         num_channels = check_positive_int(num_channels, "num_channels")
         num_groups = check_num_groups(num_groups, num_channels)
-        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
-            raise TypeError(f"axis must be an int, got {library_label(axis)}")
+        axis = check_int(axis, "axis")
         if axis == 0:
             raise ValueError("axis must be the channel axis, not the batch axis 0, got axis=0")
-        if not isinstance(affine, bool):
-            raise TypeError(f"affine must be a bool, got {library_label(affine)}")
+        affine = check_bool(affine, "affine")
         self.eps = check_eps(eps)
         super().__init__(like=like, device=device, dtype=dtype)
         self.num_groups = num_groups
         self.num_channels = num_channels
-        self.axis = int(axis)
+        self.axis = axis
         self.affine = affine
         shape = (num_channels,)
         self.gain = self._new(1.0, shape) if affine else None
@@ -117,12 +114,15 @@ class GroupNorm(Module):
 
         Raises
         ------
-        TypeError, ValueError
-            As :func:`normcore.group_norm` (the parameters' library, device and
-            dtype must suit ``x``), and if ``x`` does not have ``num_channels``
-            values along ``axis``.
+        TypeError
+            If ``x`` is not a real floating-point array of the layer's library,
+            or its dtype is not the layer's (float16/bfloat16 ``x`` is accepted
+            by a float32 layer).
+        ValueError
+            If ``x`` is on another device, does not have ``num_channels``
+            values along ``axis``, or as :func:`normcore.group_norm`.
         """
-        check_arrays(x)
+        self._check_input(x)
         check_feature_count(x, self.axis, self.num_channels, "num_channels")
         y = group_norm(x, self.num_groups, self.gain, self.bias, axis=self.axis, eps=self.eps)
         self._saved = (x, self.gain, self.bias)

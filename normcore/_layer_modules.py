@@ -10,14 +10,19 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
-from ._layer import layer_norm, layer_norm_backward, rms_norm, rms_norm_backward
+from ._layer import _backward as normalize_backward
+from ._layer import _forward as normalize_forward
 from ._module import Module
-from ._validation import check_arrays, check_eps, normalize_axes
+from ._validation import check_bool, check_eps, normalize_axes
 
 __all__ = ["LayerNorm", "RMSNorm"]
 
 
-def _check_normalized_shape(normalized_shape: Any) -> tuple[int, ...]:
+def check_normalized_shape(normalized_shape: Any) -> tuple[int, ...]:
+    """Return ``normalized_shape`` (an int or a sequence of ints) as a tuple of sizes > 0.
+
+    Shared by :class:`LayerNorm`/:class:`RMSNorm` and their ``normcore.torch`` drop-ins.
+    """
     dims = normalized_shape if isinstance(normalized_shape, tuple | list) else (normalized_shape,)
     if not dims or any(isinstance(d, bool) or not isinstance(d, numbers.Integral) for d in dims):
         raise TypeError(
@@ -42,33 +47,51 @@ def _check_axis_count(axis: Any, shape: tuple[int, ...]) -> Any:
 
 
 class _Normalization(Module):
-    """Shared body of LayerNorm and RMSNorm: validation, forward, backward."""
+    """Shared body of LayerNorm and RMSNorm; subclasses set the class attributes below."""
 
     _parameter_names = ("gain", "bias")
+    _center = True  # subtract the mean (layer norm) or not (RMS norm)
+    _default_eps = 1e-5
 
     def __init__(
-        self, normalized_shape, *, axis, eps, affine, like, device, dtype, with_bias
+        self,
+        normalized_shape: Any,
+        *,
+        axis: Any = None,
+        eps: float | None = None,
+        affine: bool = True,
+        like: Any = None,
+        device: Any = None,
+        dtype: Any = None,
     ) -> None:
-        shape = _check_normalized_shape(normalized_shape)
+        shape = check_normalized_shape(normalized_shape)
         axis = _check_axis_count(axis, shape)
-        eps = check_eps(eps)
-        if not isinstance(affine, bool):
-            raise TypeError(f"affine must be a bool, got {type(affine).__name__}")
+        eps = check_eps(self._default_eps if eps is None else eps)
+        affine = check_bool(affine, "affine")
         super().__init__(like=like, device=device, dtype=dtype)
         self.normalized_shape = shape
         self.axis = axis
         self.eps = eps
         self.affine = affine
         self.gain = self._new(1.0, shape) if affine else None
-        self.bias = self._new(0.0, shape) if affine and with_bias else None
+        self.bias = self._new(0.0, shape) if affine and "bias" in self._parameter_names else None
 
-    def _check_input(self, x: Any) -> None:
-        """Reject ``x`` whose normalized axes do not match ``normalized_shape``.
+    def __call__(self, x: Any) -> Any:
+        """Normalize ``x`` and remember it (and the parameters used) for :meth:`backward`.
 
-        The functional API only sees a shape mismatch through ``gain``; with
-        ``affine=False`` there is none, so the layer checks it itself.
+        Raises
+        ------
+        TypeError
+            If ``x`` is not a real floating-point array of the layer's library,
+            or its dtype is not the layer's (float16/bfloat16 ``x`` is accepted
+            by a float32 layer).
+        ValueError
+            If ``x`` is on another device, or its normalized axes do not match
+            ``normalized_shape``.
         """
-        check_arrays(x)
+        self._check_input(x)
+        # The functional API only sees a shape mismatch through ``gain``; with
+        # ``affine=False`` there is none, so the layer checks it itself.
         axes = normalize_axes(self.axis, x.ndim)
         got = tuple(x.shape[a] for a in axes)
         if got != self.normalized_shape:
@@ -76,17 +99,7 @@ class _Normalization(Module):
                 f"x must have shape {self.normalized_shape} (normalized_shape) along axis="
                 f"{self.axis!r}, got {got} (x has shape {tuple(x.shape)})"
             )
-
-    def _forward(self, x: Any) -> Any:
-        raise NotImplementedError
-
-    def _backward(self, dy: Any, x: Any, gain: Any, bias: Any) -> Any:
-        raise NotImplementedError
-
-    def __call__(self, x: Any) -> Any:
-        """Normalize ``x`` and remember it for :meth:`backward`."""
-        self._check_input(x)
-        y = self._forward(x)
+        y = normalize_forward(x, self.gain, self.bias, axes, self.eps, center=self._center)
         self._saved = (x, self.gain, self.bias)
         return y
 
@@ -98,7 +111,8 @@ class _Normalization(Module):
         forward call.
         """
         x, gain, bias = self._require_saved()
-        return self._store_gradients(self._backward(dy, x, gain, bias))
+        grads = normalize_backward(dy, x, gain, bias, self.axis, self.eps, center=self._center)
+        return self._store_gradients(grads)
 
     def __repr__(self) -> str:
         return (
@@ -123,8 +137,8 @@ class LayerNorm(_Normalization):
         ``normalized_shape``, in its order. Default: the last
         ``len(normalized_shape)`` axes (``-1`` for an int), as in
         ``torch.nn.LayerNorm``.
-    eps : float, default 1e-5
-        Added to the variance inside the square root.
+    eps : float, optional
+        Added to the variance inside the square root; default (None) 1e-5.
     affine : bool, default True
         Learn a gain (initialized to 1) and a bias (initialized to 0). With
         False the layer has no parameters.
@@ -165,33 +179,7 @@ class LayerNorm(_Normalization):
     ['bias', 'gain']
     """
 
-    def __init__(
-        self,
-        normalized_shape,
-        *,
-        axis=None,
-        eps=1e-5,
-        affine=True,
-        like=None,
-        device=None,
-        dtype=None,
-    ) -> None:
-        super().__init__(
-            normalized_shape,
-            axis=axis,
-            eps=eps,
-            affine=affine,
-            like=like,
-            device=device,
-            dtype=dtype,
-            with_bias=True,
-        )
-
-    def _forward(self, x: Any) -> Any:
-        return layer_norm(x, self.gain, self.bias, axis=self.axis, eps=self.eps)
-
-    def _backward(self, dy: Any, x: Any, gain: Any, bias: Any) -> Any:
-        return layer_norm_backward(dy, x, gain, bias, axis=self.axis, eps=self.eps)
+    _default_eps = 1e-5
 
 
 class RMSNorm(_Normalization):
@@ -205,8 +193,8 @@ class RMSNorm(_Normalization):
         Sizes of the normalized axes; the shape of ``gain``.
     axis : int or tuple of int, optional
         The normalized axes; default the last ``len(normalized_shape)`` axes.
-    eps : float, default 1e-6
-        Added to the mean square inside the square root.
+    eps : float, optional
+        Added to the mean square inside the square root; default (None) 1e-6.
     affine : bool, default True
         Learn a gain (initialized to 1); with False the layer has no parameters.
     like, device, dtype
@@ -238,31 +226,5 @@ class RMSNorm(_Normalization):
     """
 
     _parameter_names = ("gain",)
-
-    def __init__(
-        self,
-        normalized_shape,
-        *,
-        axis=None,
-        eps=1e-6,
-        affine=True,
-        like=None,
-        device=None,
-        dtype=None,
-    ) -> None:
-        super().__init__(
-            normalized_shape,
-            axis=axis,
-            eps=eps,
-            affine=affine,
-            like=like,
-            device=device,
-            dtype=dtype,
-            with_bias=False,
-        )
-
-    def _forward(self, x: Any) -> Any:
-        return rms_norm(x, self.gain, axis=self.axis, eps=self.eps)
-
-    def _backward(self, dy: Any, x: Any, gain: Any, bias: Any) -> Any:
-        return rms_norm_backward(dy, x, gain, axis=self.axis, eps=self.eps)
+    _center = False
+    _default_eps = 1e-6

@@ -7,6 +7,13 @@ needs; ``backward(dy)`` returns ``dx`` and stores the parameter gradients,
 which ``grads()`` returns and an optimizer from ``normcore.optim`` consumes.
 Arrays are replaced, never written into, so every backend (including
 immutable ones) works and a failed call leaves the object unchanged.
+
+Inputs are checked against the module by :meth:`Module._check_input`: the
+module's library, device and dtype (float16/bfloat16 inputs are accepted by a
+float32 module), with messages naming the input and the module. ``backward``
+differentiates the forward call that was made: the forward saves the
+parameters it used in ``_saved`` and ``backward`` uses those, not the current
+ones (an optimizer step or ``load_state_dict`` in between changes nothing).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._compat import device_of, is_array, library_label, namespace_of, resolve_creation, to_device
+from ._validation import check_arrays
 
 __all__ = ["Module"]
 
@@ -43,9 +51,15 @@ class Module:
     _buffer_names: tuple[str, ...] = ()
 
     def __init__(self, *, like: Any = None, device: Any = None, dtype: Any = None) -> None:
-        self._xp, self._device, self._dtype = resolve_creation(like, device, dtype)
+        self._xp, device, self._dtype = resolve_creation(like, device, dtype)
+        self._device = self._resolved_device(device)
         self._grads: dict[str, Any] = {}
         self._saved: Any = None  # what backward needs from the last forward
+
+    def _resolved_device(self, device: Any) -> Any:
+        # The device as the library reports it for an array ("cuda:0" for "cuda",
+        # the default for None), so that inputs compare equal to it.
+        return device_of(self._xp.empty((0,), dtype=self._dtype, device=device))
 
     # -- creation ------------------------------------------------------------
     def _new(self, fill: float, shape: tuple[int, ...], dtype: Any = None) -> Any:
@@ -140,9 +154,47 @@ class Module:
         for name, value in self.state_dict().items():
             setattr(self, name, to_device(value, device))
         self._grads = {k: to_device(v, device) for k, v in self._grads.items()}
-        self._device = device
+        self._device = self._resolved_device(device)
         self._saved = None
         return self
+
+    # -- inputs ------------------------------------------------------------------
+    def _check_input(self, x: Any, name: str = "x") -> Any:
+        """Check that ``x`` is an array of this module's library, device and dtype; return xp.
+
+        float16/bfloat16 ``x`` is accepted by a float32 module. Arguments that
+        are not real floating-point arrays of at least one dimension get the
+        functional API's messages.
+        """
+        xp, cls = self._xp, type(self).__name__
+        if not is_array(x) or x.ndim == 0:
+            check_arrays(x, x_name=name)  # raises the functional API's message
+        if namespace_of(x) is not xp:
+            raise TypeError(
+                f"{name} must be an array of this {cls}'s library "
+                f"({xp.__name__.rpartition('.')[2]}), got "
+                f"{library_label(x)}; create the {cls} with like={name}"
+            )
+        dtype = x.dtype
+        if dtype != self._dtype and not (
+            self._dtype == xp.float32
+            and xp.isdtype(dtype, "real floating")
+            and xp.finfo(dtype).bits < 32
+        ):
+            check_arrays(x, x_name=name)  # a non-floating dtype: the functional API's message
+            label = getattr(self._dtype, "__name__", self._dtype)  # NumPy's float32 is a class
+            raise TypeError(
+                f"{name} must have this {cls}'s dtype {label} (float16/bfloat16 is accepted "
+                f"by a float32 {cls}), got {dtype}; convert {name} or create the {cls} "
+                "with dtype=..."
+            )
+        if device_of(x) != self._device:
+            raise ValueError(
+                f"this {cls}'s arrays are on device {self._device} but {name} is on device "
+                f"{device_of(x)}; move one of them explicitly with .to() (normcore never "
+                "moves data between devices)"
+            )
+        return xp
 
     def _store_gradients(self, grads: Any) -> Any:
         """Store a ``Gradients``' dgain/dbias as the ``gain``/``bias`` gradients; return dx."""

@@ -15,7 +15,7 @@ from ._compat import to_device
 from ._module import Module
 from ._recurrent import rnn, rnn_backward
 from ._rnn_params import rnn_params, rnn_params_from_torch, rnn_params_to_torch
-from ._validation import check_arrays, check_bool, check_eps, check_feature_count
+from ._validation import check_bool, check_eps, check_feature_count, check_positive_int
 
 __all__ = ["GRU", "LSTM", "RNN"]
 
@@ -38,7 +38,10 @@ class _Recurrent(Module):
         dtype: Any = None,
         seed: int = 0,
     ) -> None:
-        check_bool(batch_first, "batch_first")
+        input_size = check_positive_int(input_size, "input_size")
+        hidden_size = check_positive_int(hidden_size, "hidden_size")
+        layer_norm = check_bool(layer_norm, "layer_norm")
+        batch_first = check_bool(batch_first, "batch_first")
         eps = check_eps(eps)
         params = rnn_params(
             self._cell,
@@ -51,8 +54,8 @@ class _Recurrent(Module):
             seed=seed,
         )
         super().__init__(like=like, device=device, dtype=dtype)
-        self.input_size = int(input_size)
-        self.hidden_size = int(hidden_size)
+        self.input_size = input_size
+        self.hidden_size = hidden_size
         self.layer_norm = layer_norm
         self.batch_first = batch_first
         self.eps = eps
@@ -80,12 +83,14 @@ class _Recurrent(Module):
 
         Raises
         ------
-        TypeError, ValueError
-            As :func:`normcore.rnn` (the parameters' library, device and dtype
-            must be ``xs``'s), and if ``xs`` does not have ``input_size``
-            features along its last axis.
+        TypeError
+            If ``xs`` is not a real floating-point array of the layer's
+            library and dtype, and as :func:`normcore.rnn`.
+        ValueError
+            If ``xs`` is on another device, does not have ``input_size``
+            features along its last axis, and as :func:`normcore.rnn`.
         """
-        check_arrays(xs, x_name="xs")
+        self._check_input(xs, "xs")
         if xs.ndim == 3:
             check_feature_count(xs, -1, self.input_size, "input_size", x_name="xs")
         params = self.parameters()

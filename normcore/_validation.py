@@ -279,3 +279,34 @@ def _is_real_floating_dtype(xp: Any, dtype: Any) -> bool:
         return bool(xp.isdtype(dtype, "real floating"))
     except (TypeError, AttributeError, ValueError):  # not a dtype at all, e.g. dtype="sum"
         return False
+
+
+def check_int(value: Any, name: str) -> int:
+    """Return ``value`` as an int after checking it is an integer (not a bool); any sign.
+
+    For arguments such as an axis given before the input's rank is known.
+    """
+    if type(value) is not int and (
+        isinstance(value, bool) or not isinstance(value, numbers.Integral)
+    ):
+        raise TypeError(f"{name} must be an int, got {library_label(value)}")
+    return int(value)
+
+
+def check_real(
+    value: Any, name: str, low: float, high: float, *, allow_none: bool = False
+) -> float | None:
+    """Return ``value`` as a float after checking it is a real number in ``[low, high]``.
+
+    With ``allow_none``, None is accepted and returned.
+    """
+    or_none = " or None" if allow_none else ""
+    if value is None and allow_none:
+        return None
+    if type(value) is not float and (
+        isinstance(value, bool) or not isinstance(value, numbers.Real)
+    ):
+        raise TypeError(f"{name} must be a real number{or_none}, got {library_label(value)}")
+    if not low <= float(value) <= high:  # False for NaN as well
+        raise ValueError(f"{name} must be in [{low:g}, {high:g}]{or_none}, got {value!r}")
+    return float(value)

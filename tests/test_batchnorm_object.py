@@ -96,6 +96,22 @@ def test_backward_matches_torch_autograd(backend, dtype, rng, training):
     assert_close(backend, grads["bias"], ref.bias.grad.numpy(), _module_dtype(dtype), scale=20)
 
 
+def test_backward_uses_the_parameters_of_the_forward_call(backend, rng):
+    torch = pytest.importorskip("torch")
+    ref = torch.nn.BatchNorm1d(3, dtype=torch.float64)
+    with torch.no_grad():
+        ref.weight.copy_(torch.tensor([0.5, 2.0, -1.0]))
+    bn = _make(backend, "float64", 3)
+    bn.load_torch_state_dict(ref.state_dict())
+    x = backend.asarray(rng.normal(size=(5, 3)))
+    dy = backend.asarray(rng.normal(size=(5, 3)))
+    bn(x)
+    bn.load_state_dict({**bn.state_dict(), "gain": np.full(3, 7.0)})  # e.g. an optimizer step
+    xt = torch.tensor(backend.to_numpy(x), requires_grad=True)
+    ref(xt).backward(torch.tensor(backend.to_numpy(dy)))
+    assert_close(backend, bn.backward(dy), xt.grad.numpy(), "float64")
+
+
 def test_autograd_through_the_module_keeps_state_out_of_the_graph():
     torch = pytest.importorskip("torch")
     gen = torch.Generator().manual_seed(3)
@@ -193,6 +209,26 @@ def test_failed_call_leaves_state_unchanged(backend, rng, make_x, error, message
     _assert_unchanged(bn, before)
 
 
+@pytest.mark.parametrize("training", ["False", 0, None])
+def test_training_must_be_a_bool(backend, rng, training):
+    bn = _make(backend, "float32", 3)
+    bn(backend.asarray(rng.normal(size=(6, 3)), "float32"))
+    before = _snapshot(bn)
+    with pytest.raises(TypeError, match=r"^training must be True or False, got"):
+        bn(backend.asarray(rng.normal(size=(6, 3)), "float32"), training=training)
+    _assert_unchanged(bn, before)
+
+
+def test_input_on_another_device_names_the_module():
+    strict = pytest.importorskip("array_api_strict")
+    bn = normcore.BatchNorm(3, like=strict, device=strict.Device("device1"))
+    x = strict.ones((4, 3), dtype=strict.float32, device=strict.Device("device2"))
+    with pytest.raises(
+        ValueError, match=r"^this BatchNorm's arrays are on device .*device1.* but x is on device"
+    ):
+        bn(x)
+
+
 def test_non_finite_batch_is_skipped_with_a_warning(backend, rng):
     bn = _make(backend, "float64", 3)
     bn(backend.asarray(rng.normal(size=(6, 3))))
@@ -235,12 +271,20 @@ def test_backward_needs_a_forward_first(backend):
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"num_features": 0}, ValueError, r"num_features must be > 0, got 0"),
+        ({"num_features": 0}, ValueError, r"num_features must be >= 1, got 0"),
         ({"num_features": 2.0}, TypeError, r"num_features must be an int, got float"),
         ({"momentum": 1.5}, ValueError, r"momentum must be in \[0, 1\] or None, got 1.5"),
         ({"momentum": -0.1}, ValueError, r"momentum must be in \[0, 1\] or None, got -0.1"),
         ({"momentum": "0.1"}, TypeError, r"momentum must be a real number or None, got str"),
-        ({"convention": "flax"}, ValueError, r"convention must be 'torch' or 'keras', got 'flax'"),
+        (
+            {"convention": "flax"},
+            ValueError,
+            r"convention must be one of \('torch', 'keras'\), got 'flax'",
+        ),
+        ({"convention": 1}, TypeError, r"convention must be a str, one of .* got int"),
+        ({"affine": "no"}, TypeError, r"affine must be True or False, got str"),
+        ({"track_running_stats": 1}, TypeError, r"track_running_stats must be True or False"),
+        ({"momentum": float("nan")}, ValueError, r"momentum must be in \[0, 1\] or None, got nan"),
         ({"eps": 0}, ValueError, r"eps must be a finite number > 0, got 0"),
         ({"axis": 1.0}, TypeError, r"axis must be an int, got float"),
         ({"dtype": "int32"}, TypeError, r"dtype must be a real floating-point dtype"),

@@ -85,7 +85,7 @@ def test_default_parameters_are_one_and_zero(backend):
 
 def test_affine_false_has_no_parameters_and_checks_the_shape(backend, rng):
     x = backend.asarray(rng.normal(size=(2, 3, 4)))
-    layer = normcore.LayerNorm((3, 4), affine=False, like=x)
+    layer = normcore.LayerNorm((3, 4), affine=False, like=x, dtype=x.dtype)
     assert layer.parameters() == {} and layer.state_dict() == {}
     expected = reference_layer_norm(backend.to_numpy(x), axes=(-2, -1))
     assert_close(backend, layer(x), expected, "float64")
@@ -174,7 +174,12 @@ def _other_library_array():
             TypeError,
             r"^x must have a real floating-point dtype",
         ),
-        (lambda b: b.asarray(np.ones((2, 3)), "float64"), TypeError, r"^gain must have dtype"),
+        (
+            lambda b: b.asarray(np.ones((2, 3)), "float64"),
+            TypeError,
+            r"^x must have this LayerNorm's dtype .*float32 \(float16/bfloat16 is accepted by a "
+            r"float32 LayerNorm\), got .*float64",
+        ),
         (
             lambda b: b.asarray(np.ones((2, 4)), "float32"),
             ValueError,
@@ -202,9 +207,23 @@ def test_bad_input_raises_like_the_functional_api_and_changes_nothing(
 def test_input_from_another_library_is_a_type_error(rng):
     layer = normcore.LayerNorm(3)
     before = _snapshot(_numpy_backend(), layer)
-    with pytest.raises(TypeError, match=r"^gain must be an array of the same library as x"):
+    message = (
+        r"^x must be an array of this LayerNorm's library \(numpy\), got .*; create the "
+        r"LayerNorm with like=x"
+    )
+    with pytest.raises(TypeError, match=message):
         layer(_other_library_array())
     _assert_unchanged(_numpy_backend(), layer, before)
+
+
+@pytest.mark.parametrize("cls", [normcore.LayerNorm, normcore.RMSNorm])
+def test_parameterless_layer_refuses_another_library(cls):
+    """Without parameters nothing but the layer itself can notice the library."""
+    layer = cls(3, affine=False)
+    with pytest.raises(TypeError, match=rf"^x must be an array of this {cls.__name__}'s library"):
+        layer(_other_library_array())
+    with pytest.raises(TypeError, match=rf"^x must have this {cls.__name__}'s dtype"):
+        layer(np.ones((2, 3)))
 
 
 def _numpy_backend():
@@ -231,7 +250,8 @@ def test_bad_dy_raises_and_changes_nothing(backend, rng):
         ({"normalized_shape": 3.0}, TypeError, r"normalized_shape must be .* got 3.0"),
         ({"axis": (1, 2)}, ValueError, r"axis must name 1 axes, .* normalized_shape \(3,\)"),
         ({"eps": 0.0}, ValueError, r"eps must be a finite number > 0, got 0.0"),
-        ({"affine": 1}, TypeError, r"affine must be a bool, got int"),
+        ({"affine": 1}, TypeError, r"affine must be True or False, got int"),
+        ({"affine": "no"}, TypeError, r"affine must be True or False, got str"),
         ({"dtype": "int32"}, TypeError, r"dtype must be a real floating-point dtype"),
         ({"like": "numpy"}, TypeError, r"like must be an array or an array library"),
     ],
@@ -272,7 +292,8 @@ def test_to_moves_every_parameter_between_devices(rng):
     assert layer.to(device2) is layer
     assert all(v.device == device2 for v in layer.state_dict().values())
     assert layer.device == device2
-    with pytest.raises(ValueError, match=r"gain is on device .*device2.* but x is on .*device1"):
+    message = r"this LayerNorm's arrays are on device .*device2.* but x is on device .*device1"
+    with pytest.raises(ValueError, match=message):
         layer(x1)
     y2 = layer(strict.asarray(data, dtype=strict.float32, device=device2))
     assert y2.device == device2

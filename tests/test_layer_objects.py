@@ -101,7 +101,8 @@ def _trained_group_norm(backend, rng):
         (
             lambda b: b.asarray(np.ones((2, 4, 3)), "float64"),
             TypeError,
-            r"^gain must have dtype .*float64 like x",
+            r"^x must have this GroupNorm's dtype .*float32 \(float16/bfloat16 is accepted by a "
+            r"float32 GroupNorm\), got .*float64",
         ),
         (
             lambda b: b.asarray(np.ones((2, 6, 3)), "float32"),
@@ -129,7 +130,8 @@ def test_group_norm_bad_input_raises_like_the_function(backend, rng, make_x, err
         ({"num_channels": 0}, ValueError, r"num_channels must be >= 1, got 0"),
         ({"axis": 0}, ValueError, r"axis must be the channel axis, not the batch axis 0"),
         ({"axis": 1.0}, TypeError, r"axis must be an int, got float"),
-        ({"affine": 1}, TypeError, r"affine must be a bool, got int"),
+        ({"affine": 1}, TypeError, r"affine must be True or False, got int"),
+        ({"affine": "no"}, TypeError, r"affine must be True or False, got str"),
         ({"eps": -1.0}, ValueError, r"eps must be a finite number > 0, got -1.0"),
     ],
 )
@@ -232,7 +234,7 @@ def _trained_lstm(backend, rng):
         (
             lambda b: (b.asarray(np.ones((T, B, I)), "float64"),),
             TypeError,
-            r"^params\['W_x'\] must have dtype .*float64 like xs",
+            r"^xs must have this LSTM's dtype .*float32 .* got .*float64; convert xs",
         ),
         (
             lambda b: (b.asarray(np.ones((T, B, I + 1)), "float32"),),
@@ -309,7 +311,9 @@ def test_to_moves_every_array_between_devices(rng, cls, args, shape):
     out1 = obj(strict.asarray(data, dtype=strict.float32, device=device1))
     assert obj.to(device2) is obj and obj.device == device2
     assert all(v.device == device2 for v in obj.state_dict().values())
-    with pytest.raises(ValueError, match=r"is on device .*device2.* but xs? is on .*device1"):
+    with pytest.raises(
+        ValueError, match=r"are on device .*device2.* but xs? is on device .*device1"
+    ):
         obj(strict.asarray(data, dtype=strict.float32, device=device1))
     out2 = obj(strict.asarray(data, dtype=strict.float32, device=device2))
     first = out1[0] if isinstance(out1, tuple) else out1
@@ -321,6 +325,27 @@ def test_to_moves_every_array_between_devices(rng, cls, args, shape):
     )
 
 
+@pytest.mark.parametrize(
+    ("make", "data"),
+    [
+        (lambda: normcore.GroupNorm(2, 4, affine=False), np.ones((2, 4, 3))),
+        (lambda: normcore.LSTM(I, H), np.ones((T, B, I))),
+    ],
+    ids=["GroupNorm", "LSTM"],
+)
+def test_input_from_another_library_names_the_input_and_the_object(make, data):
+    strict = pytest.importorskip("array_api_strict")
+    obj = make()
+    name = "xs" if isinstance(obj, normcore.LSTM) else "x"
+    cls = type(obj).__name__
+    with pytest.raises(
+        TypeError,
+        match=rf"^{name} must be an array of this {cls}'s library \(numpy\), got "
+        rf"array_api_strict.* create the {cls} with like={name}",
+    ):
+        obj(strict.asarray(data, dtype=strict.float32))
+
+
 def test_recurrent_constructor_errors():
     with pytest.raises(TypeError, match=r"batch_first must be True or False, got int"):
         normcore.LSTM(I, H, batch_first=1)
@@ -328,6 +353,8 @@ def test_recurrent_constructor_errors():
         normcore.GRU(I, H, layer_norm="yes")
     with pytest.raises(ValueError, match=r"hidden_size must be >= 1, got 0"):
         normcore.RNN(I, 0)
+    with pytest.raises(TypeError, match=r"input_size must be an int, got float"):
+        normcore.RNN(2.0, H)
     with pytest.raises(RuntimeError, match=r"LSTM.backward needs a forward call"):
         normcore.LSTM(I, H).backward(np.zeros((T, B, H), np.float32))
 

@@ -134,6 +134,36 @@ def test_batch_norm_constructor_errors():
         normcore.torch.BatchNorm2d(0)
 
 
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (lambda: normcore.torch.LayerNorm("ab"), TypeError, r"normalized_shape must be a positive"),
+        (lambda: normcore.torch.RMSNorm((3, 0)), ValueError, r"normalized_shape must contain"),
+        (lambda: normcore.torch.LayerNorm(3, eps=-1.0), ValueError, r"eps must be a finite"),
+        (
+            lambda: normcore.torch.LayerNorm(3, elementwise_affine="no"),
+            TypeError,
+            r"elementwise_affine must be True or False, got str",
+        ),
+        (lambda: normcore.torch.LayerNorm(3, bias=1), TypeError, r"bias must be True or False"),
+        (
+            lambda: normcore.torch.BatchNorm1d(3, affine="no"),
+            TypeError,
+            r"affine must be True or False, got str",
+        ),
+        (
+            lambda: normcore.torch.BatchNorm2d(3, track_running_stats=0),
+            TypeError,
+            r"track_running_stats must be True or False, got int",
+        ),
+        (lambda: normcore.torch.GroupNorm(2, 4, affine=1), TypeError, r"affine must be True or"),
+    ],
+)
+def test_flag_and_shape_arguments_are_checked(make, error, message):
+    with pytest.raises(error, match=message):
+        make()
+
+
 # -- group norm -----------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("affine", [True, False])
@@ -290,6 +320,25 @@ def test_unsupported_configurations_are_value_errors(kwargs, message):
         normcore.torch.LSTM(3, 4, **kwargs)
     with pytest.raises(ValueError, match=r"supports nonlinearity='tanh' only, got 'relu'"):
         normcore.torch.RNN(3, 4, nonlinearity="relu")
+    with pytest.raises(TypeError, match=r"^nonlinearity must be a str, one of .* got int"):
+        normcore.torch.RNN(3, 4, nonlinearity=1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"bias": 1}, TypeError, r"^bias must be True or False, got int"),
+        ({"bidirectional": 0}, TypeError, r"^bidirectional must be True or False, got int"),
+        ({"batch_first": "yes"}, TypeError, r"^batch_first must be True or False, got str"),
+        ({"layer_norm": 1}, TypeError, r"^layer_norm must be True or False, got int"),
+        ({"num_layers": 1.0}, TypeError, r"^num_layers must be an int, got float"),
+        ({"dropout": -0.5}, ValueError, r"^dropout must be in \[0, 1\], got -0.5"),
+        ({"dropout": "0"}, TypeError, r"^dropout must be a real number, got str"),
+    ],
+)
+def test_recurrent_argument_types_are_checked(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        normcore.torch.GRU(3, 4, **kwargs)
 
 
 @pytest.mark.parametrize(
