@@ -15,9 +15,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._compat import resolve_creation
+from ._compat import resolve_creation, to_numpy
 from ._layer import layer_norm, layer_norm_backward, rms_norm, rms_norm_backward
-from ._module import _host_copy
 from ._registry import adapters, reference_path
 
 __all__ = ["CheckError", "Row", "check_rows", "format_table", "select_adapters"]
@@ -105,8 +104,8 @@ def _check_device(adapter: Any, xp: Any, device: Any, dtype: str) -> Iterator[Ro
                 (name, slice(0, 1)),
                 (f"{name}_backward", slice(1, 4 if center else 3)),
             ):
-                got_fast = [_host_copy(a).astype(np.float64) for a in fast[part]]
-                got_ref = [_host_copy(a).astype(np.float64) for a in reference[part]]
+                got_fast = [to_numpy(a).astype(np.float64) for a in fast[part]]
+                got_ref = [to_numpy(a).astype(np.float64) for a in reference[part]]
                 worst[key][0] = max(worst[key][0], _max_diff(got_fast, got_ref))
                 worst[key][1] = max(
                     worst[key][1],

@@ -7,6 +7,7 @@ resolved happens in one place.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import array_api_compat
@@ -52,6 +53,26 @@ def device_of(x: Any) -> Any:
 def to_device(x: Any, device: Any) -> Any:
     """Return ``x`` on ``device`` (a copy only when it has to move)."""
     return array_api_compat.to_device(x, device)
+
+
+def to_numpy(x: Any) -> Any:
+    """Return a NumPy array with the values of ``x``, an array of any supported library.
+
+    For crossing libraries on purpose (loading a torch state dict into a NumPy
+    module, printing results): device arrays are copied to the host, torch
+    tensors are detached, and bfloat16 (which NumPy lacks) becomes float32,
+    which holds every bfloat16 value exactly.
+    """
+    import numpy
+
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        return (x.float() if x.dtype == torch.bfloat16 else x).numpy()
+    cupy = sys.modules.get("cupy")
+    if cupy is not None and isinstance(x, cupy.ndarray):
+        return x.get()
+    return numpy.asarray(x)
 
 
 def library_label(obj: object) -> str:

@@ -18,11 +18,18 @@ ones (an optimizer step or ``load_state_dict`` in between changes nothing).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
-from ._compat import device_of, is_array, library_label, namespace_of, resolve_creation, to_device
+from ._compat import (
+    device_of,
+    is_array,
+    library_label,
+    namespace_of,
+    resolve_creation,
+    to_device,
+    to_numpy,
+)
 from ._validation import check_arrays
 
 __all__ = ["Module"]
@@ -128,6 +135,12 @@ class Module:
         converted = {}
         for name, old in current.items():
             value = state[name]
+            if not _is_real_array(value):
+                raise TypeError(
+                    f"state_dict[{name!r}] must be an array of real numbers, got "
+                    f"{library_label(value)}"
+                    + (f" of dtype {value.dtype}" if is_array(value) else "")
+                )
             shape = tuple(getattr(value, "shape", ()))
             if shape != tuple(old.shape):
                 raise ValueError(
@@ -142,8 +155,8 @@ class Module:
         xp = self._xp
         if getattr(value, "requires_grad", False):  # a torch Parameter: load its values only
             value = value.detach()
-        if is_array(value) and namespace_of(value) is not xp:
-            value = _host_copy(value)
+        if namespace_of(value) is not xp:
+            value = to_numpy(value)
         return xp.asarray(value, dtype=like.dtype, device=device_of(like), copy=True)
 
     def _check_state(self, state: Mapping[str, Any]) -> None:
@@ -214,18 +227,11 @@ class Module:
         return f"{type(self).__name__}({shapes}; {self._xp.__name__}, {self.dtype})"
 
 
-def _host_copy(value: Any) -> Any:
-    """A NumPy copy of an array from another library (torch tensors, CuPy arrays)."""
-    import numpy
-
-    for method in ("detach", "cpu", "numpy"):  # torch
-        if hasattr(value, method) and method != "numpy":
-            value = getattr(value, method)()
-    if hasattr(value, "get") and not isinstance(value, numpy.ndarray):  # cupy
-        value = value.get()
-    if hasattr(value, "numpy"):
-        value = value.numpy()
-    result = numpy.asarray(value)
-    if math.prod(result.shape) and not numpy.issubdtype(result.dtype, numpy.number):
-        raise TypeError(f"cannot load a value of type {library_label(value)}")
-    return result
+def _is_real_array(value: Any) -> bool:
+    """Whether ``value`` is an array of real numbers (integer, boolean or real floating)."""
+    if not is_array(value):
+        return False
+    try:
+        return namespace_of(value).isdtype(value.dtype, ("bool", "integral", "real floating"))
+    except (TypeError, ValueError):  # dtypes outside the standard (strings, objects)
+        return False

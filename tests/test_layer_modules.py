@@ -160,6 +160,19 @@ def test_load_state_dict_errors_name_the_key_and_change_nothing(backend, rng, st
     _assert_unchanged(backend, layer, before)
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [[1.0, 1.0, 1.0], np.array(["a", "b", "c"]), np.ones(3, dtype=np.complex128)],
+    ids=["list", "strings", "complex"],
+)
+def test_load_state_dict_rejects_values_that_are_not_real_arrays(backend, rng, bad):
+    layer = _trained_layer(backend, rng)
+    before = _snapshot(backend, layer)
+    with pytest.raises(TypeError, match=r"state_dict\['gain'\] must be an array of real numbers"):
+        layer.load_state_dict({"gain": bad, "bias": np.zeros(3)})
+    _assert_unchanged(backend, layer, before)
+
+
 def _other_library_array():
     strict = pytest.importorskip("array_api_strict")
     return strict.ones((2, 3), dtype=strict.float32)

@@ -8,8 +8,6 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import numpy as np
-
 __all__ = [
     "ExperimentError",
     "Progress",
@@ -17,7 +15,6 @@ __all__ = [
     "load_backend",
     "require_extras",
     "softmax_cross_entropy",
-    "to_host",
 ]
 
 # module -> the package that provides it (what ``pip install normcore[experiments]`` adds)
@@ -70,15 +67,6 @@ def softmax_cross_entropy(xp: Any, logits: Any, onehot: Any) -> tuple[Any, Any]:
     n = logits.shape[0]
     loss = -xp.sum(onehot * log_p) / n
     return loss, (xp.exp(log_p) - onehot) / n
-
-
-def to_host(a: Any) -> np.ndarray:
-    """A NumPy copy of an array of any library (torch CPU/CUDA, CuPy, NumPy)."""
-    if hasattr(a, "detach"):
-        a = a.detach().cpu()
-    elif hasattr(a, "get"):  # CuPy
-        a = a.get()
-    return np.asarray(a)
 
 
 class Progress:

@@ -25,7 +25,8 @@ import normcore
 from normcore._compat import resolve_creation
 from normcore.optim import Adam
 
-from ._common import Progress, format_table, pyplot, softmax_cross_entropy, to_host
+from .._compat import to_numpy
+from ._common import Progress, format_table, pyplot, softmax_cross_entropy
 from .rnn_digits import load_digit_sequences
 
 __all__ = ["NORMS", "compare", "format_results", "load_digit_vectors", "plot_curves", "train"]
@@ -108,7 +109,7 @@ def _evaluate(model: _MLP, x: Any, labels: np.ndarray) -> tuple[float, float]:
     logits, _ = model.forward(x, training=False)
     shifted = logits - xp.max(logits, axis=1, keepdims=True)
     log_p = shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
-    log_p = to_host(log_p).astype(np.float64)
+    log_p = to_numpy(log_p).astype(np.float64)
     nll = -float(np.mean(log_p[np.arange(len(labels)), labels]))
     error = float(np.mean(np.argmax(log_p, axis=1) != labels))
     return nll, error

@@ -23,7 +23,8 @@ import numpy as np
 import normcore
 from normcore._compat import resolve_creation
 
-from ._common import Progress, format_table, pyplot, to_host
+from .._compat import to_numpy
+from ._common import Progress, format_table, pyplot
 from .batch_size import load_digit_vectors
 
 __all__ = ["METHODS", "PAPER", "TRANSFORMATIONS", "Row", "format_rows", "measure", "plot_table"]
@@ -114,7 +115,7 @@ def measure(
 
     def run(method: str, x: np.ndarray, w: np.ndarray, gain: np.ndarray, bias: np.ndarray):
         arrays = (xp.asarray(a, dtype=dtype_, device=device) for a in (x, w, gain, bias))
-        return to_host(_layer(xp, method, *arrays)).astype(np.float64)
+        return to_numpy(_layer(xp, method, *arrays)).astype(np.float64)
 
     with Progress(trials, "invariance", disable=not show_progress) as bar:
         for _ in range(trials):

@@ -19,7 +19,8 @@ import normcore
 from normcore._compat import device_of, resolve_creation
 from normcore.optim import Adam
 
-from ._common import pyplot, softmax_cross_entropy, to_host
+from .._compat import to_numpy
+from ._common import pyplot, softmax_cross_entropy
 
 __all__ = ["compare", "load_digit_sequences", "plot_curves", "train"]
 
@@ -137,7 +138,7 @@ def train(
             total += float(loss) * len(batch)
             count += len(batch)
         _, logits = model.logits(x_test)
-        predicted = to_host(xp.argmax(logits, axis=1))
+        predicted = to_numpy(xp.argmax(logits, axis=1))
         accuracy = float(np.mean(predicted == data["y_test"]))
         curves["train_loss"].append(total / count)
         curves["test_accuracy"].append(accuracy)
