@@ -104,7 +104,8 @@ def check_trainable_batch(x: Any, axis: int) -> None:
     if not is_empty(x) and math.prod(x.shape) == x.shape[axis]:
         raise ValueError(
             "expected more than 1 value per channel when training, "
-            f"got input shape {tuple(x.shape)}"
+            f"got input shape {tuple(x.shape)}; to normalize it, use running or given "
+            "statistics (BatchNorm: training=False or .eval(); batch_norm: mean= and var=)"
         )
 
 

@@ -58,7 +58,10 @@ def check_arrays(
         )
     xp = namespace_of(x)
     if not xp.isdtype(x.dtype, "real floating"):
-        raise TypeError(f"{x_name} must have a real floating-point dtype, got {x.dtype}")
+        raise TypeError(
+            f"{x_name} must have a real floating-point dtype, got {x.dtype} "
+            "(convert it first, e.g. to float32)"
+        )
     if x.ndim == 0:
         raise ValueError(f"{x_name} must have at least one dimension, got a 0-d array")
     x_device = None
