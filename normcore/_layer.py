@@ -29,7 +29,12 @@ def _prepare(x: Any, gain: Any, bias: Any, axis: Any, eps: Any, dy: Any = None):
     expected = tuple(x.shape[a] for a in axes)
     for name, param in (("gain", gain), ("bias", bias)):
         if param is not None and tuple(param.shape) != expected:  # message built only on error
-            check_param_shape(param, expected, name, f"the sizes of x along axis={axes[0] if len(axes) == 1 else axes}")
+            check_param_shape(
+                param,
+                expected,
+                name,
+                f"the sizes of x along axis={axes[0] if len(axes) == 1 else axes}",
+            )
     check_gradient(dy, x)
     return xp, adapter_for(x), axes, eps
 

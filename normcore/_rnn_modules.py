@@ -231,7 +231,7 @@ _DOC = """{title}
 class RNN(_Recurrent):
     _cell = "rnn"
     __doc__ = _DOC.format(
-        title="Tanh RNN layer, layer-normalized by default (eq. 4 of Ba et al.).",
+        title="Tanh RNN layer, layer-normalized by default (Ba, Kiros & Hinton, eq. 4).",
         cell="rnn",
         name="RNN",
         torch_name="``RNN``",
@@ -242,7 +242,7 @@ class RNN(_Recurrent):
 class LSTM(_Recurrent):
     _cell = "lstm"
     __doc__ = _DOC.format(
-        title="LSTM layer, layer-normalized by default (eqs. 20-22 of Ba et al.).",
+        title="LSTM layer, layer-normalized by default (Ba, Kiros & Hinton, eqs 20-22).",
         cell="lstm",
         name="LSTM",
         torch_name="``LSTM``",
@@ -253,7 +253,7 @@ class LSTM(_Recurrent):
 class GRU(_Recurrent):
     _cell = "gru"
     __doc__ = _DOC.format(
-        title="GRU layer, layer-normalized by default (eqs. 26-28 of Ba et al.).",
+        title="GRU layer, layer-normalized by default (Ba, Kiros & Hinton, eqs 26-28).",
         cell="gru",
         name="GRU",
         torch_name="``GRU``",

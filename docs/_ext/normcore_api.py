@@ -22,6 +22,31 @@ from docutils.statemachine import StringList
 from sphinx.util.docutils import SphinxDirective
 from sphinx.util.nodes import nested_parse_with_titles
 
+# Reading order of the reference: what users call first, extension points last.
+# A module not listed here (a new one) comes after the listed ones.
+_ORDER = (
+    "normcore._layer",
+    "normcore._batch",
+    "normcore._moments",
+    "normcore._weight_norm",
+    "normcore._recurrent",
+    "normcore._rnn_params",
+    "normcore._layer_modules",
+    "normcore._batchnorm",
+    "normcore._groupnorm",
+    "normcore._rnn_modules",
+    "normcore.optim",
+    "normcore._primitive",
+    "normcore._registry",
+    "normcore._module",
+    "normcore._adapter",
+)
+
+
+def _rank(module_name: str) -> tuple[int, str]:
+    position = _ORDER.index(module_name) if module_name in _ORDER else len(_ORDER)
+    return position, module_name
+
 
 def _title(module_name: str) -> str:
     doc = inspect.getdoc(sys.modules[module_name]) or module_name
@@ -64,7 +89,7 @@ def api_lines(module_name: str) -> list[str]:
         )
         groups.setdefault(defining, []).append(name)
     lines = [f".. currentmodule:: {module_name}", ""]
-    for defining, names in groups.items():
+    for defining, names in sorted(groups.items(), key=lambda item: _rank(item[0])):
         title = _title(defining)
         lines += [title, "-" * len(title), "", ".. autosummary::", ""]
         lines += [f"   {name}" for name in names] + [""]
