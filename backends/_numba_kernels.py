@@ -218,13 +218,18 @@ def _channel_stats_kernel(x, k, nra, ncb, sub_block, part_m, part_m2):
         c0, c1 = jc * c_len // ncb, (jc + 1) * c_len // ncb
         width = c1 - c0
         step = max(1, sub_block // (width * b_len))
-        s = np.zeros(width)
+        s, sq = np.zeros(width), np.zeros(width)
+        mf = np.empty(width, x.dtype)  # sub-block means rounded to x's dtype
         seen = 0
         for s0 in range(a0, a1, step):
             s1 = min(s0 + step, a1)
             n = (s1 - s0) * b_len
             s[:] = 0.0
             for a in range(s0, s1):
+                if b_len == 1:  # channels-last: an elementwise (vectorisable) update
+                    for c in range(c0, c1):
+                        s[c - c0] += x[a, c, 0] - k[c]
+                    continue
                 for c in range(c0, c1):
                     kc = k[c]
                     acc = 0.0
@@ -232,21 +237,31 @@ def _channel_stats_kernel(x, k, nra, ncb, sub_block, part_m, part_m2):
                         acc += x[a, c, i] - kc
                     s[c - c0] += acc
             for c in range(c0, c1):
-                m = s[c - c0] / n
-                kc, mf = k[c], x.dtype.type(m)
-                sq = 0.0
-                for a in range(s0, s1):
+                mf[c - c0] = s[c - c0] / n
+            sq[:] = 0.0
+            for a in range(s0, s1):
+                if b_len == 1:
+                    for c in range(c0, c1):
+                        u = (x[a, c, 0] - k[c]) - mf[c - c0]
+                        sq[c - c0] += np.float64(u) * np.float64(u)
+                    continue
+                for c in range(c0, c1):
+                    kc, mc = k[c], mf[c - c0]
+                    acc = 0.0
                     for i in range(b_len):
-                        u = (x[a, c, i] - kc) - mf
-                        sq += np.float64(u) * np.float64(u)
-                # Chan's merge of (seen, part) with (n, m, sq).
+                        u = (x[a, c, i] - kc) - mc
+                        acc += np.float64(u) * np.float64(u)
+                    sq[c - c0] += acc
+            for c in range(c0, c1):
+                # Chan's merge of the chunk so far (seen) with this sub-block (n).
+                m = s[c - c0] / n
                 if seen == 0:
-                    part_m[ia, c], part_m2[ia, c] = m, sq
+                    part_m[ia, c], part_m2[ia, c] = m, sq[c - c0]
                 else:
                     delta = m - part_m[ia, c]
                     total = seen + n
                     part_m[ia, c] += delta * n / total
-                    part_m2[ia, c] += sq + delta * delta * seen * n / total
+                    part_m2[ia, c] += sq[c - c0] + delta * delta * seen * n / total
             seen += n
 
 
@@ -284,14 +299,16 @@ def _channel_stats(x):
 
 
 @njit(**_JIT)
-def _affine_kernel(x, k, s, h, y):
+def _affine_kernel(x, k, s, h, nra, ncb, y):
     """``y = (x - k) * s + h`` per channel, in x's dtype."""
     a_len, c_len, b_len = x.shape
-    for p in prange(a_len * c_len):
-        a, c = p // c_len, p % c_len
-        kc, sc, hc = k[c], s[c], h[c]
-        for i in range(b_len):
-            y[a, c, i] = (x[a, c, i] - kc) * sc + hc
+    for t in prange(nra * ncb):
+        ia, jc = t // ncb, t % ncb
+        for a in range(ia * a_len // nra, (ia + 1) * a_len // nra):
+            for c in range(jc * c_len // ncb, (jc + 1) * c_len // ncb):
+                kc, sc, hc = k[c], s[c], h[c]
+                for i in range(b_len):
+                    y[a, c, i] = (x[a, c, i] - kc) * sc + hc
 
 
 def channels_forward(x, gain, bias, *, eps, mean=None, var=None):
@@ -314,7 +331,8 @@ def channels_forward(x, gain, bias, *, eps, mean=None, var=None):
         s = s * _vector(gain, c_len, np.float64, 1)
         h = -m * s + _vector(bias, c_len, np.float64, 0)
         y = np.empty(x.shape, acc)
-        _affine_kernel(x, np.ascontiguousarray(k, acc), s.astype(acc), h.astype(acc), y)
+        k = np.ascontiguousarray(k, acc)
+        _affine_kernel(x, k, s.astype(acc), h.astype(acc), *_tasks(x.shape), y)
     return y, mean, var
 
 
@@ -334,6 +352,12 @@ def _channel_sums_kernel(dy, x, shift, offset, nra, ncb, part_u, part_dy, scale,
         part_u[ia, c0:c1] = 0.0
         part_dy[ia, c0:c1] = 0.0
         for a in range(a0, a1):
+            if b_len == 1 and not write_dx:  # channels-last: elementwise updates
+                for c in range(c0, c1):
+                    d = dy[a, c, 0]
+                    part_u[ia, c] += np.float64(d) * np.float64((x[a, c, 0] - shift[c]) - offset[c])
+                    part_dy[ia, c] += d
+                continue
             for c in range(c0, c1):
                 kc, oc = shift[c], offset[c]
                 su = sdy = 0.0
@@ -348,15 +372,17 @@ def _channel_sums_kernel(dy, x, shift, offset, nra, ncb, part_u, part_dy, scale,
 
 
 @njit(**_JIT)
-def _channel_dx_kernel(dy, x, shift, offset, rho, sigma, alpha, dx):
+def _channel_dx_kernel(dy, x, shift, offset, rho, sigma, alpha, nra, ncb, dx):
     """dx = (dy - (((x - shift) - offset) * rho + sigma)) * alpha per channel."""
     a_len, c_len, b_len = x.shape
-    for p in prange(a_len * c_len):
-        a, c = p // c_len, p % c_len
-        kc, oc, rc, sc, ac = shift[c], offset[c], rho[c], sigma[c], alpha[c]
-        for i in range(b_len):
-            u = ((x[a, c, i] - kc) - oc) * rc + sc
-            dx[a, c, i] = (dy[a, c, i] - u) * ac
+    for t in prange(nra * ncb):
+        ia, jc = t // ncb, t % ncb
+        for a in range(ia * a_len // nra, (ia + 1) * a_len // nra):
+            for c in range(jc * c_len // ncb, (jc + 1) * c_len // ncb):
+                kc, oc, rc, sc, ac = shift[c], offset[c], rho[c], sigma[c], alpha[c]
+                for i in range(b_len):
+                    u = ((x[a, c, i] - kc) - oc) * rc + sc
+                    dx[a, c, i] = (dy[a, c, i] - u) * ac
 
 
 def channels_backward(
@@ -393,7 +419,8 @@ def channels_backward(
         if not fixed_stats:
             n = a_len * b_len
             rho, sigma = (rstd * rstd * su / n).astype(acc), (sdy / n).astype(acc)
-            _channel_dx_kernel(dy, x, shift, offset, rho, sigma, alpha.astype(acc), dx)
+            alpha = alpha.astype(acc)
+            _channel_dx_kernel(dy, x, shift, offset, rho, sigma, alpha, nra, ncb, dx)
     dgain = (rstd * su).astype(pdtype) if need_dgain else None
     dbias = sdy.astype(pdtype) if need_dbias else None
     return dx, dgain, dbias
