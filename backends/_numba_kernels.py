@@ -14,6 +14,14 @@ passes and the output pass run on a row held in cache, so each element is
 read once from memory and written once.  Channel statistics run over fixed
 (row chunk x channel block) tasks, each cut into cache-sized sub-blocks.
 
+Threads come from numba's threading layer (``NUMBA_THREADING_LAYER``);
+NORMCORE_NUM_THREADS caps them like it caps the NumPy kernels' pool.  With
+the OpenMP layer, idle worker threads spin for a while after each kernel,
+which on a machine with few cores slows other threaded work in the process
+(torch's own OpenMP pool, NumPy kernels); ``OMP_WAIT_POLICY=passive`` or
+``NUMBA_THREADING_LAYER=workqueue`` avoid that.  These settings are
+process-wide, so they are left to the user.
+
 numba 0.68 has no float16 type on the CPU, so float16 input (and empty
 input) is handed to the NumPy kernels, which accumulate it in float32.
 Importing this module imports numba and raises ImportError without it.
