@@ -6,11 +6,20 @@ the batch-norm layout (parameters on one axis, statistics over all the
 others, e.g. NCHW or NHWC). Every other call, and any input that is not
 C-contiguous, runs the reference path. NumPy is imported only when a NumPy
 array reaches normcore.
+
+Kernel selection (``_kernels``, the one place it happens): when numba is
+importable and the environment variable ``NORMCORE_NUMBA`` is not ``"0"``,
+the compiled kernels of :mod:`normcore.backends._numba_kernels` (same
+interface and numerical contract; install the ``numba`` extra) are used,
+otherwise the NumPy kernels. The variable is read on every call; numba is
+imported only when a NumPy array first reaches a fast path, and its first
+call per dtype compiles (or loads from numba's on-disk cache) the kernels.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -22,6 +31,15 @@ __all__ = ["NumPyAdapter", "adapter"]
 
 
 def _kernels():
+    """The kernel module to use: numba's unless unavailable or NORMCORE_NUMBA=0."""
+    if os.environ.get("NORMCORE_NUMBA") != "0":
+        try:
+            from . import _numba_kernels
+        except ImportError as error:
+            if error.name != "numba":
+                raise
+        else:
+            return _numba_kernels
     from . import _numpy_kernels
 
     return _numpy_kernels

@@ -73,7 +73,15 @@ def test_import_works_when_optional_libraries_are_broken():
 def test_broken_plugin_warns_and_is_skipped(fresh_registry, monkeypatch):
     broken = metadata.EntryPoint("broken", "no_such_module:adapter", "normcore.backends")
     real = metadata.entry_points(group="normcore.backends")
-    monkeypatch.setattr(metadata, "entry_points", lambda group: [*real, broken])
+    real_entry_points = metadata.entry_points
+    # Other groups (numba's extensions, loaded lazily) still see the real entry points.
+    monkeypatch.setattr(
+        metadata,
+        "entry_points",
+        lambda **kw: (
+            [*real, broken] if kw.get("group") == "normcore.backends" else real_entry_points(**kw)
+        ),
+    )
     with pytest.warns(RuntimeWarning, match=r"could not load the backend adapter 'broken'"):
         names = {a.name for a in _registry.adapters()}
     assert "broken" not in names and "numpy" in names

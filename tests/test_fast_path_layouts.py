@@ -4,7 +4,9 @@ The NumPy kernels switch strategy with size (threads above 2**16 elements,
 row segments above 2**16 values, channel "row mode" for inner extents >= 128,
 column tiles for channels-last data); the shared suite's small shapes never
 reach those branches. Each case compares against float64 references computed
-by PyTorch's own kernels on the same (rounded) inputs.
+by PyTorch's own kernels on the same (rounded) inputs. NumPy arrays run these
+shapes through both kernel sets, the NumPy ones and the numba ones (skipped
+without numba), selected with NORMCORE_NUMBA.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from _support import assert_close, torch_layer_norm_grads
+from normcore.backends import numpy as numpy_adapter
 
 import normcore
 
@@ -21,13 +24,25 @@ ROWS = [(3, 70_000), (520, 256), (1, 5)]
 CHANNELS = [((8, 4, 16, 16), 1), ((20_000, 3), -1), ((2, 70_000, 2), 1), ((4, 3, 5), 1)]
 
 
+@pytest.fixture(params=["numpy-kernels", "numba-kernels"])
+def kernels(request, backend, monkeypatch):
+    """Kernel set behind NumPy's fast path; other libraries run once."""
+    use_numba = request.param == "numba-kernels"
+    if use_numba:
+        if backend.library != "numpy":
+            pytest.skip("only NumPy arrays reach the numba kernels")
+        pytest.importorskip("numba", reason="numba is not installed (extra 'numba')")
+    monkeypatch.setenv("NORMCORE_NUMBA", "1" if use_numba else "0")
+    return request.param
+
+
 def _dtype_scale(dtype: str, count: int) -> float:
     """Sums over ``count`` rounded terms: error grows like sqrt(count) ulps."""
     return 4 * np.sqrt(count) if dtype in ("float16", "bfloat16") else 4 * np.sqrt(count) / 8
 
 
 @pytest.mark.parametrize("shape", ROWS, ids=str)
-def test_layer_norm_kernel_shapes(backend, dtype, rng, shape):
+def test_layer_norm_kernel_shapes(backend, kernels, dtype, rng, shape):
     x = backend.asarray(1e2 + 3 * rng.normal(size=shape), dtype)
     dy = backend.asarray(rng.normal(size=shape), dtype)
     gain = backend.asarray(rng.normal(1, 0.2, size=shape[-1:]), dtype)
@@ -53,7 +68,7 @@ def _torch_batch_norm(x, dy, gain, bias, axis):
 
 
 @pytest.mark.parametrize(("shape", "axis"), CHANNELS, ids=str)
-def test_batch_norm_kernel_shapes(backend, dtype, rng, shape, axis):
+def test_batch_norm_kernel_shapes(backend, kernels, dtype, rng, shape, axis):
     channels = shape[axis]
     x = backend.asarray(-50 + 2 * rng.normal(size=shape), dtype)
     dy = backend.asarray(rng.normal(size=shape), dtype)
@@ -106,3 +121,46 @@ def test_numpy_fast_paths_allocate_no_full_size_temporaries(shape, axis):
         finally:
             tracemalloc.stop()
         assert peak - outputs <= 0.15 * x.nbytes, (peak - outputs) / x.nbytes
+
+
+def test_numba_kernel_selection(monkeypatch):
+    """NORMCORE_NUMBA=0 selects the NumPy kernels; otherwise numba's when installed."""
+    monkeypatch.setenv("NORMCORE_NUMBA", "0")
+    assert numpy_adapter._kernels().__name__.endswith("._numpy_kernels")
+    monkeypatch.delenv("NORMCORE_NUMBA")
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        expected = "._numpy_kernels"
+    else:
+        expected = "._numba_kernels"
+    assert numpy_adapter._kernels().__name__.endswith(expected)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kernel_set", ["0", "1"])
+def test_kernels_constant_and_nan_rows(monkeypatch, dtype, kernel_set):
+    """A constant row/channel gives exactly the bias; a NaN row stays isolated."""
+    if kernel_set == "1":
+        pytest.importorskip("numba", reason="numba is not installed (extra 'numba')")
+    monkeypatch.setenv("NORMCORE_NUMBA", kernel_set)
+    rng = np.random.default_rng(3)
+    x = (1e3 + rng.normal(size=(6, 300))).astype(dtype)
+    x[1] = 1e3 + 0.1
+    x[4, 7] = np.nan
+    gain = rng.normal(1, 0.2, size=300).astype(dtype)
+    bias = rng.normal(size=300).astype(dtype)
+    y = normcore.layer_norm(x, gain, bias)
+    np.testing.assert_array_equal(y[1], bias)
+    assert np.isnan(y[4]).all()
+    healthy = [0, 2, 3, 5]
+    x64 = x[healthy].astype(np.float64)
+    centred = x64 - x64.mean(axis=1, keepdims=True)
+    expected = centred / np.sqrt((centred**2).mean(axis=1, keepdims=True) + 1e-5) * gain + bias
+    tol = 1e-4 if dtype == "float32" else 1e-11
+    np.testing.assert_allclose(y[healthy], expected, rtol=tol, atol=tol)
+    xc = (-50 + rng.normal(size=(16, 3, 40))).astype(dtype)
+    xc[:, 2] = -49.5
+    bc = rng.normal(size=3).astype(dtype)
+    yc = normcore.batch_norm(xc, None, bc, axis=1)
+    np.testing.assert_array_equal(yc[:, 2], np.full((16, 40), bc[2]))

@@ -1,0 +1,434 @@
+"""Compiled (numba) kernels with the interface and contract of ``_numpy_kernels``.
+
+Each function takes and returns what its namesake in
+:mod:`normcore.backends._numpy_kernels` does, with the same numerics: two-pass
+statistics shifted by the first element of each row/channel (K), centring as
+``(x - K) - m``, elementwise arithmetic in the accumulation dtype, so constant
+rows/channels give exactly the bias and a NaN row or channel stays isolated.
+Sums are accumulated in float64 (at least as accurate as the NumPy kernels'
+float32 accumulation for float32 data) and partial statistics are merged with
+Chan's update in a fixed order, so results do not depend on thread scheduling.
+
+Rows are processed one at a time inside a ``prange`` loop: the statistics
+passes and the output pass run on a row held in cache, so each element is
+read once from memory and written once.  Channel statistics run over fixed
+(row chunk x channel block) tasks, each cut into cache-sized sub-blocks.
+
+Threads come from numba's threading layer (``NUMBA_THREADING_LAYER``);
+NORMCORE_NUM_THREADS caps them like it caps the NumPy kernels' pool.  With
+the OpenMP layer, idle worker threads spin for a while after each kernel,
+which on a machine with few cores slows other threaded work in the process
+(torch's own OpenMP pool, NumPy kernels); ``OMP_WAIT_POLICY=passive`` or
+``NUMBA_THREADING_LAYER=workqueue`` avoid that.  These settings are
+process-wide, so they are left to the user.
+
+numba 0.68 has no float16 type on the CPU, so float16 input (and empty
+input) is handed to the NumPy kernels, which accumulate it in float32.
+Importing this module imports numba and raises ImportError without it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from . import _numpy_kernels
+
+__all__ = ["channels_backward", "channels_forward", "rows_backward", "rows_forward"]
+
+# Elements per cache-resident sub-block of a channel-statistics task.
+_SUB_BLOCK = 1 << 15
+# Upper bounds on the row chunks of channel tasks and of rows_backward's
+# dgain/dbias partials (fixed by the shape, hence reproducible).
+_MAX_CHUNKS = 32
+_MAX_PARTIAL_VALUES = 1 << 20
+_JIT = {"parallel": True, "cache": True, "fastmath": False}
+
+
+def _delegate(x):
+    return x.dtype == np.float16 or x.size == 0
+
+
+def _set_threads():
+    """Honour NORMCORE_NUM_THREADS like the NumPy kernels do."""
+    env = os.environ.get("NORMCORE_NUM_THREADS")
+    if env:
+        try:
+            n = max(1, int(env))
+        except ValueError:
+            raise ValueError(f"NORMCORE_NUM_THREADS must be an integer, got {env!r}") from None
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+
+
+def _vector(v, n, dtype, fill):
+    """gain/bias as a contiguous ``dtype`` vector; None becomes ``fill`` (exact)."""
+    if v is None:
+        return np.full(n, fill, dtype)
+    return np.ascontiguousarray(v, dtype=dtype).reshape(-1)
+
+
+# --------------------------------------------------------------------------
+# Rows (layer norm / RMS norm)
+# --------------------------------------------------------------------------
+
+
+@njit(**_JIT)
+def _rows_forward_kernel(x, g, b, eps, center, y, mean, rstd):
+    rows, d = x.shape
+    for r in prange(rows):
+        row = x[r]
+        out = y[r]
+        if center:
+            k = row[0]
+            s = 0.0
+            for j in range(d):
+                s += row[j] - k
+            m = s / d
+            out[0] = m  # rounds m to the row dtype (y is overwritten below)
+            mf = out[0]
+            sq = 0.0
+            for j in range(d):
+                c = (row[j] - k) - mf
+                sq += np.float64(c) * np.float64(c)
+            mean[r] = k + m
+        else:
+            k = row[0] - row[0]
+            mf = k
+            sq = 0.0
+            for j in range(d):
+                sq += np.float64(row[j]) * np.float64(row[j])
+        rstd[r] = 1.0 / math.sqrt(sq / d + eps)
+        rs = rstd[r]
+        for j in range(d):
+            out[j] = ((row[j] - k) - mf) * rs * g[j] + b[j]
+
+
+def rows_forward(x, gain, bias, *, eps, center):
+    """See :func:`normcore.backends._numpy_kernels.rows_forward`."""
+    if _delegate(x):
+        return _numpy_kernels.rows_forward(x, gain, bias, eps=eps, center=center)
+    _set_threads()
+    rows, d = x.shape
+    y = np.empty((rows, d), x.dtype)
+    mean = np.empty(rows, x.dtype)
+    rstd = np.empty(rows, x.dtype)
+    g, b = _vector(gain, d, x.dtype, 1), _vector(bias, d, x.dtype, 0)
+    with np.errstate(all="ignore"):
+        _rows_forward_kernel(x, g, b, float(eps), bool(center), y, mean, rstd)
+    return y, (mean if center else None), rstd
+
+
+@njit(**_JIT)
+def _rows_backward_kernel(
+    dy, x, g, eps, center, have_stats, mean, rstd, dx, nchunks, pg, pb, need_pg, need_pb
+):
+    rows, d = x.shape
+    for c in prange(nchunks):
+        for r in range(c * rows // nchunks, (c + 1) * rows // nchunks):
+            row, drow, out = x[r], dy[r], dx[r]
+            # shift/offset: x is centred as (x - shift) - offset, in x's dtype.
+            if have_stats:
+                shift = mean[r] if center else row[0] - row[0]
+                offset = shift - shift
+                rs = rstd[r]
+            else:
+                if center:
+                    shift = row[0]
+                    s = 0.0
+                    for j in range(d):
+                        s += row[j] - shift
+                    out[0] = s / d  # rounds to x's dtype; dx is written below
+                    offset = out[0]
+                    sq = 0.0
+                    for j in range(d):
+                        u = (row[j] - shift) - offset
+                        sq += np.float64(u) * np.float64(u)
+                else:
+                    shift = row[0] - row[0]
+                    offset = shift
+                    sq = 0.0
+                    for j in range(d):
+                        sq += np.float64(row[j]) * np.float64(row[j])
+                out[0] = 1.0 / math.sqrt(sq / d + eps)
+                rs = out[0]
+            su = 0.0
+            sdy = 0.0
+            for j in range(d):
+                w = drow[j] * g[j]
+                su += np.float64(w) * np.float64((row[j] - shift) - offset)
+                sdy += w
+            out[0] = np.float64(rs) * np.float64(rs) * su / d
+            beta = out[0]
+            out[0] = sdy / d if center else 0.0
+            alpha = out[0]
+            for j in range(d):
+                u = (row[j] - shift) - offset
+                if need_pg:
+                    pg[c, j] += np.float64(drow[j]) * np.float64(u * rs)
+                if need_pb:
+                    pb[c, j] += drow[j]
+                out[j] = (drow[j] * g[j] - (u * beta + alpha)) * rs
+
+
+def rows_backward(dy, x, gain, *, eps, center, need_dgain, need_dbias, mean=None, rstd=None):
+    """See :func:`normcore.backends._numpy_kernels.rows_backward`."""
+    if _delegate(x):
+        return _numpy_kernels.rows_backward(
+            dy, x, gain, eps=eps, center=center, need_dgain=need_dgain,
+            need_dbias=need_dbias, mean=mean, rstd=rstd,
+        )  # fmt: skip
+    _set_threads()
+    rows, d = x.shape
+    pdtype = x.dtype if gain is None else np.dtype(gain.dtype)
+    have_stats = rstd is not None and (mean is not None or not center)
+    empty = np.empty(0, x.dtype)
+    mean = _vector(mean, 0, x.dtype, 0) if have_stats and center else empty
+    rstd = _vector(rstd, 0, x.dtype, 0) if have_stats else empty
+    g = _vector(gain, d, x.dtype, 1)
+    nchunks = max(1, min(rows, _MAX_CHUNKS, _MAX_PARTIAL_VALUES // d))
+    partials = (nchunks, d)
+    pg = np.zeros(partials if need_dgain else (1, 1))
+    pb = np.zeros(partials if need_dbias else (1, 1))
+    dx = np.empty((rows, d), x.dtype)
+    with np.errstate(all="ignore"):
+        _rows_backward_kernel(
+            dy, x, g, float(eps), bool(center), have_stats, mean, rstd, dx, nchunks,
+            pg, pb, bool(need_dgain), bool(need_dbias),
+        )  # fmt: skip
+    dgain = pg.sum(axis=0).astype(pdtype) if need_dgain else None
+    dbias = pb.sum(axis=0).astype(pdtype) if need_dbias else None
+    return dx, dgain, dbias
+
+
+# --------------------------------------------------------------------------
+# Channels (batch norm over (A, C, B))
+# --------------------------------------------------------------------------
+
+
+def _tasks(shape):
+    """Row chunks and channel blocks of the channel tasks (shape-dependent only)."""
+    a_len, c_len, _ = shape
+    nra = min(a_len, _MAX_CHUNKS)
+    return nra, min(c_len, max(1, 2 * _MAX_CHUNKS // nra))
+
+
+@njit(**_JIT)
+def _channel_stats_kernel(x, k, nra, ncb, sub_block, part_m, part_m2):
+    """Per (row chunk, channel) mean and M2 of ``x - K``, two-pass per sub-block."""
+    a_len, c_len, b_len = x.shape
+    for t in prange(nra * ncb):
+        ia, jc = t // ncb, t % ncb
+        a0, a1 = ia * a_len // nra, (ia + 1) * a_len // nra
+        c0, c1 = jc * c_len // ncb, (jc + 1) * c_len // ncb
+        width = c1 - c0
+        step = max(1, sub_block // (width * b_len))
+        s, sq = np.zeros(width), np.zeros(width)
+        mf = np.empty(width, x.dtype)  # sub-block means rounded to x's dtype
+        seen = 0
+        for s0 in range(a0, a1, step):
+            s1 = min(s0 + step, a1)
+            n = (s1 - s0) * b_len
+            s[:] = 0.0
+            for a in range(s0, s1):
+                if b_len == 1:  # channels-last: an elementwise (vectorisable) update
+                    for c in range(c0, c1):
+                        s[c - c0] += x[a, c, 0] - k[c]
+                    continue
+                for c in range(c0, c1):
+                    kc = k[c]
+                    acc = 0.0
+                    for i in range(b_len):
+                        acc += x[a, c, i] - kc
+                    s[c - c0] += acc
+            for c in range(c0, c1):
+                mf[c - c0] = s[c - c0] / n
+            sq[:] = 0.0
+            for a in range(s0, s1):
+                if b_len == 1:
+                    for c in range(c0, c1):
+                        u = (x[a, c, 0] - k[c]) - mf[c - c0]
+                        sq[c - c0] += np.float64(u) * np.float64(u)
+                    continue
+                for c in range(c0, c1):
+                    kc, mc = k[c], mf[c - c0]
+                    acc = 0.0
+                    for i in range(b_len):
+                        u = (x[a, c, i] - kc) - mc
+                        acc += np.float64(u) * np.float64(u)
+                    sq[c - c0] += acc
+            for c in range(c0, c1):
+                # Chan's merge of the chunk so far (seen) with this sub-block (n).
+                m = s[c - c0] / n
+                if seen == 0:
+                    part_m[ia, c], part_m2[ia, c] = m, sq[c - c0]
+                else:
+                    delta = m - part_m[ia, c]
+                    total = seen + n
+                    part_m[ia, c] += delta * n / total
+                    part_m2[ia, c] += sq[c - c0] + delta * delta * seen * n / total
+            seen += n
+
+
+@njit(cache=True)
+def _chan_total(part_m, part_m2, a_len, b_len, nra):
+    """Merge the row chunks' statistics in order; returns (m, var) per channel."""
+    c_len = part_m.shape[1]
+    m_out, var_out = np.empty(c_len), np.empty(c_len)
+    for c in range(c_len):
+        seen = 0
+        m = m2 = 0.0
+        for ia in range(nra):
+            n = ((ia + 1) * a_len // nra - ia * a_len // nra) * b_len
+            if seen == 0:
+                m, m2 = part_m[ia, c], part_m2[ia, c]
+            else:
+                delta = part_m[ia, c] - m
+                total = seen + n
+                m += delta * n / total
+                m2 += part_m2[ia, c] + delta * delta * seen * n / total
+            seen += n
+        m_out[c], var_out[c] = m, m2 / seen
+    return m_out, var_out
+
+
+def _channel_stats(x):
+    """(K, m, var): K per-channel first value (x's dtype), m and var float64."""
+    nra, ncb = _tasks(x.shape)
+    k = np.ascontiguousarray(x[0, :, 0])
+    part_m = np.empty((nra, x.shape[1]))
+    part_m2 = np.empty((nra, x.shape[1]))
+    _channel_stats_kernel(x, k, nra, ncb, _SUB_BLOCK, part_m, part_m2)
+    m, var = _chan_total(part_m, part_m2, x.shape[0], x.shape[2], nra)
+    return k, m, var
+
+
+@njit(**_JIT)
+def _affine_kernel(x, k, s, h, nra, ncb, y):
+    """``y = (x - k) * s + h`` per channel, in x's dtype."""
+    a_len, c_len, b_len = x.shape
+    for t in prange(nra * ncb):
+        ia, jc = t // ncb, t % ncb
+        for a in range(ia * a_len // nra, (ia + 1) * a_len // nra):
+            for c in range(jc * c_len // ncb, (jc + 1) * c_len // ncb):
+                kc, sc, hc = k[c], s[c], h[c]
+                for i in range(b_len):
+                    y[a, c, i] = (x[a, c, i] - kc) * sc + hc
+
+
+def channels_forward(x, gain, bias, *, eps, mean=None, var=None):
+    """See :func:`normcore.backends._numpy_kernels.channels_forward`."""
+    if (mean is None) != (var is None):
+        raise ValueError("mean and var must be given together")
+    if _delegate(x):
+        return _numpy_kernels.channels_forward(x, gain, bias, eps=eps, mean=mean, var=var)
+    _set_threads()
+    acc = x.dtype
+    c_len = x.shape[1]
+    with np.errstate(all="ignore"):
+        if mean is None:
+            k, m, v = _channel_stats(x)
+            mean, var = (k + m).astype(acc), v.astype(acc)
+        else:
+            mean, var = _vector(mean, 0, acc, 0), _vector(var, 0, acc, 0)
+            k, m = mean, 0.0
+        s = 1.0 / np.sqrt(np.asarray(var, np.float64) + eps)
+        s = s * _vector(gain, c_len, np.float64, 1)
+        h = -m * s + _vector(bias, c_len, np.float64, 0)
+        y = np.empty(x.shape, acc)
+        k = np.ascontiguousarray(k, acc)
+        _affine_kernel(x, k, s.astype(acc), h.astype(acc), *_tasks(x.shape), y)
+    return y, mean, var
+
+
+@njit(**_JIT)
+def _channel_sums_kernel(dy, x, shift, offset, nra, ncb, part_u, part_dy, scale, dx):
+    """Per (row chunk, channel) sums of dy * ((x - shift) - offset) and of dy.
+
+    With fixed statistics (``scale`` non-empty) dx = dy * scale is formed in
+    the same pass.
+    """
+    a_len, c_len, b_len = x.shape
+    write_dx = scale.size > 0
+    for t in prange(nra * ncb):
+        ia, jc = t // ncb, t % ncb
+        a0, a1 = ia * a_len // nra, (ia + 1) * a_len // nra
+        c0, c1 = jc * c_len // ncb, (jc + 1) * c_len // ncb
+        part_u[ia, c0:c1] = 0.0
+        part_dy[ia, c0:c1] = 0.0
+        for a in range(a0, a1):
+            if b_len == 1 and not write_dx:  # channels-last: elementwise updates
+                for c in range(c0, c1):
+                    d = dy[a, c, 0]
+                    part_u[ia, c] += np.float64(d) * np.float64((x[a, c, 0] - shift[c]) - offset[c])
+                    part_dy[ia, c] += d
+                continue
+            for c in range(c0, c1):
+                kc, oc = shift[c], offset[c]
+                su = sdy = 0.0
+                for i in range(b_len):
+                    d = dy[a, c, i]
+                    su += np.float64(d) * np.float64((x[a, c, i] - kc) - oc)
+                    sdy += d
+                    if write_dx:
+                        dx[a, c, i] = d * scale[c]
+                part_u[ia, c] += su
+                part_dy[ia, c] += sdy
+
+
+@njit(**_JIT)
+def _channel_dx_kernel(dy, x, shift, offset, rho, sigma, alpha, nra, ncb, dx):
+    """dx = (dy - (((x - shift) - offset) * rho + sigma)) * alpha per channel."""
+    a_len, c_len, b_len = x.shape
+    for t in prange(nra * ncb):
+        ia, jc = t // ncb, t % ncb
+        for a in range(ia * a_len // nra, (ia + 1) * a_len // nra):
+            for c in range(jc * c_len // ncb, (jc + 1) * c_len // ncb):
+                kc, oc, rc, sc, ac = shift[c], offset[c], rho[c], sigma[c], alpha[c]
+                for i in range(b_len):
+                    u = ((x[a, c, i] - kc) - oc) * rc + sc
+                    dx[a, c, i] = (dy[a, c, i] - u) * ac
+
+
+def channels_backward(
+    dy, x, gain, *, eps, need_dgain, need_dbias, mean=None, var=None, fixed_stats=False
+):
+    """See :func:`normcore.backends._numpy_kernels.channels_backward`."""
+    if _delegate(x):
+        return _numpy_kernels.channels_backward(
+            dy, x, gain, eps=eps, need_dgain=need_dgain, need_dbias=need_dbias,
+            mean=mean, var=var, fixed_stats=fixed_stats,
+        )  # fmt: skip
+    _set_threads()
+    a_len, c_len, b_len = x.shape
+    acc = x.dtype
+    pdtype = x.dtype if gain is None else np.dtype(gain.dtype)
+    with np.errstate(all="ignore"):
+        if mean is None or var is None:
+            if fixed_stats:
+                raise ValueError("fixed_stats requires mean and var")
+            shift, m, v = _channel_stats(x)
+            offset, var = m.astype(acc), v.astype(acc)
+        else:
+            shift, var = _vector(mean, 0, acc, 0), _vector(var, 0, acc, 0)
+            offset = np.zeros(c_len, acc)
+        rstd = 1.0 / np.sqrt(np.asarray(var, np.float64) + eps)
+        alpha = rstd * _vector(gain, c_len, np.float64, 1)
+        nra, ncb = _tasks(x.shape)
+        part_u, part_dy = np.empty((nra, c_len)), np.empty((nra, c_len))
+        dx = np.empty(x.shape, acc)
+        scale = alpha.astype(acc) if fixed_stats else np.empty(0, acc)
+        shift = np.ascontiguousarray(shift, acc)
+        _channel_sums_kernel(dy, x, shift, offset, nra, ncb, part_u, part_dy, scale, dx)
+        su, sdy = part_u.sum(axis=0), part_dy.sum(axis=0)
+        if not fixed_stats:
+            n = a_len * b_len
+            rho, sigma = (rstd * rstd * su / n).astype(acc), (sdy / n).astype(acc)
+            alpha = alpha.astype(acc)
+            _channel_dx_kernel(dy, x, shift, offset, rho, sigma, alpha, nra, ncb, dx)
+    dgain = (rstd * su).astype(pdtype) if need_dgain else None
+    dbias = sdy.astype(pdtype) if need_dbias else None
+    return dx, dgain, dbias
