@@ -7,20 +7,25 @@ others, e.g. NCHW or NHWC). Every other call, and any input that is not
 C-contiguous, runs the reference path. NumPy is imported only when a NumPy
 array reaches normcore.
 
-Kernel selection (``_kernels``, the one place it happens): when numba is
-importable and the environment variable ``NORMCORE_NUMBA`` is not ``"0"``,
-the compiled kernels of :mod:`normcore.backends._numba_kernels` (same
-interface and numerical contract; install the ``numba`` extra) are used,
-otherwise the NumPy kernels. The variable is read on every call; numba is
-imported only when a NumPy array first reaches a fast path, and its first
-call per dtype compiles (or loads from numba's on-disk cache) the kernels.
+Kernel selection (``_kernels``, the one place it happens): setting the
+environment variable ``NORMCORE_NUMBA=1`` (install the ``numba`` extra)
+switches to the compiled kernels of :mod:`normcore.backends._numba_kernels`
+(same interface and numerical contract; float16 is handed to the NumPy
+kernels, numba has no CPU float16). They are opt-in because numba's OpenMP
+worker threads keep spinning for a while after each kernel, which on small
+machines slows torch and other threaded code in the same process. The
+variable is read on every call; numba is imported only when a NumPy array
+first reaches a fast path with it set, and the first call per dtype compiles
+the kernels (or loads them from numba's on-disk cache).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -31,18 +36,29 @@ __all__ = ["NumPyAdapter", "adapter"]
 
 
 def _kernels():
-    """The kernel module to use: numba's unless unavailable or NORMCORE_NUMBA=0."""
-    if os.environ.get("NORMCORE_NUMBA") != "0":
+    """The kernel module to use: numba's when NORMCORE_NUMBA=1 and numba imports, else NumPy's."""
+    if os.environ.get("NORMCORE_NUMBA", "").strip().lower() in {"1", "true", "yes", "on"}:
         try:
             from . import _numba_kernels
         except ImportError as error:
             if error.name != "numba":
                 raise
+            _warn_numba_missing()
         else:
             return _numba_kernels
     from . import _numpy_kernels
 
     return _numpy_kernels
+
+
+@functools.cache
+def _warn_numba_missing() -> None:
+    warnings.warn(
+        "NORMCORE_NUMBA=1 asks for the numba kernels, but numba is not installed "
+        "(pip install numba, or the 'numba' extra); using the NumPy kernels",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
 def _supported(*arrays: Any) -> bool:

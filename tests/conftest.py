@@ -10,6 +10,12 @@ backend has.
 
 from __future__ import annotations
 
+import os
+
+# Idle OpenMP workers (numba's, torch's) spin for a while by default; on a
+# 2-core machine that slows every later test. Set before any runtime starts.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import pytest
 from _support import BACKENDS
 

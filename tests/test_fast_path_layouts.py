@@ -123,18 +123,21 @@ def test_numpy_fast_paths_allocate_no_full_size_temporaries(shape, axis):
         assert peak - outputs <= 0.15 * x.nbytes, (peak - outputs) / x.nbytes
 
 
-def test_numba_kernel_selection(monkeypatch):
-    """NORMCORE_NUMBA=0 selects the NumPy kernels; otherwise numba's when installed."""
+def test_numba_kernels_are_opt_in(monkeypatch):
+    """The NumPy kernels unless NORMCORE_NUMBA=1; then numba's, or a warning without numba."""
+    monkeypatch.delenv("NORMCORE_NUMBA", raising=False)
+    assert numpy_adapter._kernels().__name__.endswith("._numpy_kernels")
     monkeypatch.setenv("NORMCORE_NUMBA", "0")
     assert numpy_adapter._kernels().__name__.endswith("._numpy_kernels")
-    monkeypatch.delenv("NORMCORE_NUMBA")
+    monkeypatch.setenv("NORMCORE_NUMBA", "1")
     try:
         import numba  # noqa: F401
     except ImportError:
-        expected = "._numpy_kernels"
+        numpy_adapter._warn_numba_missing.cache_clear()
+        with pytest.warns(RuntimeWarning, match=r"NORMCORE_NUMBA=1 .* numba is not installed"):
+            assert numpy_adapter._kernels().__name__.endswith("._numpy_kernels")
     else:
-        expected = "._numba_kernels"
-    assert numpy_adapter._kernels().__name__.endswith(expected)
+        assert numpy_adapter._kernels().__name__.endswith("._numba_kernels")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
