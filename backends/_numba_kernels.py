@@ -96,7 +96,10 @@ def _rows_forward_kernel(x, g, b, eps, center, y, mean, rstd):
                 sq += np.float64(c) * np.float64(c)
             mean[r] = k + m
         else:
-            k = row[0] - row[0]
+            # A zero of the row's dtype (row[0] - row[0] is NaN for an infinite
+            # first value, which would spread to the whole row).
+            mean[r] = 0.0
+            k = mean[r]
             mf = k
             sq = 0.0
             for j in range(d):
@@ -132,8 +135,9 @@ def _rows_backward_kernel(
             row, drow, out = x[r], dy[r], dx[r]
             # shift/offset: x is centred as (x - shift) - offset, in x's dtype.
             if have_stats:
-                shift = mean[r] if center else row[0] - row[0]
-                offset = shift - shift
+                out[0] = 0.0  # a zero of x's dtype; dx is written below
+                shift = mean[r] if center else out[0]
+                offset = out[0]
                 rs = rstd[r]
             else:
                 if center:
@@ -148,7 +152,8 @@ def _rows_backward_kernel(
                         u = (row[j] - shift) - offset
                         sq += np.float64(u) * np.float64(u)
                 else:
-                    shift = row[0] - row[0]
+                    out[0] = 0.0  # a zero of x's dtype, even for an infinite row[0]
+                    shift = out[0]
                     offset = shift
                     sq = 0.0
                     for j in range(d):

@@ -167,3 +167,58 @@ def test_kernels_constant_and_nan_rows(monkeypatch, dtype, kernel_set):
     bc = rng.normal(size=3).astype(dtype)
     yc = normcore.batch_norm(xc, None, bc, axis=1)
     np.testing.assert_array_equal(yc[:, 2], np.full((16, 40), bc[2]))
+
+
+def _kernel_cases(rng, dtype):
+    """Calls reaching every branch of the kernels: RMS, one parameter, given stats, inf."""
+    x = (3 + rng.normal(size=(70, 130))).astype(dtype)
+    dy = rng.normal(size=x.shape).astype(dtype)
+    g = rng.normal(1, 0.2, size=130).astype(dtype)
+    with_inf = x.copy()
+    with_inf[3, 0], with_inf[5, 7] = np.inf, -np.inf
+    xc = (-5 + rng.normal(size=(8, 6, 33))).astype(dtype)
+    dyc = rng.normal(size=xc.shape).astype(dtype)
+    c = rng.normal(size=6).astype(dtype)
+    mean, var = (2 + rng.normal(size=6)).astype(dtype), rng.uniform(0.5, 2, size=6).astype(dtype)
+    return {
+        "rms": lambda: normcore.rms_norm(x, g),
+        "rms-backward": lambda: normcore.rms_norm_backward(dy, x, g),
+        "rms-no-gain-backward": lambda: normcore.rms_norm_backward(dy, x),
+        "layer-bias-only": lambda: normcore.layer_norm(x, None, g),
+        "layer-bias-only-backward": lambda: normcore.layer_norm_backward(dy, x, None, g),
+        "layer-gain-only-backward": lambda: normcore.layer_norm_backward(dy, x, g),
+        "rms-inf": lambda: normcore.rms_norm(with_inf, g),
+        "layer-inf": lambda: normcore.layer_norm(with_inf, g, g),
+        "batch-given-stats": lambda: normcore.batch_norm(xc, c, c, mean=mean, var=var),
+        "batch-given-stats-backward": lambda: normcore.batch_norm_backward(
+            dyc, xc, c, c, mean=mean, var=var
+        ),
+        "batch-gain-only-backward": lambda: normcore.batch_norm_backward(dyc, xc, c),
+    }
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf rows
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("kernel_set", ["0", "1"], ids=["numpy-kernels", "numba-kernels"])
+def test_kernel_sets_match_the_reference_on_every_branch(monkeypatch, dtype, kernel_set):
+    """Both NumPy kernel sets against the reference path, output by output (NaN where it is)."""
+    if kernel_set == "1":
+        pytest.importorskip("numba", reason="numba is not installed (extra 'numba')")
+    monkeypatch.setenv("NORMCORE_NUMBA", kernel_set)
+    tol = {"float16": 4e-3, "float32": 2e-5, "float64": 1e-11}[dtype]
+    for name, call in _kernel_cases(np.random.default_rng(7), dtype).items():
+        fast = call()
+        with normcore.reference_path():
+            reference = call()
+        pairs = (
+            zip(fast, reference, strict=True) if isinstance(fast, tuple) else [(fast, reference)]
+        )
+        for got, want in pairs:
+            if want is None:
+                assert got is None, name
+                continue
+            assert got.dtype == want.dtype, name
+            np.testing.assert_allclose(
+                got.astype(np.float64), want.astype(np.float64), rtol=tol, atol=tol * 10,
+                equal_nan=True, err_msg=name,
+            )  # fmt: skip
