@@ -278,9 +278,8 @@ def batch_norm_forward(
     correction = correction if use_batch else 0
     fixed = (None, None) if use_batch else (running.mean, running.var)
     layout = prepare_batch_norm(x, gain, bias, axis, eps, *fixed, correction=correction)
-    if is_empty(x):
-        return layout.xp.zeros_like(x), None, (*fixed, correction)
-    tracking = use_batch and training and running is not None
+    # An empty batch has no statistics: it leaves the running ones as they are.
+    tracking = use_batch and training and running is not None and not is_empty(x)
     # One pass normalizes the batch and yields the statistics it used, which
     # then feed the running update (returned, never assigned here).
     y, mean, var = normalize_batch(x, gain, bias, layout, need_stats=tracking)

@@ -1,7 +1,8 @@
 """Run a primitive on the adapter's fast path when it has one, else on the reference.
 
-Zero-size inputs are answered here, once for every method: an empty output,
-and zero gradients for the parameters (the sum over no values).
+Zero-size inputs are answered here, once for every method: an empty output
+(still connected to the inputs for autograd), and zero gradients for the
+parameters (the sum over no values).
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ def is_empty(x: Any) -> bool:
 def normalize(xp: Any, adapter: Any, x: Any, gain: Any, bias: Any, **layout: Any):
     """Forward of the normalization primitive; see :func:`normcore._primitive.normalize`."""
     if is_empty(x):
-        return _primitive.Normalized(xp.zeros_like(x), None, None)
+        return _primitive.Normalized(
+            _empty_output(xp, x, gain, bias, layout["param_axes"]), None, None
+        )
     fast = fast_path(adapter, "normalize")
     if fast is not None:
         result = fast(xp, adapter, x, gain, bias, **layout)
@@ -43,6 +46,19 @@ def normalize_backward(xp: Any, adapter: Any, dy: Any, x: Any, gain: Any, **layo
         if result is not NotImplemented:
             return result
     return _primitive.normalize_backward(xp, adapter, dy, x, gain, **layout)
+
+
+def _empty_output(xp, x, gain, bias, param_axes):
+    """An empty ``y`` computed from the inputs, so an autograd graph reaches them.
+
+    (torch: a backward through an empty batch then gives empty ``dx`` and zero
+    parameter gradients, as ``torch.nn`` does, instead of failing.)
+    """
+    y = x * 0
+    for param in (gain, bias):
+        if param is not None:
+            y = y + _primitive.broadcast_param(xp, param, param_axes, x.ndim) * 0
+    return y if y.dtype == x.dtype else xp.astype(y, x.dtype)
 
 
 def _empty_gradients(xp, x, gain, *, param_axes, need_dgain, need_dbias, bias_dtype=None, **_):

@@ -391,3 +391,21 @@ def test_torch_compile_matches_eager():
         torch.testing.assert_close(x.grad, x_ref.grad)
         _assert_all_close(_grads(ours), _grads(theirs), 1e-5)
         _assert_all_close(dict(ours.state_dict()), dict(theirs.state_dict()), 1e-6)
+
+
+@pytest.mark.parametrize(
+    ("name", "args"),
+    [("LayerNorm", (3,)), ("RMSNorm", (3,)), ("BatchNorm1d", (3,)), ("GroupNorm", (1, 3))],
+)
+def test_empty_batch_backpropagates_like_torch_nn(name, args):
+    """An empty batch keeps the autograd graph: empty dx, zero parameter gradients."""
+    grads = []
+    for module in (getattr(normcore.torch, name)(*args), getattr(torch.nn, name)(*args)):
+        x = torch.zeros(0, 3, requires_grad=True)
+        y = module(x)
+        y.sum().backward()
+        assert y.shape == (0, 3)
+        grads.append((x.grad, module.weight.grad))
+    (dx, dweight), (dx_torch, dweight_torch) = grads
+    assert dx.shape == dx_torch.shape
+    torch.testing.assert_close(dweight, dweight_torch)
