@@ -56,6 +56,9 @@ class Module:
 
     _parameter_names: tuple[str, ...] = ()
     _buffer_names: tuple[str, ...] = ()
+    # float16/bfloat16 input to a float32 module (the functional API's mixed-precision
+    # rule); modules whose functions need one dtype throughout turn it off.
+    _accepts_low_precision: bool = True
 
     def __init__(self, *, like: Any = None, device: Any = None, dtype: Any = None) -> None:
         self._xp, device, self._dtype = resolve_creation(like, device, dtype)
@@ -175,7 +178,8 @@ class Module:
     def _check_input(self, x: Any, name: str = "x") -> Any:
         """Check that ``x`` is an array of this module's library, device and dtype; return xp.
 
-        float16/bfloat16 ``x`` is accepted by a float32 module. Arguments that
+        float16/bfloat16 ``x`` is accepted by a float32 module unless the class
+        sets ``_accepts_low_precision = False``. Arguments that
         are not real floating-point arrays of at least one dimension get the
         functional API's messages.
         """
@@ -189,17 +193,22 @@ class Module:
                 f"{library_label(x)}; create the {cls} with like={name}"
             )
         dtype = x.dtype
-        if dtype != self._dtype and not (
+        low_precision = self._accepts_low_precision and (
             self._dtype == xp.float32
             and xp.isdtype(dtype, "real floating")
             and xp.finfo(dtype).bits < 32
-        ):
+        )
+        if dtype != self._dtype and not low_precision:
             check_arrays(x, x_name=name)  # a non-floating dtype: the functional API's message
             label = getattr(self._dtype, "__name__", self._dtype)  # NumPy's float32 is a class
+            accepted = (
+                f" (float16/bfloat16 is accepted by a float32 {cls})"
+                if self._accepts_low_precision
+                else ""
+            )
             raise TypeError(
-                f"{name} must have this {cls}'s dtype {label} (float16/bfloat16 is accepted "
-                f"by a float32 {cls}), got {dtype}; convert {name} or create the {cls} "
-                "with dtype=..."
+                f"{name} must have this {cls}'s dtype {label}{accepted}, got {dtype}; "
+                f"convert {name} or create the {cls} with dtype=..."
             )
         if device_of(x) != self._device:
             raise ValueError(

@@ -23,6 +23,8 @@ __all__ = ["GRU", "LSTM", "RNN"]
 class _Recurrent(Module):
     """Shared body of RNN, LSTM and GRU; subclasses set ``_cell``."""
 
+    _accepts_low_precision = False  # normcore.rnn needs xs and params in one dtype
+
     _cell = ""
 
     def __init__(

@@ -234,7 +234,7 @@ def _trained_lstm(backend, rng):
         (
             lambda b: (b.asarray(np.ones((T, B, I)), "float64"),),
             TypeError,
-            r"^xs must have this LSTM's dtype .*float32 .* got .*float64; convert xs",
+            r"^xs must have this LSTM's dtype .*float32, got .*float64; convert xs",
         ),
         (
             lambda b: (b.asarray(np.ones((T, B, I + 1)), "float32"),),
@@ -264,6 +264,18 @@ def test_recurrent_bad_input_raises_like_the_function(backend, rng, make_args, e
         obj.backward(backend.asarray(np.ones((T, B, H + 1)), "float32"))
     _assert_unchanged(backend, obj, before)
     assert obj.dstate0 is dstate0
+
+
+def test_recurrent_object_names_xs_for_low_precision_input(backend, rng):
+    """float16 xs to a float32 LSTM: the error names xs and the layer (not a parameter)."""
+    low = next((d for d in ("float16", "bfloat16") if d in backend.dtypes), None)
+    if low is None:
+        pytest.skip(f"{backend.name} has no float16/bfloat16")
+    obj = _trained_lstm(backend, rng)
+    before = _snapshot(backend, obj)
+    with pytest.raises(TypeError, match=rf"^xs must have this LSTM's dtype .*float32, got .*{low}"):
+        obj(backend.asarray(np.ones((T, B, I)), low))
+    _assert_unchanged(backend, obj, before)
 
 
 @pytest.mark.parametrize(
