@@ -84,8 +84,7 @@ class Module:
     @property
     def device(self) -> Any:
         """Device of the module's arrays."""
-        first = next(iter(self.state_dict().values()), None)
-        return self._device if first is None else device_of(first)
+        return self._device
 
     @property
     def dtype(self) -> Any:
@@ -226,9 +225,7 @@ class Module:
 
     def _require_saved(self) -> Any:
         if self._saved is None:
-            raise RuntimeError(
-                f"{type(self).__name__}.backward needs a forward call in training mode first"
-            )
+            raise RuntimeError(f"{type(self).__name__}.backward needs a forward call first")
         return self._saved
 
     def __repr__(self) -> str:

@@ -13,6 +13,7 @@ __all__ = [
     "Progress",
     "format_table",
     "load_backend",
+    "log_softmax",
     "require_extras",
     "softmax_cross_entropy",
 ]
@@ -59,11 +60,15 @@ def load_backend(name: str) -> Any:
     return module
 
 
+def log_softmax(xp: Any, logits: Any) -> Any:
+    """Row-wise log-softmax, shifted by the row maximum so ``exp`` cannot overflow."""
+    shifted = logits - xp.max(logits, axis=1, keepdims=True)
+    return shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
+
+
 def softmax_cross_entropy(xp: Any, logits: Any, onehot: Any) -> tuple[Any, Any]:
     """Return (mean loss, d loss / d logits) of a softmax cross-entropy."""
-    shifted = logits - xp.max(logits, axis=1, keepdims=True)
-    log_z = xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
-    log_p = shifted - log_z
+    log_p = log_softmax(xp, logits)
     n = logits.shape[0]
     loss = -xp.sum(onehot * log_p) / n
     return loss, (xp.exp(log_p) - onehot) / n

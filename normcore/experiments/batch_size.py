@@ -26,7 +26,7 @@ from normcore._compat import resolve_creation
 from normcore.optim import Adam
 
 from .._compat import to_numpy
-from ._common import Progress, format_table, pyplot, softmax_cross_entropy
+from ._common import Progress, format_table, log_softmax, pyplot, softmax_cross_entropy
 from .rnn_digits import load_digit_sequences
 
 __all__ = ["NORMS", "compare", "format_results", "load_digit_vectors", "plot_curves", "train"]
@@ -107,9 +107,7 @@ def _evaluate(model: _MLP, x: Any, labels: np.ndarray) -> tuple[float, float]:
     """(mean NLL, error rate) in inference mode (batch norm: running statistics)."""
     xp = model.xp
     logits, _ = model.forward(x, training=False)
-    shifted = logits - xp.max(logits, axis=1, keepdims=True)
-    log_p = shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
-    log_p = to_numpy(log_p).astype(np.float64)
+    log_p = to_numpy(log_softmax(xp, logits)).astype(np.float64)
     nll = -float(np.mean(log_p[np.arange(len(labels)), labels]))
     error = float(np.mean(np.argmax(log_p, axis=1) != labels))
     return nll, error
