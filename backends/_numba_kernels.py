@@ -13,6 +13,11 @@ Rows are processed one at a time inside a ``prange`` loop: the statistics
 passes and the output pass run on a row held in cache, so each element is
 read once from memory and written once.  Channel statistics run over fixed
 (row chunk x channel block) tasks, each cut into cache-sized sub-blocks.
+Channels-last arrays (A, C, 1) get kernels of their own over (A, C) views,
+whose inner loops run along the contiguous channels (vectorised), since a
+loop of length 1 per channel would not.  The per-element formulas
+(centring, the affine output, the input gradient) are written once, in
+small inlined functions that every kernel calls.
 
 Threads come from numba's threading layer (``NUMBA_THREADING_LAYER``);
 NORMCORE_NUM_THREADS caps them like it caps the NumPy kernels' pool.  With
@@ -46,7 +51,11 @@ _SUB_BLOCK = 1 << 15
 # dgain/dbias partials (fixed by the shape, hence reproducible).
 _MAX_CHUNKS = 32
 _MAX_PARTIAL_VALUES = 1 << 20
-_JIT = {"parallel": True, "cache": True, "fastmath": False}
+# "reassoc" (and no other fast-math flag) lets LLVM vectorise the sum loops,
+# which otherwise run one dependent float64 add at a time and take twice as
+# long as the memory traffic; NaN, inf and signed zeros keep their IEEE
+# meaning.  Orders of summation stay fixed by the compiled code, not by threads.
+_JIT = {"parallel": True, "cache": True, "fastmath": {"reassoc"}}
 
 
 def _delegate(x):
@@ -71,6 +80,29 @@ def _vector(v, n, dtype, fill):
     return np.ascontiguousarray(v, dtype=dtype).reshape(-1)
 
 
+# The per-element formulas, shared by every kernel and layout below (numba
+# inlines them, so the loops still vectorise).
+
+
+@njit(inline="always")
+def _centred(v, shift, offset):
+    """``(v - shift) - offset``: v centred by its shift K, then by the mean of v - K."""
+    return (v - shift) - offset
+
+
+@njit(inline="always")
+def _affine(v, shift, scale, offset):
+    """``(v - shift) * scale + offset``: the whole normalization as one multiply-add."""
+    return (v - shift) * scale + offset
+
+
+@njit(inline="always")
+def _input_grad(g, u, beta, alpha, scale):
+    """``(g - (u * beta + alpha)) * scale``: dx from the upstream gradient g
+    (times the gain), the centred input u and the reduced terms beta, alpha."""
+    return (g - (u * beta + alpha)) * scale
+
+
 # --------------------------------------------------------------------------
 # Rows (layer norm / RMS norm)
 # --------------------------------------------------------------------------
@@ -92,7 +124,7 @@ def _rows_forward_kernel(x, g, b, eps, center, y, mean, rstd):
             mf = out[0]
             sq = 0.0
             for j in range(d):
-                c = (row[j] - k) - mf
+                c = _centred(row[j], k, mf)
                 sq += np.float64(c) * np.float64(c)
             mean[r] = k + m
         else:
@@ -107,7 +139,7 @@ def _rows_forward_kernel(x, g, b, eps, center, y, mean, rstd):
         rstd[r] = 1.0 / math.sqrt(sq / d + eps)
         rs = rstd[r]
         for j in range(d):
-            out[j] = ((row[j] - k) - mf) * rs * g[j] + b[j]
+            out[j] = _centred(row[j], k, mf) * rs * g[j] + b[j]
 
 
 def rows_forward(x, gain, bias, *, eps, center):
@@ -149,7 +181,7 @@ def _rows_backward_kernel(
                     offset = out[0]
                     sq = 0.0
                     for j in range(d):
-                        u = (row[j] - shift) - offset
+                        u = _centred(row[j], shift, offset)
                         sq += np.float64(u) * np.float64(u)
                 else:
                     out[0] = 0.0  # a zero of x's dtype, even for an infinite row[0]
@@ -164,19 +196,19 @@ def _rows_backward_kernel(
             sdy = 0.0
             for j in range(d):
                 w = drow[j] * g[j]
-                su += np.float64(w) * np.float64((row[j] - shift) - offset)
+                su += np.float64(w) * np.float64(_centred(row[j], shift, offset))
                 sdy += w
             out[0] = np.float64(rs) * np.float64(rs) * su / d
             beta = out[0]
             out[0] = sdy / d if center else 0.0
             alpha = out[0]
             for j in range(d):
-                u = (row[j] - shift) - offset
+                u = _centred(row[j], shift, offset)
                 if need_pg:
                     pg[c, j] += np.float64(drow[j]) * np.float64(u * rs)
                 if need_pb:
                     pb[c, j] += drow[j]
-                out[j] = (drow[j] * g[j] - (u * beta + alpha)) * rs
+                out[j] = _input_grad(drow[j] * g[j], u, beta, alpha, rs)
 
 
 def rows_backward(dy, x, gain, *, eps, center, need_dgain, need_dbias, mean=None, rstd=None):
@@ -221,6 +253,20 @@ def _tasks(shape):
     return nra, min(c_len, max(1, 2 * _MAX_CHUNKS // nra))
 
 
+@njit(cache=True)
+def _chan_merge(total_m, total_m2, m, m2, n, seen):
+    """Chan's merge, per channel, of ``n`` more values (means ``m``, M2 ``m2``)
+    into running totals over ``seen`` values (``total_m``, ``total_m2``, in place)."""
+    for c in range(m.size):
+        if seen == 0:
+            total_m[c], total_m2[c] = m[c], m2[c]
+        else:
+            delta = m[c] - total_m[c]
+            total = seen + n
+            total_m[c] += delta * n / total
+            total_m2[c] += m2[c] + delta * delta * seen * n / total
+
+
 @njit(**_JIT)
 def _channel_stats_kernel(x, k, nra, ncb, sub_block, part_m, part_m2):
     """Per (row chunk, channel) mean and M2 of ``x - K``, two-pass per sub-block."""
@@ -239,10 +285,6 @@ def _channel_stats_kernel(x, k, nra, ncb, sub_block, part_m, part_m2):
             n = (s1 - s0) * b_len
             s[:] = 0.0
             for a in range(s0, s1):
-                if b_len == 1:  # channels-last: an elementwise (vectorisable) update
-                    for c in range(c0, c1):
-                        s[c - c0] += x[a, c, 0] - k[c]
-                    continue
                 for c in range(c0, c1):
                     kc = k[c]
                     acc = 0.0
@@ -253,28 +295,50 @@ def _channel_stats_kernel(x, k, nra, ncb, sub_block, part_m, part_m2):
                 mf[c - c0] = s[c - c0] / n
             sq[:] = 0.0
             for a in range(s0, s1):
-                if b_len == 1:
-                    for c in range(c0, c1):
-                        u = (x[a, c, 0] - k[c]) - mf[c - c0]
-                        sq[c - c0] += np.float64(u) * np.float64(u)
-                    continue
                 for c in range(c0, c1):
                     kc, mc = k[c], mf[c - c0]
                     acc = 0.0
                     for i in range(b_len):
-                        u = (x[a, c, i] - kc) - mc
+                        u = _centred(x[a, c, i], kc, mc)
                         acc += np.float64(u) * np.float64(u)
                     sq[c - c0] += acc
-            for c in range(c0, c1):
-                # Chan's merge of the chunk so far (seen) with this sub-block (n).
-                m = s[c - c0] / n
-                if seen == 0:
-                    part_m[ia, c], part_m2[ia, c] = m, sq[c - c0]
-                else:
-                    delta = m - part_m[ia, c]
-                    total = seen + n
-                    part_m[ia, c] += delta * n / total
-                    part_m2[ia, c] += sq[c - c0] + delta * delta * seen * n / total
+            s /= n
+            _chan_merge(part_m[ia, c0:c1], part_m2[ia, c0:c1], s, sq, n, seen)
+            seen += n
+
+
+@njit(**_JIT)
+def _channels_last_stats_kernel(x, k, nra, sub_block, part_m, part_m2):
+    """:func:`_channel_stats_kernel` for a channels-last (A, C) array.
+
+    Each row is contiguous over the channels, so the sums are vectors updated
+    row by row (vectorised over C) instead of scalars reduced over B.
+    """
+    a_len, c_len = x.shape
+    for ia in prange(nra):
+        a0, a1 = ia * a_len // nra, (ia + 1) * a_len // nra
+        step = max(1, sub_block // c_len)
+        s, sq = np.empty(c_len), np.empty(c_len)
+        mf = np.empty(c_len, x.dtype)
+        seen = 0
+        for s0 in range(a0, a1, step):
+            s1 = min(s0 + step, a1)
+            n = s1 - s0
+            s[:] = 0.0
+            for a in range(s0, s1):
+                xa = x[a]
+                for c in range(c_len):
+                    s[c] += xa[c] - k[c]
+            for c in range(c_len):
+                mf[c] = s[c] / n
+            sq[:] = 0.0
+            for a in range(s0, s1):
+                xa = x[a]
+                for c in range(c_len):
+                    u = _centred(xa[c], k[c], mf[c])
+                    sq[c] += np.float64(u) * np.float64(u)
+            s /= n
+            _chan_merge(part_m[ia], part_m2[ia], s, sq, n, seen)
             seen += n
 
 
@@ -282,32 +346,34 @@ def _channel_stats_kernel(x, k, nra, ncb, sub_block, part_m, part_m2):
 def _chan_total(part_m, part_m2, a_len, b_len, nra):
     """Merge the row chunks' statistics in order; returns (m, var) per channel."""
     c_len = part_m.shape[1]
-    m_out, var_out = np.empty(c_len), np.empty(c_len)
-    for c in range(c_len):
-        seen = 0
-        m = m2 = 0.0
-        for ia in range(nra):
-            n = ((ia + 1) * a_len // nra - ia * a_len // nra) * b_len
-            if seen == 0:
-                m, m2 = part_m[ia, c], part_m2[ia, c]
-            else:
-                delta = part_m[ia, c] - m
-                total = seen + n
-                m += delta * n / total
-                m2 += part_m2[ia, c] + delta * delta * seen * n / total
-            seen += n
-        m_out[c], var_out[c] = m, m2 / seen
-    return m_out, var_out
+    m, m2 = np.empty(c_len), np.empty(c_len)
+    seen = 0
+    for ia in range(nra):
+        n = ((ia + 1) * a_len // nra - ia * a_len // nra) * b_len
+        _chan_merge(m, m2, part_m[ia], part_m2[ia], n, seen)
+        seen += n
+    return m, m2 / seen
+
+
+def _channels_last_chunks(shape):
+    """Row chunks of the channels-last kernels (shape-dependent only)."""
+    a_len, c_len, _ = shape
+    return max(1, min(a_len, _MAX_CHUNKS, _MAX_PARTIAL_VALUES // c_len))
 
 
 def _channel_stats(x):
     """(K, m, var): K per-channel first value (x's dtype), m and var float64."""
-    nra, ncb = _tasks(x.shape)
+    a_len, c_len, b_len = x.shape
     k = np.ascontiguousarray(x[0, :, 0])
-    part_m = np.empty((nra, x.shape[1]))
-    part_m2 = np.empty((nra, x.shape[1]))
-    _channel_stats_kernel(x, k, nra, ncb, _SUB_BLOCK, part_m, part_m2)
-    m, var = _chan_total(part_m, part_m2, x.shape[0], x.shape[2], nra)
+    if b_len == 1:
+        nra = _channels_last_chunks(x.shape)
+        part_m, part_m2 = np.empty((nra, c_len)), np.empty((nra, c_len))
+        _channels_last_stats_kernel(x.reshape(a_len, c_len), k, nra, _SUB_BLOCK, part_m, part_m2)
+    else:
+        nra, ncb = _tasks(x.shape)
+        part_m, part_m2 = np.empty((nra, c_len)), np.empty((nra, c_len))
+        _channel_stats_kernel(x, k, nra, ncb, _SUB_BLOCK, part_m, part_m2)
+    m, var = _chan_total(part_m, part_m2, a_len, b_len, nra)
     return k, m, var
 
 
@@ -321,7 +387,30 @@ def _affine_kernel(x, k, s, h, nra, ncb, y):
             for c in range(jc * c_len // ncb, (jc + 1) * c_len // ncb):
                 kc, sc, hc = k[c], s[c], h[c]
                 for i in range(b_len):
-                    y[a, c, i] = (x[a, c, i] - kc) * sc + hc
+                    y[a, c, i] = _affine(x[a, c, i], kc, sc, hc)
+
+
+@njit(**_JIT)
+def _channels_last_affine_kernel(x, k, s, h, nra, y):
+    """:func:`_affine_kernel` for a channels-last (A, C) array."""
+    a_len, c_len = x.shape
+    for ia in prange(nra):
+        for a in range(ia * a_len // nra, (ia + 1) * a_len // nra):
+            xa, ya = x[a], y[a]
+            for c in range(c_len):
+                ya[c] = _affine(xa[c], k[c], s[c], h[c])
+
+
+def _channel_affine(x, k, s, h):
+    """``(x - k) * s + h`` per channel of an (A, C, B) array, in x's dtype."""
+    y = np.empty(x.shape, x.dtype)
+    a_len, c_len, b_len = x.shape
+    if b_len == 1:
+        nra = _channels_last_chunks(x.shape)
+        _channels_last_affine_kernel(x.reshape(a_len, c_len), k, s, h, nra, y.reshape(a_len, c_len))
+    else:
+        _affine_kernel(x, k, s, h, *_tasks(x.shape), y)
+    return y
 
 
 def channels_forward(x, gain, bias, *, eps, mean=None, var=None):
@@ -343,9 +432,8 @@ def channels_forward(x, gain, bias, *, eps, mean=None, var=None):
         s = 1.0 / np.sqrt(np.asarray(var, np.float64) + eps)
         s = s * _vector(gain, c_len, np.float64, 1)
         h = -m * s + _vector(bias, c_len, np.float64, 0)
-        y = np.empty(x.shape, acc)
         k = np.ascontiguousarray(k, acc)
-        _affine_kernel(x, k, s.astype(acc), h.astype(acc), *_tasks(x.shape), y)
+        y = _channel_affine(x, k, s.astype(acc), h.astype(acc))
     return y, mean, var
 
 
@@ -365,23 +453,37 @@ def _channel_sums_kernel(dy, x, shift, offset, nra, ncb, part_u, part_dy, scale,
         part_u[ia, c0:c1] = 0.0
         part_dy[ia, c0:c1] = 0.0
         for a in range(a0, a1):
-            if b_len == 1 and not write_dx:  # channels-last: elementwise updates
-                for c in range(c0, c1):
-                    d = dy[a, c, 0]
-                    part_u[ia, c] += np.float64(d) * np.float64((x[a, c, 0] - shift[c]) - offset[c])
-                    part_dy[ia, c] += d
-                continue
             for c in range(c0, c1):
                 kc, oc = shift[c], offset[c]
                 su = sdy = 0.0
                 for i in range(b_len):
                     d = dy[a, c, i]
-                    su += np.float64(d) * np.float64((x[a, c, i] - kc) - oc)
+                    su += np.float64(d) * np.float64(_centred(x[a, c, i], kc, oc))
                     sdy += d
                     if write_dx:
                         dx[a, c, i] = d * scale[c]
                 part_u[ia, c] += su
                 part_dy[ia, c] += sdy
+
+
+@njit(**_JIT)
+def _channels_last_sums_kernel(dy, x, shift, offset, nra, part_u, part_dy, scale, dx):
+    """:func:`_channel_sums_kernel` for channels-last (A, C) arrays."""
+    a_len, c_len = x.shape
+    write_dx = scale.size > 0
+    for ia in prange(nra):
+        su, sdy = part_u[ia], part_dy[ia]
+        su[:] = 0.0
+        sdy[:] = 0.0
+        for a in range(ia * a_len // nra, (ia + 1) * a_len // nra):
+            xa, da = x[a], dy[a]
+            for c in range(c_len):
+                su[c] += np.float64(da[c]) * np.float64(_centred(xa[c], shift[c], offset[c]))
+                sdy[c] += da[c]
+            if write_dx:
+                out = dx[a]
+                for c in range(c_len):
+                    out[c] = da[c] * scale[c]
 
 
 @njit(**_JIT)
@@ -394,8 +496,20 @@ def _channel_dx_kernel(dy, x, shift, offset, rho, sigma, alpha, nra, ncb, dx):
             for c in range(jc * c_len // ncb, (jc + 1) * c_len // ncb):
                 kc, oc, rc, sc, ac = shift[c], offset[c], rho[c], sigma[c], alpha[c]
                 for i in range(b_len):
-                    u = ((x[a, c, i] - kc) - oc) * rc + sc
-                    dx[a, c, i] = (dy[a, c, i] - u) * ac
+                    u = _centred(x[a, c, i], kc, oc)
+                    dx[a, c, i] = _input_grad(dy[a, c, i], u, rc, sc, ac)
+
+
+@njit(**_JIT)
+def _channels_last_dx_kernel(dy, x, shift, offset, rho, sigma, alpha, nra, dx):
+    """:func:`_channel_dx_kernel` for channels-last (A, C) arrays."""
+    a_len, c_len = x.shape
+    for ia in prange(nra):
+        for a in range(ia * a_len // nra, (ia + 1) * a_len // nra):
+            xa, da, out = x[a], dy[a], dx[a]
+            for c in range(c_len):
+                u = _centred(xa[c], shift[c], offset[c])
+                out[c] = _input_grad(da[c], u, rho[c], sigma[c], alpha[c])
 
 
 def channels_backward(
@@ -422,18 +536,30 @@ def channels_backward(
             offset = np.zeros(c_len, acc)
         rstd = 1.0 / np.sqrt(np.asarray(var, np.float64) + eps)
         alpha = rstd * _vector(gain, c_len, np.float64, 1)
-        nra, ncb = _tasks(x.shape)
-        part_u, part_dy = np.empty((nra, c_len)), np.empty((nra, c_len))
         dx = np.empty(x.shape, acc)
         scale = alpha.astype(acc) if fixed_stats else np.empty(0, acc)
         shift = np.ascontiguousarray(shift, acc)
-        _channel_sums_kernel(dy, x, shift, offset, nra, ncb, part_u, part_dy, scale, dx)
+        if b_len == 1:
+            # Channels-last kernels work on (A, C) views of the same memory.
+            nra = _channels_last_chunks(x.shape)
+            flat = (a_len, c_len)
+            dy, x, dx = dy.reshape(flat), x.reshape(flat), dx.reshape(flat)
+            part_u, part_dy = np.empty((nra, c_len)), np.empty((nra, c_len))
+            _channels_last_sums_kernel(dy, x, shift, offset, nra, part_u, part_dy, scale, dx)
+        else:
+            nra, ncb = _tasks(x.shape)
+            part_u, part_dy = np.empty((nra, c_len)), np.empty((nra, c_len))
+            _channel_sums_kernel(dy, x, shift, offset, nra, ncb, part_u, part_dy, scale, dx)
         su, sdy = part_u.sum(axis=0), part_dy.sum(axis=0)
         if not fixed_stats:
             n = a_len * b_len
             rho, sigma = (rstd * rstd * su / n).astype(acc), (sdy / n).astype(acc)
             alpha = alpha.astype(acc)
-            _channel_dx_kernel(dy, x, shift, offset, rho, sigma, alpha, nra, ncb, dx)
+            if b_len == 1:
+                _channels_last_dx_kernel(dy, x, shift, offset, rho, sigma, alpha, nra, dx)
+            else:
+                _channel_dx_kernel(dy, x, shift, offset, rho, sigma, alpha, nra, ncb, dx)
+        dx = dx.reshape(a_len, c_len, b_len)
     dgain = (rstd * su).astype(pdtype) if need_dgain else None
     dbias = sdy.astype(pdtype) if need_dbias else None
     return dx, dgain, dbias

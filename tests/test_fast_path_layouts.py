@@ -167,6 +167,9 @@ def test_kernels_constant_and_nan_rows(monkeypatch, dtype, kernel_set):
     bc = rng.normal(size=3).astype(dtype)
     yc = normcore.batch_norm(xc, None, bc, axis=1)
     np.testing.assert_array_equal(yc[:, 2], np.full((16, 40), bc[2]))
+    xl = np.ascontiguousarray(np.moveaxis(xc, 1, -1))  # channels-last
+    yl = normcore.batch_norm(xl, None, bc, axis=-1)
+    np.testing.assert_array_equal(yl[..., 2], np.full((16, 40), bc[2]))
 
 
 def _kernel_cases(rng, dtype):
@@ -178,6 +181,9 @@ def _kernel_cases(rng, dtype):
     with_inf[3, 0], with_inf[5, 7] = np.inf, -np.inf
     xc = (-5 + rng.normal(size=(8, 6, 33))).astype(dtype)
     dyc = rng.normal(size=xc.shape).astype(dtype)
+    # channels-last (N x C, axis -1): the kernels' separate (A, C) branch
+    xl = np.ascontiguousarray(np.moveaxis(xc, 1, -1)).reshape(-1, 6)
+    dyl = np.ascontiguousarray(np.moveaxis(dyc, 1, -1)).reshape(-1, 6)
     c = rng.normal(size=6).astype(dtype)
     mean, var = (2 + rng.normal(size=6)).astype(dtype), rng.uniform(0.5, 2, size=6).astype(dtype)
     return {
@@ -194,6 +200,14 @@ def _kernel_cases(rng, dtype):
             dyc, xc, c, c, mean=mean, var=var
         ),
         "batch-gain-only-backward": lambda: normcore.batch_norm_backward(dyc, xc, c),
+        "channels-last": lambda: normcore.batch_norm(xl, c, c, axis=-1),
+        "channels-last-backward": lambda: normcore.batch_norm_backward(dyl, xl, c, c, axis=-1),
+        "channels-last-given-stats": lambda: normcore.batch_norm(
+            xl, c, c, axis=-1, mean=mean, var=var
+        ),
+        "channels-last-given-stats-backward": lambda: normcore.batch_norm_backward(
+            dyl, xl, None, c, axis=-1, mean=mean, var=var
+        ),
     }
 
 
@@ -222,3 +236,27 @@ def test_kernel_sets_match_the_reference_on_every_branch(monkeypatch, dtype, ker
                 got.astype(np.float64), want.astype(np.float64), rtol=tol, atol=tol * 10,
                 equal_nan=True, err_msg=name,
             )  # fmt: skip
+
+
+@pytest.mark.parametrize(("shape", "axis"), [((6, 5, 300), 1), ((1800, 5), -1)], ids=str)
+def test_numba_channel_statistics_across_sub_blocks(monkeypatch, shape, axis):
+    """Tiny numba sub-blocks: many Chan merges per task, in both channel layouts."""
+    numba_kernels = pytest.importorskip(
+        "normcore.backends._numba_kernels", reason="numba is not installed (extra 'numba')"
+    )
+    monkeypatch.setenv("NORMCORE_NUMBA", "1")
+    monkeypatch.setattr(numba_kernels, "_SUB_BLOCK", 7)
+    rng = np.random.default_rng(11)
+    spread_shape = [1] * len(shape)
+    spread_shape[axis] = shape[axis]
+    spread = rng.uniform(0.5, 2, size=spread_shape)
+    x = (1e3 + rng.normal(size=shape) * spread).astype(np.float32)
+    dy = rng.normal(size=shape).astype(np.float32)
+    y = normcore.batch_norm(x, axis=axis)
+    grads = normcore.batch_norm_backward(dy, x, axis=axis)
+    expected = _torch_batch_norm(
+        x.astype(np.float64), dy.astype(np.float64), np.ones(shape[axis]),
+        np.zeros(shape[axis]), axis % x.ndim,
+    )  # fmt: skip
+    np.testing.assert_allclose(y, expected[0], rtol=0, atol=2e-4)
+    np.testing.assert_allclose(grads.dx, expected[1], rtol=0, atol=2e-4)

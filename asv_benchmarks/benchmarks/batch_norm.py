@@ -7,6 +7,7 @@ from .common import (
     DTYPES,
     EPS,
     IMPLS,
+    NORMCORE_IMPLS,
     NormBenchmark,
     reference_dx,
     reference_forward,
@@ -20,7 +21,7 @@ class BatchNorm(NormBenchmark):
     params = [BACKENDS, IMPLS, list(LAYOUTS), DTYPES]
 
     def setup(self, backend, impl, shape, dtype):
-        if impl in ("normcore", "reference"):
+        if impl in NORMCORE_IMPLS:
             self.batch_norm = normcore.batch_norm
             self.batch_norm_backward = normcore.batch_norm_backward
         self.axis = LAYOUTS[shape][1]

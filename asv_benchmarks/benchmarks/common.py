@@ -10,6 +10,8 @@ Every benchmark class is parametrized over ``backend x impl x shape x dtype``:
   - ``normcore``: the public function as users call it (adapter fast paths on);
   - ``reference``: the same call inside ``normcore.reference_path()``, the
     backend-neutral Array API code;
+  - ``numba``: as ``normcore``, with ``NORMCORE_NUMBA=1`` (the optional
+    compiled kernels of the NumPy adapter); NumPy only, and skips without numba;
   - ``native``: the library's own kernel (``torch.nn.functional``; forward
     and, through autograd, its native backward); NumPy and CuPy have none
     and skip;
@@ -26,6 +28,7 @@ import abc
 import contextlib
 import importlib
 import importlib.util
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -71,7 +74,9 @@ BACKENDS = _available_backends()
 # Load normcore's adapters (entry points) once, here in asv's forkserver, so that the
 # forked benchmarks do not pay for it in their first (with --quick: their only) timing.
 normcore.layer_norm(np.ones((1, 2)))
-IMPLS = ["normcore", "reference", "native", "copy"]
+IMPLS = ["normcore", "reference", "numba", "native", "copy"]
+# The impls that call normcore (the others call torch or copy).
+NORMCORE_IMPLS = ("normcore", "reference", "numba")
 DTYPES = ["float32", "float64"]
 
 # Inputs have a mean far from zero: E[x^2] - E[x]^2 in float32 would lose about
@@ -166,6 +171,15 @@ def native_backward(forward: Callable[..., Any], dy: Any, *inputs: Any) -> Calla
     return backward
 
 
+def use_numba_kernels(backend: Backend) -> None:
+    """Switch this (forked, per-benchmark) process to the NumPy adapter's numba kernels, or skip."""
+    if backend.name != "numpy":
+        raise SkipNotImplemented("the numba kernels serve NumPy arrays only")
+    if importlib.util.find_spec("numba") is None:
+        raise SkipNotImplemented("numba is not installed")
+    os.environ["NORMCORE_NUMBA"] = "1"
+
+
 def reference_path_if(enabled: bool) -> contextlib.AbstractContextManager:
     return normcore.reference_path() if enabled else contextlib.nullcontext()
 
@@ -247,8 +261,15 @@ class NormBenchmark(abc.ABC):
         }
         self.data = data
         x, dy, gain, bias = (None if a is None else be.asarray(a) for a in data.values())
+        if impl == "numba":
+            use_numba_kernels(be)
         self.forward_call, self.backward_call = self._calls(be, impl, x, dy, gain, bias)
         self.impl = impl
+        if impl == "numba":
+            # numba compiles on the first call (or loads its disk cache): not what is timed.
+            for call in (self.forward_call, self.backward_call):
+                with contextlib.suppress(SkipNotImplemented):
+                    call()
 
     def _calls(self, be, impl, x, dy, gain, bias):
         if impl == "copy":

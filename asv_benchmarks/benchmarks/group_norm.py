@@ -7,6 +7,7 @@ from .common import (
     DTYPES,
     EPS,
     IMPLS,
+    NORMCORE_IMPLS,
     NormBenchmark,
     reference_dx,
     reference_forward,
@@ -20,7 +21,7 @@ class GroupNorm(NormBenchmark):
     params = [BACKENDS, IMPLS, list(SHAPES), DTYPES]
 
     def setup(self, backend, impl, shape, dtype):
-        if impl in ("normcore", "reference"):
+        if impl in NORMCORE_IMPLS:
             self.group_norm = normcore.group_norm
         super().setup(backend, impl, shape, dtype)
 
