@@ -97,8 +97,10 @@ def _normalize_backward(
         return NotImplemented
     shape = tuple(x.shape[a] for a in reduce_axes)
     # aten's backward takes the forward's saved statistics; var_mean recomputes
-    # them with one read of x and no x-sized output.
-    var, mean = torch.var_mean(x, dim=reduce_axes, correction=0, keepdim=True)
+    # them with one read of x and no x-sized output.  Like the statistics saved
+    # by a forward, they are constants to autograd: aten's double backward
+    # accounts for their dependence on x itself (and has no derivative for them).
+    var, mean = torch.var_mean(x.detach(), dim=reduce_axes, correction=0, keepdim=True)
     rstd = torch.rsqrt(var + eps)
     dx, dgain, _ = torch.ops.aten.native_layer_norm_backward(
         dy, x, shape, mean, rstd, gain, None, [True, need_dgain, False]

@@ -206,6 +206,22 @@ class _BatchNorm(torch.nn.Module):
             for name in ("running_mean", "running_var", "num_batches_tracked"):
                 self.register_buffer(name, None)
 
+    # torch.nn's state_dict version: 2 has num_batches_tracked, 1 (torch < 0.4.1) did not.
+    _version = 2
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+    ):
+        # Old checkpoints that torch.nn loads must load here too: a version-1
+        # state has no num_batches_tracked, and torch.nn keeps the module's count.
+        key = prefix + "num_batches_tracked"
+        version = local_metadata.get("version")
+        if self.track_running_stats and (version is None or version < 2) and key not in state_dict:
+            state_dict[key] = self.num_batches_tracked.detach().clone()
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+        )
+
     def reset_running_stats(self) -> None:
         """Set the running mean to 0, the running variance to 1 and the count to 0."""
         if self.track_running_stats:
@@ -260,6 +276,11 @@ _BATCH_DOC = """Drop-in for ``torch.nn.{name}`` computed by :func:`normcore.batc
     average; the running variance is unbiased), in eval mode the running ones
     normalize. The running update is :class:`normcore.BatchNorm`'s; a batch
     with NaN or infinite statistics leaves them unchanged with a ``RuntimeWarning``.
+    One deliberate difference: an empty training batch changes nothing, while
+    ``torch.nn`` counts it in ``num_batches_tracked`` (which, with
+    ``momentum=None``, would give the next batch a smaller weight).
+    Checkpoints without ``num_batches_tracked`` (``state_dict`` version 1, as
+    ``torch.nn`` wrote before torch 0.4.1) load as in ``torch.nn``.
 
     Parameters
     ----------

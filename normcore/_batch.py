@@ -25,6 +25,7 @@ from ._validation import (
     check_correction,
     check_eps,
     check_gradient,
+    check_gradient_given,
     check_num_groups,
     check_param_shape,
     normalize_axis,
@@ -263,6 +264,7 @@ def batch_norm_backward(
     >>> grads.dbias
     array([1.])
     """
+    check_gradient_given(dy)
     layout = prepare_batch_norm(x, gain, bias, axis, eps, mean, var, dy=dy, correction=correction)
     return _dispatch.normalize_backward(
         layout.xp,
@@ -344,6 +346,7 @@ def _group_forward(x, num_groups, gain, bias, axis, eps, instance):
 
 
 def _group_backward(dy, x, num_groups, gain, bias, axis, eps, instance):
+    check_gradient_given(dy)
     layout = _prepare_group(x, num_groups, gain, bias, axis, eps, dy=dy, instance=instance)
     xp = layout.xp
     (grouped_gain,) = _grouped_params(xp, layout, gain)

@@ -224,11 +224,11 @@ class BatchNorm(Module):
     def _check_state(self, state: Mapping[str, Any]) -> None:
         xp = self._xp
         var = state.get("running_var")
-        if var is not None and not bool(xp.all(var >= 0)):  # False for NaN as well
-            raise ValueError("state_dict['running_var'] must be >= 0 and not NaN everywhere")
+        if var is not None and not bool(xp.all(xp.isfinite(var) & (var >= 0))):
+            raise ValueError("state_dict['running_var'] must be finite and >= 0 everywhere")
         mean = state.get("running_mean")
-        if mean is not None and bool(xp.any(xp.isnan(mean))):
-            raise ValueError("state_dict['running_mean'] must not contain NaN")
+        if mean is not None and not bool(xp.all(xp.isfinite(mean))):
+            raise ValueError("state_dict['running_mean'] must be finite (no inf or NaN)")
         tracked = state.get("num_batches_tracked")
         if tracked is not None and int(tracked) < 0:
             raise ValueError(f"state_dict['num_batches_tracked'] must be >= 0, got {int(tracked)}")

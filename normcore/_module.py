@@ -148,6 +148,11 @@ class Module:
                 raise ValueError(
                     f"state_dict[{name!r}] must have shape {tuple(old.shape)}, got {shape}"
                 )
+            if self._xp.isdtype(old.dtype, "integral") and not _holds_whole_numbers(value):
+                raise ValueError(
+                    f"state_dict[{name!r}] must hold finite whole numbers (it is stored as "
+                    f"{old.dtype}), got a fractional, infinite or NaN value"
+                )
             converted[name] = self._convert(value, old)
         self._check_state(converted)
         for name, value in converted.items():
@@ -241,3 +246,11 @@ def _is_real_array(value: Any) -> bool:
         return namespace_of(value).isdtype(value.dtype, ("bool", "integral", "real floating"))
     except (TypeError, ValueError):  # dtypes outside the standard (strings, objects)
         return False
+
+
+def _holds_whole_numbers(value: Any) -> bool:
+    """Whether converting ``value`` to an integer dtype keeps every value exactly."""
+    xp = namespace_of(value)
+    if not xp.isdtype(value.dtype, "real floating"):
+        return True
+    return bool(xp.all(xp.isfinite(value))) and bool(xp.all(xp.round(value) == value))

@@ -15,7 +15,7 @@ import numbers
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-from ._compat import device_of, library_label, namespace_of, without_grad
+from ._compat import device_of, is_array, library_label, namespace_of, without_grad
 from ._primitive import accumulation_dtype, centered_moments
 from ._registry import adapter_for
 from ._validation import (
@@ -181,21 +181,23 @@ class Moments:
         self._add(x)
         return self
 
-    def _add(self, x: Any) -> tuple[int, Any, Any] | None:
+    def _add(self, x: Any, name: str = "x") -> tuple[int, Any, Any] | None:
         """:meth:`update`; return the batch's ``(count, mean, biased var)`` per feature.
+
+        ``name`` is what error messages call ``x``.
 
         None for a batch without values. The statistics are cut from any
         autograd graph: accumulated state never keeps the batches' graphs alive.
         """
-        xp = check_arrays(x)
+        xp = check_arrays(x, x_name=name)
         if x.ndim < 2:
             raise ValueError(
-                "x must have at least 2 dimensions (a batch axis and the feature axis), "
+                f"{name} must have at least 2 dimensions (a batch axis and the feature axis), "
                 f"got shape {tuple(x.shape)}"
             )
         axis = normalize_axis(self.axis, x.ndim)
         dtype = resolve_dtype(xp, self._dtype)
-        self._check_compatible(xp, device_of(x), x.shape[axis], "x")
+        self._check_compatible(x, x.shape[axis], name)
         if math.prod(x.shape) == 0:
             return None
         count, mean, var = batch_moments(xp, without_grad(x), axis, dtype)
@@ -215,9 +217,7 @@ class Moments:
         merged = Moments(axis=self.axis, dtype=self._dtype)
         merged.count, merged.mean, merged.m2 = self._state()
         if other.mean is not None:
-            merged._check_compatible(
-                namespace_of(other.mean), device_of(other.mean), other.mean.shape[0], "other"
-            )
+            merged._check_compatible(other.mean, other.mean.shape[0], "other")
             merged.count, merged.mean, merged.m2 = _chan_merge(self._state(), other._state())
         return merged
 
@@ -240,14 +240,16 @@ class Moments:
     def _state(self) -> tuple[int, Any, Any]:
         return self.count, self.mean, self.m2
 
-    def _check_compatible(self, xp: Any, device: Any, features: int, name: str) -> None:
+    def _check_compatible(self, array: Any, features: int, name: str) -> None:
+        """``array`` (a batch, or another accumulator's mean) must match the earlier batches."""
         if self.mean is None:
             return
-        if namespace_of(self.mean) is not xp:
+        if namespace_of(array) is not namespace_of(self.mean):
             raise TypeError(
-                f"{name} must be an array of the same library as the earlier batches "
-                f"({library_label(self.mean)}), got {xp.__name__}"
+                f"{name} must come from the same array library as the earlier batches "
+                f"({library_label(self.mean)}), got {library_label(array)}"
             )
+        device = device_of(array)
         if device_of(self.mean) != device:
             raise ValueError(
                 f"{name} is on device {device} but the earlier batches were on device "
@@ -375,8 +377,14 @@ def population_stats(
     accumulator = Moments(axis=axis, dtype=dtype)
     mean_sum = var_sum = None
     averaged = 0  # batches in the averages of "batch_average"
-    for batch in batches:
-        stats = accumulator._add(batch)
+    if is_array(batches) or not isinstance(batches, Iterable):
+        raise TypeError(
+            "batches must be an iterable of arrays (a list, a generator, a data loader), "
+            f"got {'a single ' if is_array(batches) else ''}{library_label(batches)}"
+            + ("; wrap it in a list" if is_array(batches) else "")
+        )
+    for index, batch in enumerate(batches):
+        stats = accumulator._add(batch, f"batches[{index}]")
         if stats is None or estimator == "exact":
             continue
         count, mean, var = stats

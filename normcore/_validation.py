@@ -22,6 +22,7 @@ __all__ = [
     "check_eps",
     "check_feature_count",
     "check_gradient",
+    "check_gradient_given",
     "check_keys",
     "check_num_groups",
     "check_param_shape",
@@ -164,6 +165,15 @@ def check_param_shape(param: Any, expected: tuple[int, ...], name: str, what: st
         )
 
 
+def check_gradient_given(dy: Any, name: str = "dy") -> None:
+    """A backward needs its output gradient: None (which forwards accept) is a TypeError."""
+    if dy is None:
+        raise TypeError(
+            f"{name} must be an array (the gradient of the loss with respect to the output), "
+            "got None"
+        )
+
+
 def check_gradient(dy: Any, x: Any, name: str = "dy", x_name: str = "x") -> None:
     """Check that the output gradient ``dy`` has ``x``'s dtype and shape.
 
@@ -252,6 +262,8 @@ def check_correction(
     if count is None:
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"correction must be a finite number >= 0, got {correction!r}")
+    elif count == 0:
+        raise ValueError(f"{what} is 0: a mean and variance need at least one value")
     elif not 0 <= value < count:
         raise ValueError(
             f"correction must be >= 0 and less than {what} ({count}), got {correction!r}"

@@ -20,6 +20,7 @@ from ._validation import (
     check_arrays,
     check_eps,
     check_gradient,
+    check_gradient_given,
     check_param_shape,
     normalize_axes,
 )
@@ -166,6 +167,7 @@ def weight_norm_backward(dw, v, g=None, *, axis=0, eps=1e-12):
     >>> np.round(grads.dgain, 6)
     array([0.6, 0. ])
     """
+    check_gradient_given(dw, "dw")
     xp, adapter, kept, reduced, eps = _prepare(v, g, axis, eps, dw)
     if is_empty(v):
         return Gradients(xp.zeros_like(v), None if g is None else xp.zeros_like(g), None)

@@ -144,6 +144,24 @@ def test_dy_must_match_x(backend):
 
 
 @pytest.mark.parametrize(
+    ("backward", "grad_name"),
+    [
+        (lambda x: normcore.layer_norm_backward(None, x), "dy"),
+        (lambda x: normcore.rms_norm_backward(None, x), "dy"),
+        (lambda x: normcore.batch_norm_backward(None, x), "dy"),
+        (lambda x: normcore.group_norm_backward(None, x, 1), "dy"),
+        (lambda x: normcore.instance_norm_backward(None, x), "dy"),
+        (lambda x: normcore.weight_norm_backward(None, x), "dw"),
+    ],
+    ids=["layer", "rms", "batch", "group", "instance", "weight"],
+)
+def test_backward_without_gradient_is_a_type_error(backend, backward, grad_name):
+    x = backend.asarray(np.ones((4, 3)), "float32")
+    with pytest.raises(TypeError, match=rf"^{grad_name} must be an array .*got None"):
+        backward(x)
+
+
+@pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
         ({"correction": -1}, ValueError, r"correction must be >= 0 and less than .* \(3\)"),

@@ -122,6 +122,24 @@ def test_bad_arguments_exit_2_with_one_line(argv, message, tmp_path, capsys):
     assert not (tmp_path / "batch-size.png").exists()
 
 
+def test_unusable_out_directory_exits_2_before_any_training(tmp_path, capsys, monkeypatch):
+    from normcore.experiments import _runner
+
+    monkeypatch.setitem(_runner.EXPERIMENTS, "invariance", _fail_if_called)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    for out in (a_file, a_file / "below"):
+        code = main(["experiment", "invariance", "--out", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2
+        expected = r"normcore experiment: --out '.*' cannot be made a directory: .*\n"
+        assert re.fullmatch(expected, err)
+
+
+def _fail_if_called(*args):
+    raise AssertionError("the experiment ran although --out is unusable")
+
+
 def test_backend_library_not_installed_exits_2_with_the_install_hint(tmp_path, capsys):
     if importlib.util.find_spec("cupy") is not None:
         pytest.skip("cupy is installed")

@@ -117,3 +117,31 @@ def test_check_correction_and_resolve_dtype():
     assert resolve_dtype(xp, None) is None
     with pytest.raises(TypeError, match=r"like 'float80' is not a dtype of"):
         resolve_dtype(xp, "float80", "like")
+
+
+def test_stream_errors_name_the_offending_batch():
+    torch = pytest.importorskip("torch")
+    numpy_batch, torch_batch = np.ones((2, 3)), torch.ones(2, 3, dtype=torch.float64)
+    with pytest.raises(
+        TypeError, match=r"^batches\[1\] must come from the same array library as the earlier "
+        r"batches \(numpy.ndarray\), got torch.Tensor$",
+    ):  # fmt: skip
+        normcore.population_stats([numpy_batch, torch_batch])
+    with pytest.raises(ValueError, match=r"^batches\[1\] must have at least 2 dimensions"):
+        normcore.population_stats([numpy_batch, np.ones(3)])
+    with pytest.raises(TypeError, match=r"^batches must be an iterable of arrays .*got int$"):
+        normcore.population_stats(5)
+    with pytest.raises(TypeError, match=r"got a single numpy.ndarray; wrap it in a list$"):
+        normcore.population_stats(numpy_batch)
+    with pytest.raises(
+        TypeError,
+        match=r"^other must come from the same array library as the earlier batches "
+        r"\(numpy.ndarray\), got torch.Tensor$",
+    ):
+        normcore.Moments().update(numpy_batch).merge(normcore.Moments().update(torch_batch))
+
+
+def test_moments_over_no_values_say_so(backend):
+    x = backend.asarray(np.zeros((0, 3)), "float32")
+    with pytest.raises(ValueError, match=r"^the number of values reduced is 0: a mean and var"):
+        normcore.moments(x, axis=0)

@@ -84,3 +84,15 @@ def test_explicit_backward_equals_autograd_of_normcore(path):
     grads = normcore.layer_norm_backward(dy, x.detach(), gain.detach(), axis=(1, 2))
     np.testing.assert_allclose(grads.dx.numpy(), x.grad.numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(grads.dgain.numpy(), gain.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", list(_devices()))
+@pytest.mark.parametrize("center", [True, False], ids=["layer", "rms"])
+def test_explicit_backward_is_differentiable(path, device, center):
+    """Gradient penalties differentiate dx: ``*_backward`` must stay on autograd's graph."""
+    gen = torch.Generator().manual_seed(3)
+    x, dy = (torch.randn(3, 5, generator=gen, dtype=torch.float64).to(device) for _ in range(2))
+    gain = torch.randn(5, generator=gen, dtype=torch.float64).to(device)
+    backward = normcore.layer_norm_backward if center else normcore.rms_norm_backward
+    inputs = tuple(t.requires_grad_() for t in (dy, x, gain))
+    assert torch.autograd.gradcheck(lambda d, a, g: tuple(backward(d, a, g)[:2]), inputs)

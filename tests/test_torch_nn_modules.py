@@ -99,6 +99,28 @@ def test_batch_norm_options_equal_torch(kwargs):
         torch.testing.assert_close(ours.train(training)(x), theirs.train(training)(x))
 
 
+def test_batch_norm_loads_version_1_checkpoints_like_torch():
+    """A state_dict from before num_batches_tracked existed loads, as into torch.nn."""
+    trained = torch.nn.BatchNorm2d(3)
+    trained(torch.randn(4, 3, 2, 2))
+    old = trained.state_dict()
+    del old["num_batches_tracked"]
+    old._metadata = {"": {"version": 1}}
+    results = []
+    for module in (torch.nn.BatchNorm2d(3), normcore.torch.BatchNorm2d(3)):
+        module.num_batches_tracked.fill_(5)
+        assert str(module.load_state_dict(old)) == "<All keys matched successfully>"
+        results.append(module)
+    reference, ours = results
+    assert int(ours.num_batches_tracked) == int(reference.num_batches_tracked) == 5
+    torch.testing.assert_close(ours.running_mean, trained.running_mean)
+    assert ours.state_dict()._metadata[""]["version"] == 2
+    current = trained.state_dict()
+    del current["num_batches_tracked"]  # version 2 without the count: missing, as in torch.nn
+    with pytest.raises(RuntimeError, match="num_batches_tracked"):
+        normcore.torch.BatchNorm2d(3).load_state_dict(current)
+
+
 def test_batch_norm_running_statistics_stay_out_of_autograd_and_keep_identity():
     bn = normcore.torch.BatchNorm1d(3)
     running_var = bn.running_var

@@ -7,6 +7,7 @@ after the table, not in it, so that a table depends on the seed alone.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -88,7 +89,13 @@ def run(
         applies = " and ".join(DEFAULT_HIDDEN)
         raise ExperimentError(f"--hidden must be >= 1 and applies to {applies}, got {hidden}")
     directory = Path(out)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:  # before the training: a bad --out must not cost a run
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise ExperimentError(f"--out {out!r} cannot be made a directory: {reason}") from None
+    if not os.access(directory, os.W_OK):
+        raise ExperimentError(f"--out {out!r} is a directory this user cannot write to")
     settings = {"seed": seed, "epochs": epochs or DEFAULT_EPOCHS[name]}
     if name in DEFAULT_HIDDEN:
         settings["hidden"] = hidden or DEFAULT_HIDDEN[name]
