@@ -16,6 +16,7 @@ import torch
 import normcore
 from normcore._batchnorm import RunningStats, batch_norm_forward
 from normcore._layer_modules import check_normalized_shape
+from normcore._registry import adapter_for
 from normcore._validation import (
     check_bool,
     check_eps,
@@ -26,6 +27,12 @@ from normcore._validation import (
 )
 
 from .torch_nn_rnn import GRU, LSTM, RNN
+
+# Find torch's adapter now, while Python runs normally: torch.compile cannot
+# trace the first lookup (it reads the entry points), only the cached one.
+for _tensor in (torch.empty(0), torch.nn.Parameter(torch.empty(0))):
+    adapter_for(_tensor)
+del _tensor
 
 __all__ = [
     "GRU",
@@ -253,6 +260,9 @@ class _BatchNorm(torch.nn.Module):
             momentum=self.momentum,
             convention="torch",
             training=self.training,
+            # Under torch.compile the skip of a non-finite batch happens on the
+            # device (no warning): a host read would break the graph.
+            synchronous=not torch.compiler.is_compiling(),
         )
         if update is not None:  # in place, as torch does: buffers keep their identity
             with torch.no_grad():
@@ -275,7 +285,9 @@ _BATCH_DOC = """Drop-in for ``torch.nn.{name}`` computed by :func:`normcore.batc
     normalize and update the running ones (``momentum`` None: the cumulative
     average; the running variance is unbiased), in eval mode the running ones
     normalize. The running update is :class:`normcore.BatchNorm`'s; a batch
-    with NaN or infinite statistics leaves them unchanged with a ``RuntimeWarning``.
+    with NaN or infinite statistics leaves them unchanged with a ``RuntimeWarning``
+    (under ``torch.compile``, where reading the statistics on the host would
+    break the graph, it leaves them unchanged without the warning).
     One deliberate difference: an empty training batch changes nothing, while
     ``torch.nn`` counts it in ``num_batches_tracked`` (which, with
     ``momentum=None``, would give the next batch a smaller weight).

@@ -261,8 +261,9 @@ class RunningStats(NamedTuple):
 
 
 def batch_norm_forward(
-    x, gain, bias, running, *, axis, eps, momentum, convention, training, correction=0
-) -> tuple[Any, RunningStats | None, tuple[Any, Any, Any]]:
+    x, gain, bias, running, *, axis, eps, momentum, convention, training, correction=0,
+    synchronous=True,
+) -> tuple[Any, RunningStats | None, tuple[Any, Any, Any]]:  # fmt: skip
     """One forward of a batch norm layer: ``(y, new running stats or None, statistics used)``.
 
     Batch statistics in training or without running statistics (``running``
@@ -273,6 +274,7 @@ def batch_norm_forward(
     correction)`` as :func:`normcore.batch_norm_backward` expects them:
     ``(None, None, correction)`` for batch statistics (normalized with the
     variance divided by ``count - correction``), the running ones otherwise.
+    ``synchronous`` is passed on to :func:`running_update`.
     """
     use_batch = training or running is None
     correction = correction if use_batch else 0
@@ -289,12 +291,21 @@ def batch_norm_forward(
         # the running update takes the biased variance; the normalization used
         # the one divided by count - correction
         biased = var * ((count - correction) / count) if correction else var
-        update = running_update(running, count, mean, biased, momentum, convention)
+        update = running_update(
+            running, count, mean, biased, momentum, convention, synchronous=synchronous
+        )
     return y, update, (*fixed, correction)
 
 
 def running_update(
-    running: RunningStats, count: int, mean: Any, var: Any, momentum: Any, convention: str
+    running: RunningStats,
+    count: int,
+    mean: Any,
+    var: Any,
+    momentum: Any,
+    convention: str,
+    *,
+    synchronous: bool = True,
 ) -> RunningStats | None:
     """New running statistics after a batch of ``count`` values per feature, or None to skip.
 
@@ -302,13 +313,17 @@ def running_update(
     one value per feature). ``"torch"``: ``new = (1 - momentum) old + momentum
     batch`` with the unbiased variance; ``"keras"``: ``new = momentum old +
     (1 - momentum) batch`` with the biased one; ``momentum`` None: the
-    cumulative average. A batch with non-finite statistics is skipped with a
-    ``RuntimeWarning``.
+    cumulative average. A batch with non-finite statistics is skipped: with
+    ``synchronous`` (the default) by returning None with a ``RuntimeWarning``,
+    which reads the statistics on the host; otherwise by returning the old
+    values again, selected on the device without a warning (no host
+    synchronization, and traceable by ``torch.compile``).
     """
     xp = namespace_of(running.mean)
     shape = tuple(running.mean.shape)
     mean, var = (without_grad(xp.reshape(s, shape)) for s in (mean, var))
-    if not bool(xp.all(xp.isfinite(mean)) & xp.all(xp.isfinite(var))):
+    finite = xp.all(xp.isfinite(mean)) & xp.all(xp.isfinite(var))
+    if synchronous and not bool(finite):
         warnings.warn(
             "BatchNorm: the batch has NaN or infinite statistics; the running "
             "statistics and num_batches_tracked were left unchanged",
@@ -319,13 +334,18 @@ def running_update(
     if convention == "torch":  # count > 1: prepare_batch_norm refused one value
         var = var * (count / (count - 1))
     tracked = running.num_batches_tracked
+    dtype = running.mean.dtype
     if momentum is None:
-        weight = 1.0 / (int(tracked) + 1)
+        count_so_far = int(tracked) if synchronous else xp.astype(tracked, dtype)
+        weight = 1.0 / (count_so_far + 1)
     else:
         weight = momentum if convention == "torch" else 1.0 - momentum
-    dtype = running.mean.dtype
+    new_mean = running.mean * (1.0 - weight) + xp.astype(mean, dtype) * weight
+    new_var = running.var * (1.0 - weight) + xp.astype(var, dtype) * weight
+    if synchronous:
+        return RunningStats(new_mean, new_var, xp.asarray(tracked + 1))  # NumPy: keep 0-d
     return RunningStats(
-        running.mean * (1.0 - weight) + xp.astype(mean, dtype) * weight,
-        running.var * (1.0 - weight) + xp.astype(var, dtype) * weight,
-        xp.asarray(tracked + 1),  # NumPy: keep a 0-d array
+        xp.where(finite, new_mean, running.mean),
+        xp.where(finite, new_var, running.var),
+        tracked + xp.astype(finite, tracked.dtype),
     )

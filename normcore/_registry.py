@@ -46,6 +46,10 @@ _ENV_FORCES_REFERENCE = os.environ.get(REFERENCE_PATH_ENV, "").strip().lower() i
     "on",
 }
 _FORCE_REFERENCE = contextvars.ContextVar("normcore_force_reference", default=None)
+# Whether any reference_path() block was ever entered in this process. Until
+# then no context can hold a setting, so the lookup skips the ContextVar, which
+# torch.compile cannot trace (a graph break in every normcore call).
+_context_switch_used = False
 
 
 def adapters() -> list[Adapter]:
@@ -101,6 +105,8 @@ def using_reference_path() -> bool:
     ``NORMCORE_REFERENCE_PATH`` was set to ``1``/``true``/``yes``/``on`` when
     normcore was imported.
     """
+    if not _context_switch_used:
+        return _ENV_FORCES_REFERENCE
     forced = _FORCE_REFERENCE.get()
     return _ENV_FORCES_REFERENCE if forced is None else forced
 
@@ -132,6 +138,8 @@ def reference_path(enabled: bool = True) -> Iterator[None]:
     >>> bool(np.allclose(y, normcore.layer_norm(x)))
     True
     """
+    global _context_switch_used
+    _context_switch_used = True
     token = _FORCE_REFERENCE.set(bool(enabled))
     try:
         yield

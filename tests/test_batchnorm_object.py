@@ -249,6 +249,30 @@ def test_non_finite_batch_is_skipped_with_a_warning(backend, rng):
     _assert_unchanged(bn, before)
 
 
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("convention", ["torch", "keras"])
+def test_device_side_running_update_equals_the_synchronous_one(backend, rng, momentum, convention):
+    """``synchronous=False`` (used under torch.compile): same update, a bad batch kept out."""
+    from normcore._batchnorm import RunningStats, running_update
+
+    def running(tracked):
+        mean, var = (backend.asarray(rng.normal(size=3), "float64") for _ in range(2))
+        return RunningStats(mean, var * var, backend.asarray(np.array(tracked), "int64"))
+
+    old = running(4)
+    batch_mean, batch_var = (backend.asarray(rng.uniform(1, 2, size=3), "float64") for _ in "mv")
+    args = (10, batch_mean, batch_var, momentum, convention)
+    expected = running_update(old, *args)
+    got = running_update(old, *args, synchronous=False)
+    for have, want in zip(got, expected, strict=True):
+        backend.assert_like(have, want)
+        np.testing.assert_allclose(backend.to_numpy(have), backend.to_numpy(want), rtol=1e-14)
+    bad_mean = backend.asarray(np.array([0.0, np.nan, 1.0]), "float64")
+    kept = running_update(old, 10, bad_mean, batch_var, momentum, convention, synchronous=False)
+    for have, want in zip(kept, old, strict=True):
+        np.testing.assert_array_equal(backend.to_numpy(have), backend.to_numpy(want))
+
+
 def test_one_value_per_channel_works_in_inference(backend):
     bn = _make(backend, "float64", 3)
     y = bn(backend.asarray(np.array([[1.0, 2.0, 3.0]])), training=False)
