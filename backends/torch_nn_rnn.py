@@ -13,6 +13,7 @@ layer norms' gains and biases are extra parameters named ``ln_<name>`` after
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import torch
@@ -118,6 +119,16 @@ class _Recurrent(torch.nn.Module):
             raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
         if input.dim() not in (2, 3):
             raise ValueError(f"{name}: expected input to be 2D or 3D, got {input.dim()}D instead")
+        if input.shape[-1] != self.input_size:
+            raise ValueError(
+                f"{name}: input.size(-1) must be input_size={self.input_size}, "
+                f"got {input.shape[-1]} (input shape {tuple(input.shape)})"
+            )
+        if input.dtype != self.weight_ih_l0.dtype:
+            raise TypeError(
+                f"{name}: input must have the parameters' dtype {self.weight_ih_l0.dtype}, "
+                f"got {input.dtype} (convert one with .to())"
+            )
         batched = input.dim() == 3
         if not batched:
             input = input.unsqueeze(0 if self.batch_first else 1)
@@ -141,7 +152,10 @@ class _Recurrent(torch.nn.Module):
         lstm = self._cell == "lstm"
         parts = hx if lstm and isinstance(hx, tuple | list) and len(hx) == 2 else None
         if lstm and parts is None:
-            raise TypeError(f"hx for LSTM must be a tuple (h_0, c_0), got {type(hx).__name__}")
+            got = type(hx).__name__
+            if isinstance(hx, tuple | list):
+                got = f"a {got} of length {len(hx)}"
+            raise TypeError(f"hx for LSTM must be a tuple (h_0, c_0), got {got}")
         if not lstm and not isinstance(hx, torch.Tensor):
             raise TypeError(f"hx must be a torch.Tensor, got {type(hx).__name__}")
         states = []
@@ -155,6 +169,9 @@ class _Recurrent(torch.nn.Module):
                 )
             states.append(part[0] if batched else part)
         return tuple(states) if lstm else states[0]
+
+    def flatten_parameters(self) -> None:
+        """Do nothing: there is no cuDNN weight buffer to compact (kept for torch.nn code)."""
 
     def extra_repr(self) -> str:
         return (
@@ -177,7 +194,7 @@ _DOC = """{title}
     dropout : float, default 0
         Only 0 (one layer has no dropout between layers).
     bidirectional : bool, default False
-        Only False is supported.
+        Only False is supported.{proj}
     device, dtype : optional
         Of the parameters.
     layer_norm : bool, default False
@@ -205,6 +222,7 @@ class RNN(_Recurrent):
         title="Drop-in for a one-layer tanh ``torch.nn.RNN``, computed by :func:`normcore.rnn`.",
         name="RNN",
         extra="\n    nonlinearity : {'tanh'}, default 'tanh'\n        Only tanh is supported.",
+        proj="",
         state="h_n",
         keys="['weight_ih_l0', 'weight_hh_l0', 'ln_gain', 'ln_bias']",
     )
@@ -238,6 +256,7 @@ class RNN(_Recurrent):
 
 
 class _Gated(_Recurrent):
+    # torch.nn's positional order: proj_size comes before device and dtype.
     def __init__(
         self,
         input_size: int,
@@ -247,16 +266,25 @@ class _Gated(_Recurrent):
         batch_first: bool = False,
         dropout: float = 0.0,
         bidirectional: bool = False,
+        proj_size: int = 0,
         device=None,
         dtype=None,
         *,
         layer_norm: bool = False,
         eps: float = 1e-5,
     ) -> None:
+        if isinstance(proj_size, bool) or not isinstance(proj_size, numbers.Integral):
+            raise TypeError(f"proj_size must be an int, got {type(proj_size).__name__}")
+        if proj_size != 0:
+            raise ValueError(
+                f"normcore.torch.{type(self).__name__} supports proj_size=0 only "
+                f"(no projection), got {proj_size}"
+            )
         super().__init__(
             input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
             device, dtype, layer_norm, eps,
         )  # fmt: skip
+        self.proj_size = 0
 
 
 class LSTM(_Gated):
@@ -264,6 +292,7 @@ class LSTM(_Gated):
         title="Drop-in for a one-layer ``torch.nn.LSTM``, computed by :func:`normcore.rnn`.",
         name="LSTM",
         extra="",
+        proj="\n    proj_size : int, default 0\n        Only 0 (no projection).",
         state="(h_n, c_n)",
         keys="['weight_ih_l0', 'weight_hh_l0', 'bias_ih_l0', 'bias_hh_l0', 'ln_gain_x', "
         "'ln_bias_x', 'ln_gain_h', 'ln_bias_h', 'ln_gain_c', 'ln_bias_c']",
@@ -276,6 +305,7 @@ class GRU(_Gated):
         title="Drop-in for a one-layer ``torch.nn.GRU``, computed by :func:`normcore.rnn`.",
         name="GRU",
         extra="",
+        proj="\n    proj_size : int, default 0\n        Only 0 (no projection).",
         state="h_n",
         keys="['weight_ih_l0', 'weight_hh_l0', 'ln_gain_x', 'ln_bias_x', 'ln_gain_h', "
         "'ln_bias_h', 'ln_gain_xn', 'ln_bias_xn', 'ln_gain_hn', 'ln_bias_hn']",

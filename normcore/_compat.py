@@ -17,6 +17,7 @@ __all__ = [
     "is_array",
     "library_label",
     "namespace_of",
+    "requiring_grad_like",
     "resolve_creation",
     "to_device",
     "without_grad",
@@ -72,7 +73,12 @@ def to_numpy(x: Any) -> Any:
     cupy = sys.modules.get("cupy")
     if cupy is not None and isinstance(x, cupy.ndarray):
         return x.get()
-    return numpy.asarray(x)
+    try:
+        return numpy.asarray(x)
+    except (RuntimeError, TypeError, ValueError, BufferError):
+        # Another library's array off the host (which NumPy cannot read in place):
+        # DLPack copies it to the CPU, the standard's way to cross libraries.
+        return numpy.from_dlpack(x, device="cpu", copy=True)
 
 
 def library_label(obj: object) -> str:
@@ -119,3 +125,14 @@ def without_grad(x: Any) -> Any:
     """
     detach = getattr(x, "detach", None)
     return x if detach is None else detach()
+
+
+def requiring_grad_like(new: Any, old: Any) -> Any:
+    """Return ``new`` as a leaf that requires grad when ``old`` required it (torch).
+
+    For values that replace a trainable array, such as an optimizer's updated
+    parameter computed from detached values; other arrays are returned as they are.
+    """
+    if getattr(old, "requires_grad", False):
+        return new.requires_grad_(True)
+    return new

@@ -18,6 +18,7 @@ ones (an optimizer step or ``load_state_dict`` in between changes nothing).
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -65,6 +66,24 @@ class Module:
         self._device = self._resolved_device(device)
         self._grads: dict[str, Any] = {}
         self._saved: Any = None  # what backward needs from the last forward
+
+    # -- copying and pickling ----------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        """State for ``pickle`` and ``copy.deepcopy``: the arrays and settings.
+
+        The Array API namespace is a module, which pickle cannot store: it is
+        kept by name and imported again. What the last forward saved for
+        ``backward`` is left out (it is rebuilt by the next forward).
+        """
+        state = dict(self.__dict__)
+        state["_xp"] = self._xp.__name__
+        state["_saved"] = None
+        return state
+
+    def __setstate__(self, state: Mapping[str, Any]) -> None:
+        state = dict(state)
+        state["_xp"] = importlib.import_module(state["_xp"])
+        self.__dict__.update(state)
 
     def _resolved_device(self, device: Any) -> Any:
         # The device as the library reports it for an array ("cuda:0" for "cuda",

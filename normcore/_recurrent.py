@@ -74,9 +74,13 @@ def _state_tuple(state: Any, cell: str, name: str) -> tuple | None:
         return None
     if cell == "lstm":
         if not (isinstance(state, tuple | list) and len(state) == 2):
+            got = (
+                f"a {type(state).__name__} of length {len(state)}"
+                if isinstance(state, tuple | list)
+                else library_label(state)
+            )
             raise TypeError(
-                f"{name} for cell='lstm' must be a tuple (h, c) of two arrays, "
-                f"got {library_label(state)}"
+                f"{name} for cell='lstm' must be a tuple (h, c) of two arrays, got {got}"
             )
         return tuple(state)
     if isinstance(state, tuple | list):
@@ -129,11 +133,13 @@ def _prepare(xs, state0, params, cell, layer_norm, mask, eps, batch_first) -> tu
     if state is None:
         zeros = xp.zeros((xs_tm.shape[1], hidden), dtype=xs.dtype, device=device_of(xs))
         state = (zeros, zeros) if cell == "lstm" else (zeros,)
+    mask_tm = _time_major(xp, mask, batch_first)
+    if mask_tm is not None:
+        # Padded steps compute on zeros, whatever the padding holds: their results
+        # are discarded, and a NaN there would turn 0 * NaN into NaN gradients.
+        xs_tm = xp.where(mask_tm[..., None], xs_tm, xp.zeros_like(xs_tm))
     ctx = Context(xp, adapter_for(xs), params, layer_norm, eps, hidden)
-    run = _Run(
-        ctx, CELL_IMPLEMENTATIONS[cell], xs_tm, state, _time_major(xp, mask, batch_first),
-        batch_first,
-    )  # fmt: skip
+    run = _Run(ctx, CELL_IMPLEMENTATIONS[cell], xs_tm, state, mask_tm, batch_first)
     return run, hidden
 
 

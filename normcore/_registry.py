@@ -2,8 +2,9 @@
 
 Adapters are found through the ``normcore.backends`` entry-point group the
 first time an array needs one, never at ``import normcore``. A broken
-third-party adapter is reported with a warning and skipped, so it cannot break
-normcore itself.
+third-party adapter (one that fails to load, or whose ``owns`` or
+``fast_paths`` raises) is reported once with a warning and skipped, so it
+cannot break normcore itself.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from importlib import metadata
 from typing import Any
 
 from ._adapter import Adapter
+from ._compat import library_label
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -65,13 +67,12 @@ def adapters() -> list[Adapter]:
                         f"expected a normcore.Adapter instance, got {type(adapter).__name__}"
                     )
             except Exception as error:  # a broken plugin must not break normcore
-                _LOAD_ERRORS[entry_point.name] = f"{type(error).__name__}: {error}"
-                warnings.warn(
+                _report_broken(
+                    entry_point.name,
+                    error,
                     f"normcore could not load the backend adapter {entry_point.name!r} "
                     f"({entry_point.value}): {error}; arrays of that library run on the "
                     "reference path",
-                    RuntimeWarning,
-                    stacklevel=2,
                 )
                 continue
             if all(existing.name != adapter.name for existing in found):
@@ -80,8 +81,30 @@ def adapters() -> list[Adapter]:
     return _ADAPTERS
 
 
+def _report_broken(name: str, error: Exception, message: str) -> None:
+    """Record a plugin's failure and warn about it once: normcore itself goes on."""
+    if name not in _LOAD_ERRORS:
+        _LOAD_ERRORS[name] = f"{type(error).__name__}: {error}"
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def _owns(adapter: Adapter, x: Any) -> bool:
+    """``adapter.owns(x)``; an adapter whose check raises owns nothing."""
+    try:
+        return adapter.is_loaded() and bool(adapter.owns(x))
+    except Exception as error:  # e.g. a plugin that assumes every array is its own
+        _report_broken(
+            adapter.name,
+            error,
+            f"the backend adapter {adapter.name!r} raised {type(error).__name__} when asked "
+            f"whether it owns a {library_label(x)}: {error}; normcore treats it as owning "
+            "no array",
+        )
+        return False
+
+
 def load_errors() -> dict[str, str]:
-    """Return ``{entry point name: error}`` for adapters that failed to load."""
+    """Return ``{adapter name: error}`` for adapters that failed to load or to answer."""
     adapters()
     return dict(_LOAD_ERRORS)
 
@@ -93,7 +116,7 @@ def adapter_for(x: Any) -> Adapter | None:
         return _ADAPTER_BY_TYPE[kind]
     except KeyError:
         pass
-    owner = next((a for a in adapters() if a.is_loaded() and a.owns(x)), None)
+    owner = next((a for a in adapters() if _owns(a, x)), None)
     _ADAPTER_BY_TYPE[kind] = owner
     return owner
 
@@ -153,6 +176,15 @@ def fast_path(adapter: Adapter | None, primitive: str) -> Callable[..., Any] | N
         return None
     table = _FAST_PATHS.get(adapter.name)
     if table is None:
-        table = dict(adapter.fast_paths())
+        try:
+            table = dict(adapter.fast_paths())
+        except Exception as error:  # a broken plugin: its arrays take the reference path
+            _report_broken(
+                adapter.name,
+                error,
+                f"the backend adapter {adapter.name!r} could not list its fast paths "
+                f"({type(error).__name__}: {error}); its arrays run on the reference path",
+            )
+            table = {}
         _FAST_PATHS[adapter.name] = table
     return table.get(primitive)

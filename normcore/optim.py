@@ -10,9 +10,11 @@ An optimizer updates one of two kinds of *targets*:
   stored and replaces each parameter with ``setattr``.
 
 Arrays are replaced, never written into, so read-only NumPy arrays and
-immutable libraries work. Every gradient is checked against its parameter
-(key, library, device, dtype, shape) and every new value is computed before
-anything is assigned, so a step that raises changes nothing. The update rules
+immutable libraries work; a torch parameter that requires grad is replaced by
+a new leaf tensor that requires grad, computed outside autograd. Every
+gradient is checked against its parameter (key, library, device, dtype,
+shape) and every new value is computed before anything is assigned, so a step
+that raises changes nothing. The update rules
 are PyTorch's (``torch.optim.SGD`` without dampening or Nesterov,
 ``torch.optim.Adam`` without weight decay).
 """
@@ -24,8 +26,8 @@ import numbers
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-from ._compat import library_label, namespace_of
-from ._validation import check_arrays, check_keys
+from ._compat import library_label, namespace_of, requiring_grad_like, without_grad
+from ._validation import check_arrays, check_gradient_given, check_keys
 
 __all__ = ["SGD", "Adam", "Optimizer"]
 
@@ -79,6 +81,7 @@ class Optimizer:
         check_keys(grads, params, "grads", "(the parameters' names)")
         for name, param in params.items():
             grad = grads[name]
+            check_gradient_given(grad, f"grads[{name!r}]")
             check_arrays(
                 param, x_name=f"parameter {name!r}", exact_dtype=True, **{f"grads[{name!r}]": grad}
             )
@@ -110,9 +113,12 @@ class Optimizer:
         updated: dict[str, Any] = {}
         buffers: dict[str, dict[str, Any]] = {}
         for name, param in self._parameters().items():
-            updated[name], buffers[name] = self._update(
-                param, grads[name], self.state.get(name, {}), steps
+            # The update is no part of any autograd graph (like torch.optim's,
+            # under no_grad): a trainable torch parameter stays a leaf.
+            new, buffers[name] = self._update(
+                without_grad(param), without_grad(grads[name]), self.state.get(name, {}), steps
             )
+            updated[name] = requiring_grad_like(new, param)
         self.steps = steps
         self.state.update({name: found for name, found in buffers.items() if found})
         for name, value in updated.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import warnings
 from importlib import metadata
 
 import numpy as np
@@ -129,6 +130,52 @@ def test_third_party_plugin_fast_path_and_reference_switch(fresh_registry, monke
         again = normcore.layer_norm(x)
     assert plugin.calls == [(1,), (0,)]  # the switch bypassed the plugin
     assert bool(strict.all(again == expected))
+
+
+class _CarelessAdapter(normcore.Adapter):
+    """A plugin listed before the built-ins whose checks assume every array is its own."""
+
+    name = "careless"
+    library = "numpy"  # loaded whenever NumPy is
+
+    def __init__(self, broken):
+        self.broken = broken
+
+    def owns(self, x):
+        if self.broken == "owns":
+            return x.platform == "tpu"  # AttributeError for anything else
+        return isinstance(x, np.ndarray) and x.dtype == np.float32
+
+    def fast_paths(self):
+        raise ImportError("the plugin's kernels need libfoo")
+
+
+@pytest.mark.parametrize("broken", ["owns", "fast_paths"])
+def test_plugin_that_raises_later_warns_once_and_breaks_nothing(
+    fresh_registry, monkeypatch, broken
+):
+    plugin = _CarelessAdapter(broken)
+    numpy_point = next(
+        p for p in metadata.entry_points(group="normcore.backends") if p.name == "numpy"
+    )
+    careless_point = metadata.EntryPoint("careless", "plugin:adapter", "normcore.backends")
+    real_load = metadata.EntryPoint.load
+    monkeypatch.setattr(
+        metadata.EntryPoint, "load", lambda ep: plugin if ep.name == "careless" else real_load(ep)
+    )
+    monkeypatch.setattr(metadata, "entry_points", lambda group: [careless_point, numpy_point])
+    x = np.array([[1.0, 3.0]], dtype=np.float32)
+    message = r"'careless' raised AttributeError" if broken == "owns" else r"'careless' could not"
+    with pytest.warns(RuntimeWarning, match=message):
+        y = normcore.layer_norm(x)
+    np.testing.assert_allclose(y, [[-1, 1]], atol=1e-4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once: later calls neither warn nor raise
+        np.testing.assert_allclose(normcore.layer_norm(x), [[-1, 1]], atol=1e-4)
+        np.testing.assert_allclose(normcore.layer_norm(x.astype(np.float64)), [[-1, 1]], atol=1e-4)
+    assert "careless" in _registry.load_errors()
+    owner = _registry.adapter_for(x)
+    assert owner is (plugin if broken == "fast_paths" else _registry.adapter_for(x.astype(float)))
 
 
 def test_environment_variable_forces_reference_path():

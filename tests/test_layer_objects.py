@@ -404,3 +404,58 @@ def test_repr():
         "GroupNorm(2, 4, axis=1, eps=1e-05, affine=True"
     )
     assert repr(normcore.GRU(3, 4)).startswith("GRU(3, 4, layer_norm=True, batch_first=False")
+
+
+@pytest.mark.parametrize(
+    ("cls", "args", "shape"),
+    [
+        (normcore.LayerNorm, (4,), (3, 4)),
+        (normcore.RMSNorm, (4,), (3, 4)),
+        (normcore.GroupNorm, (2, 4), (3, 4, 2)),
+        (normcore.BatchNorm, (4,), (3, 4)),
+        (normcore.LSTM, (I, H), (T, B, I)),
+        (normcore.GRU, (I, H), (T, B, I)),
+    ],
+    ids=lambda v: getattr(v, "__name__", None),
+)
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_objects_copy_and_pickle(backend, rng, cls, args, shape, how):
+    """An EMA copy, a best-checkpoint snapshot, multiprocessing: a layer is its arrays."""
+    import copy
+    import pickle
+
+    x = backend.asarray(rng.normal(size=shape), "float32")
+    obj = cls(*args, like=x)
+    state = _random_state(rng, obj)
+    if cls is normcore.BatchNorm:  # a valid batch norm state
+        state.update(running_var=np.abs(state["running_var"]), num_batches_tracked=np.array(7))
+    obj.load_state_dict(state)
+    obj(x)
+    twin = copy.deepcopy(obj) if how == "deepcopy" else pickle.loads(pickle.dumps(obj))
+    assert type(twin) is cls and twin.xp is obj.xp
+    assert twin.device == obj.device and twin.dtype == obj.dtype
+    state, twin_state = obj.state_dict(), twin.state_dict()
+    assert list(twin_state) == list(state)
+    for name, value in state.items():
+        backend.assert_like(twin_state[name], value)
+        assert twin_state[name] is not value
+        np.testing.assert_array_equal(backend.to_numpy(twin_state[name]), backend.to_numpy(value))
+    ours, theirs = obj(x), twin(x)
+    ours, theirs = (ours[0], theirs[0]) if isinstance(ours, tuple) else (ours, theirs)
+    np.testing.assert_array_equal(backend.to_numpy(theirs), backend.to_numpy(ours))
+
+
+def test_state_dict_crosses_libraries_from_a_non_host_device(rng):
+    """array_api_strict arrays on "device1" load into NumPy and torch objects (via DLPack)."""
+    strict = pytest.importorskip("array_api_strict")
+    source = normcore.LSTM(I, H, like=strict, device=strict.Device("device1"), layer_norm=True)
+    source.load_state_dict(_random_state(rng, source))
+    host = {k: np.asarray(v.to_device(strict.Device("CPU_DEVICE"))) for k, v in
+            source.state_dict().items()}  # fmt: skip
+    for like in ("numpy", "torch"):
+        if like == "torch":
+            pytest.importorskip("torch")
+        target = normcore.LSTM(I, H, like=__import__(like), layer_norm=True)
+        target.load_state_dict(source.state_dict())
+        for name, value in target.state_dict().items():
+            np.testing.assert_array_equal(np.asarray(value), host[name].astype(np.float32))

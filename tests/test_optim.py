@@ -100,6 +100,7 @@ def test_read_only_arrays_are_replaced_not_written(rng):
         ({"w": np.ones(3), "v": np.ones(1)}, ValueError, r"unexpected \['v'\]"),
         ({"w": np.ones(4)}, ValueError, r"grads\['w'\] must have shape \(3,\), got \(4,\)"),
         ({"w": [1.0, 1.0, 1.0]}, TypeError, r"grads\['w'\] must be an array"),
+        ({"w": None}, TypeError, r"^grads\['w'\] must be an array .*got None$"),
         (
             {"w": np.ones(3, dtype=np.float32)},
             TypeError,
@@ -165,3 +166,30 @@ def test_adam_trains_rnn_params_in_place_of_the_mapping(rng):
         losses.append(float(np.sum((hs - 0.5) ** 2)))
         opt.step(normcore.rnn_backward(2 * (hs - 0.5), xs, None, params, cell="gru").dparams)
     assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize("make", [Adam, lambda t: SGD(t, lr=0.1, momentum=0.9)])
+def test_trainable_torch_parameters_stay_leaves_outside_autograd(make):
+    """As with torch.optim: ``.grad`` keeps working step after step, no graph grows."""
+    torch = pytest.importorskip("torch")
+    params = {"w": torch.tensor([1.0, -2.0], dtype=torch.float64, requires_grad=True)}
+    reference = torch.tensor([1.0, -2.0], dtype=torch.float64, requires_grad=True)
+    ours = make(params)
+    theirs = (
+        torch.optim.Adam([reference])
+        if isinstance(ours, Adam)
+        else torch.optim.SGD([reference], lr=0.1, momentum=0.9)
+    )
+    for _ in range(3):
+        (params["w"] ** 3).sum().backward()
+        assert params["w"].grad is not None
+        ours.step({"w": params["w"].grad})
+        theirs.zero_grad()
+        (reference**3).sum().backward()
+        theirs.step()
+        w = params["w"]
+        assert w.is_leaf and w.requires_grad and w.grad_fn is None
+        assert not ours.state["w"] or all(
+            v.grad_fn is None and not v.requires_grad for v in ours.state["w"].values()
+        )
+        torch.testing.assert_close(w, reference, rtol=1e-15, atol=1e-15)

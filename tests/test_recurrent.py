@@ -137,6 +137,9 @@ def test_masked_batch_equals_each_sequence_alone(backend, rng, cell, layer_norm)
     steps, batch = max(lengths), len(lengths)
     mask_np = np.arange(steps)[:, None] < np.array(lengths)[None, :]
     xs_np = rng.normal(size=(steps, batch, I))
+    # Padding may hold anything, NaN and inf included: it must not reach any result.
+    padding = np.where(rng.random(size=xs_np.shape) < 0.5, np.nan, -np.inf)
+    xs_np = np.where(mask_np[..., None], xs_np, padding)
     state_np = _state(rng, cell, batch)
     params_np = _random_params(rng, cell, layer_norm)
     dhs_np = rng.normal(size=(steps, batch, H))  # nonzero on padded steps: must be ignored
@@ -450,7 +453,17 @@ def _bad_calls():
         (x, h, p),
         {},
         TypeError,
-        (r"state0 for cell='lstm' must be a tuple \(h, c\)"),
+        (r"state0 for cell='lstm' must be a tuple \(h, c\) of two arrays, got numpy.ndarray$"),
+    )
+    yield (
+        "state of three arrays",
+        (x, (h, h, h), p),
+        {},
+        TypeError,
+        (
+            r"state0 for cell='lstm' must be a tuple \(h, c\) of two arrays, "
+            r"got a tuple of length 3$"
+        ),
     )
     yield (
         "state for gru",

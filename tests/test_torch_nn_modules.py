@@ -339,6 +339,7 @@ def test_normcore_objects_and_modules_share_their_state():
         ({"bidirectional": True}, r"supports bidirectional=False only"),
         ({"bias": False}, r"supports bias=True only"),
         ({"dropout": 0.5}, r"supports dropout=0.0 only"),
+        ({"proj_size": 2}, r"supports proj_size=0 only \(no projection\), got 2"),
     ],
 )
 def test_unsupported_configurations_are_value_errors(kwargs, message):
@@ -373,7 +374,14 @@ def test_recurrent_argument_types_are_checked(kwargs, error, message):
         ("gru", (5, 2, 3, 1), None, ValueError, r"^GRU: expected input to be 2D or 3D, got 4D"),
         ("gru", (5, 2, 3), torch.zeros(2, 2, 4), ValueError, r"^hx must have shape \(1, batch"),
         ("lstm", (5, 2, 3), torch.zeros(1, 2, 4), TypeError, r"^hx for LSTM must be a tuple"),
-        ("rnn", (5, 2, 4), None, ValueError, r"params\['W_x'\] must have shape \(4, 4\)"),
+        ("rnn", (5, 2, 4), None, ValueError, r"^RNN: input.size\(-1\) must be input_size=3, got 4"),
+        (
+            "lstm",
+            (5, 2, 3),
+            (torch.zeros(1, 2, 4),) * 3,
+            TypeError,
+            r"^hx for LSTM must be a tuple \(h_0, c_0\), got a tuple of length 3$",
+        ),
         ("rnn", (5, 3), torch.zeros(1, 2, 4), ValueError, r"^hx must have shape \(1, hidden"),
     ],
 )
@@ -381,6 +389,26 @@ def test_recurrent_bad_input(cell, x_shape, hx, error, message):
     module = getattr(normcore.torch, CELLS[cell])(3, 4)
     with pytest.raises(error, match=message):
         module(torch.zeros(x_shape), hx)
+
+
+def test_recurrent_input_dtype_must_match_the_parameters():
+    with pytest.raises(
+        TypeError, match=r"^GRU: input must have the parameters' dtype torch.float32"
+    ):
+        normcore.torch.GRU(3, 4)(torch.zeros(5, 2, 3, dtype=torch.float64))
+
+
+def test_lstm_takes_torch_nn_constructor_arguments_positionally():
+    """input, hidden, num_layers, bias, batch_first, dropout, bidirectional, proj_size."""
+    args = (3, 4, 1, True, True, 0.0, False, 0)
+    ours, theirs = normcore.torch.LSTM(*args), torch.nn.LSTM(*args)
+    assert (ours.batch_first, ours.proj_size) == (theirs.batch_first, theirs.proj_size) == (True, 0)
+    ours.load_state_dict(theirs.state_dict())
+    ours.flatten_parameters()  # a no-op kept for code written for torch.nn's cuDNN RNNs
+    x = torch.randn(2, 5, 3)
+    torch.testing.assert_close(ours(x)[0], theirs(x)[0])
+    with pytest.raises(TypeError, match=r"^proj_size must be an int, got float"):
+        normcore.torch.LSTM(3, 4, proj_size=0.0)
 
 
 def test_to_converts_dtype():

@@ -83,6 +83,8 @@ def run(
     """
     require_extras()
     xp = load_backend(backend)
+    if seed < 0:  # NumPy's generators take seeds >= 0
+        raise ExperimentError(f"--seed must be >= 0, got {seed}")
     if epochs is not None and epochs < 1:
         raise ExperimentError(f"--epochs must be >= 1, got {epochs}")
     if hidden is not None and (hidden < 1 or name not in DEFAULT_HIDDEN):
