@@ -428,8 +428,9 @@ def channels_forward(x, gain, bias, *, eps, mean=None, var=None):
             mean, var = (k + m).astype(acc), v.astype(acc)
         else:
             mean, var = _vector(mean, 0, acc, 0), _vector(var, 0, acc, 0)
-            k, m = mean, 0.0
-        s = 1.0 / np.sqrt(np.asarray(var, np.float64) + eps)
+            k, m, v = mean, 0.0, var
+        # From the float64 variance, which float32 squares beyond its range do not overflow.
+        s = 1.0 / np.sqrt(np.asarray(v, np.float64) + eps)
         s = s * _vector(gain, c_len, np.float64, 1)
         h = -m * s + _vector(bias, c_len, np.float64, 0)
         k = np.ascontiguousarray(k, acc)
@@ -530,11 +531,11 @@ def channels_backward(
             if fixed_stats:
                 raise ValueError("fixed_stats requires mean and var")
             shift, m, v = _channel_stats(x)
-            offset, var = m.astype(acc), v.astype(acc)
+            offset = m.astype(acc)
         else:
-            shift, var = _vector(mean, 0, acc, 0), _vector(var, 0, acc, 0)
+            shift, v = _vector(mean, 0, acc, 0), _vector(var, 0, acc, 0)
             offset = np.zeros(c_len, acc)
-        rstd = 1.0 / np.sqrt(np.asarray(var, np.float64) + eps)
+        rstd = 1.0 / np.sqrt(np.asarray(v, np.float64) + eps)  # float64: see channels_forward
         alpha = rstd * _vector(gain, c_len, np.float64, 1)
         dx = np.empty(x.shape, acc)
         scale = alpha.astype(acc) if fixed_stats else np.empty(0, acc)

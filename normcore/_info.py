@@ -33,5 +33,5 @@ def info_lines() -> list[str]:
         source = points.get(adapter.name, "?")
         lines.append(f"  {adapter.name:<8} {state:<24} devices: {devices}  [{source}]")
     for name, error in load_errors().items():
-        lines.append(f"  {name:<8} broken, skipped: {error}")
+        lines.append(f"  {name:<8} error (reported once, worked around): {error}")
     return lines

@@ -30,6 +30,7 @@ from ._compat import (
     resolve_creation,
     to_device,
     to_numpy,
+    without_grad,
 )
 from ._validation import check_arrays
 
@@ -73,11 +74,15 @@ class Module:
 
         The Array API namespace is a module, which pickle cannot store: it is
         kept by name and imported again. What the last forward saved for
-        ``backward`` is left out (it is rebuilt by the next forward).
+        ``backward`` is left out (it is rebuilt by the next forward), and stored
+        gradients are kept without their autograd graph.
         """
         state = dict(self.__dict__)
         state["_xp"] = self._xp.__name__
         state["_saved"] = None
+        # A stored gradient may carry the input's autograd graph (torch), which
+        # deepcopy refuses: the copy keeps the values.
+        state["_grads"] = {name: without_grad(g) for name, g in self._grads.items()}
         return state
 
     def __setstate__(self, state: Mapping[str, Any]) -> None:

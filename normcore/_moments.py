@@ -377,13 +377,19 @@ def population_stats(
     accumulator = Moments(axis=axis, dtype=dtype)
     mean_sum = var_sum = None
     averaged = 0  # batches in the averages of "batch_average"
-    if is_array(batches) or not isinstance(batches, Iterable):
+    if is_array(batches):
         raise TypeError(
             "batches must be an iterable of arrays (a list, a generator, a data loader), "
-            f"got {'a single ' if is_array(batches) else ''}{library_label(batches)}"
-            + ("; wrap it in a list" if is_array(batches) else "")
+            f"got a single {library_label(batches)}; wrap it in a list"
         )
-    for index, batch in enumerate(batches):
+    try:
+        stream = iter(batches)
+    except TypeError:
+        raise TypeError(
+            "batches must be an iterable of arrays (a list, a generator, a data loader), "
+            f"got {library_label(batches)}"
+        ) from None
+    for index, batch in enumerate(stream):
         stats = accumulator._add(batch, f"batches[{index}]")
         if stats is None or estimator == "exact":
             continue

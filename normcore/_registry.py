@@ -2,9 +2,10 @@
 
 Adapters are found through the ``normcore.backends`` entry-point group the
 first time an array needs one, never at ``import normcore``. A broken
-third-party adapter (one that fails to load, or whose ``owns`` or
-``fast_paths`` raises) is reported once with a warning and skipped, so it
-cannot break normcore itself.
+third-party adapter cannot break normcore itself: one that fails to load is
+skipped, an ``owns`` that raises counts as "not mine", a ``fast_paths`` that
+raises sends that library to the reference path, each reported once with a
+warning.
 """
 
 from __future__ import annotations
@@ -97,8 +98,8 @@ def _owns(adapter: Adapter, x: Any) -> bool:
             adapter.name,
             error,
             f"the backend adapter {adapter.name!r} raised {type(error).__name__} when asked "
-            f"whether it owns a {library_label(x)}: {error}; normcore treats it as owning "
-            "no array",
+            f"whether it owns a {library_label(x)}: {error}; normcore takes that as no "
+            "(arrays it does answer for are unaffected)",
         )
         return False
 

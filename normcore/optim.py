@@ -170,7 +170,10 @@ class SGD(Optimizer):
         if not self.momentum:
             return param - self.lr * grad, {}
         previous = buffers.get("momentum")
-        direction = grad if previous is None else self.momentum * previous + grad
+        if previous is None:  # a copy: the caller may reuse its gradient array in place
+            direction = namespace_of(grad).asarray(grad, copy=True)
+        else:
+            direction = self.momentum * previous + grad
         return param - self.lr * direction, {"momentum": direction}
 
 

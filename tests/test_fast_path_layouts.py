@@ -260,3 +260,30 @@ def test_numba_channel_statistics_across_sub_blocks(monkeypatch, shape, axis):
     )  # fmt: skip
     np.testing.assert_allclose(y, expected[0], rtol=0, atol=2e-4)
     np.testing.assert_allclose(grads.dx, expected[1], rtol=0, atol=2e-4)
+
+
+@pytest.mark.parametrize(
+    "method", ["layer", "batch-channels-first", "batch-channels-last"], ids=str
+)
+def test_numba_kernels_normalize_float32_beyond_float32_squares(monkeypatch, method):
+    """Deviations near 1e20: float32 squares overflow, numba's float64 sums do not."""
+    pytest.importorskip("numba", reason="numba is not installed (extra 'numba')")
+    monkeypatch.setenv("NORMCORE_NUMBA", "1")
+    row = np.array([1e20, -1e20, 3e19, 0.0, 2e19, -5e19], np.float32)
+    rows = np.stack([row, row[::-1]])  # (2, 6): layer norm over each row
+    x, axes = {
+        "layer": (rows, -1),
+        "batch-channels-last": (np.ascontiguousarray(rows.T), 0),  # (N=6, C=2)
+        "batch-channels-first": (np.repeat(rows.T[:, :, None], 2, axis=2), (0, 2)),  # (6, 2, 2)
+    }[method]
+    x64 = x.astype(np.float64)
+    centred = x64 - x64.mean(axis=axes, keepdims=True)
+    expected = centred / np.sqrt((centred**2).mean(axis=axes, keepdims=True) + 1e-5)
+    if method == "layer":
+        y = normcore.layer_norm(x)
+        dx = normcore.layer_norm_backward(np.ones_like(x), x).dx
+    else:
+        y = normcore.batch_norm(x, axis=1)
+        dx = normcore.batch_norm_backward(np.ones_like(x), x, axis=1).dx
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, np.zeros_like(x), atol=1e-24)  # d(sum y)/dx is 0

@@ -459,3 +459,17 @@ def test_state_dict_crosses_libraries_from_a_non_host_device(rng):
         target.load_state_dict(source.state_dict())
         for name, value in target.state_dict().items():
             np.testing.assert_array_equal(np.asarray(value), host[name].astype(np.float32))
+
+
+def test_deepcopy_after_a_backward_through_a_torch_graph():
+    """Gradients stored by backward may carry the input's graph; a copy keeps their values."""
+    import copy
+
+    torch = pytest.importorskip("torch")
+    layer = normcore.LayerNorm(4, like=torch)
+    layer(torch.randn(2, 4, requires_grad=True))  # e.g. the output of an upstream torch layer
+    layer.backward(torch.ones(2, 4))
+    twin = copy.deepcopy(layer)
+    for name, grad in layer.grads().items():
+        torch.testing.assert_close(twin.grads()[name], grad.detach())
+        assert not twin.grads()[name].requires_grad

@@ -145,3 +145,21 @@ def test_moments_over_no_values_say_so(backend):
     x = backend.asarray(np.zeros((0, 3)), "float32")
     with pytest.raises(ValueError, match=r"^the number of values reduced is 0: a mean and var"):
         normcore.moments(x, axis=0)
+
+
+def test_population_stats_takes_any_iterable_python_can_iterate():
+    """Sequences that only define __len__/__getitem__ iterate in Python: they are accepted."""
+
+    class Batches:
+        def __init__(self, data):
+            self.data = data
+
+        def __len__(self):
+            return len(self.data)
+
+        def __getitem__(self, index):
+            return self.data[index]
+
+    data = [np.random.default_rng(i).normal(size=(8, 3)) for i in range(4)]
+    stats = normcore.population_stats(Batches(data))
+    np.testing.assert_allclose(stats.var, np.concatenate(data).var(axis=0, ddof=1), rtol=1e-12)

@@ -193,3 +193,14 @@ def test_trainable_torch_parameters_stay_leaves_outside_autograd(make):
             v.grad_fn is None and not v.requires_grad for v in ours.state["w"].values()
         )
         torch.testing.assert_close(w, reference, rtol=1e-15, atol=1e-15)
+
+
+def test_momentum_buffer_is_not_the_callers_gradient():
+    """torch users zero .grad in place after a step: the buffer must not follow it."""
+    params = {"w": np.array([0.0])}
+    opt = SGD(params, lr=1.0, momentum=0.5)
+    grad = np.empty(1)
+    for value in (1.0, 3.0):
+        grad[...] = value
+        opt.step({"w": grad})
+    np.testing.assert_array_equal(params["w"], [-(1.0) - (0.5 * 1.0 + 3.0)])
