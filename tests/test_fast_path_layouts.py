@@ -11,9 +11,14 @@ without numba), selected with NORMCORE_NUMBA.
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import numpy as np
 import pytest
 from _support import assert_close, torch_layer_norm_grads
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from normcore.backends import numpy as numpy_adapter
 
 import normcore
@@ -287,3 +292,71 @@ def test_numba_kernels_normalize_float32_beyond_float32_squares(monkeypatch, met
         dx = normcore.batch_norm_backward(np.ones_like(x), x, axis=1).dx
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(dx, np.zeros_like(x), atol=1e-24)  # d(sum y)/dx is 0
+
+
+@contextlib.contextmanager
+def _kernel_set(value):
+    """NORMCORE_NUMBA for the block (hypothesis tests cannot take monkeypatch)."""
+    before = os.environ.get("NORMCORE_NUMBA")
+    os.environ["NORMCORE_NUMBA"] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["NORMCORE_NUMBA"]
+        else:
+            os.environ["NORMCORE_NUMBA"] = before
+
+
+def _fast_and_reference(call):
+    """``call()`` on the fast path and on the reference path (None for what is None)."""
+    fast = call()
+    with normcore.reference_path():
+        reference = call()
+    return fast, reference
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+@pytest.mark.parametrize("kernel_set", ["0", "1"], ids=["numpy-kernels", "numba-kernels"])
+def test_random_contiguous_layouts_match_the_reference(kernel_set, data):
+    """Hypothesis: shapes, channel axes, dtypes and data scales through a kernel set."""
+    if kernel_set == "1":
+        pytest.importorskip("numba", reason="numba is not installed (extra 'numba')")
+    ndim = data.draw(st.integers(2, 4))
+    sizes = st.one_of(st.integers(1, 6), st.sampled_from([17, 130, 300]))
+    shape = tuple(data.draw(st.lists(sizes, min_size=ndim, max_size=ndim)))
+    if np.prod(shape) > 200_000:
+        shape = shape[:1] + tuple(min(n, 6) for n in shape[1:])
+    dtype = data.draw(st.sampled_from(["float32", "float64"]))
+    method = data.draw(st.sampled_from(["layer", "rms", "batch"]))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    offset, spread = data.draw(st.sampled_from([(0.0, 1.0), (1e3, 1.0), (-50.0, 1e-2)]))
+    x = (offset + spread * rng.normal(size=shape)).astype(dtype)
+    dy = rng.normal(size=shape).astype(dtype)
+    if method == "batch":
+        axis = data.draw(st.integers(1, ndim - 1) | st.just(-1))
+        params = rng.normal(1, 0.2, size=shape[axis]).astype(dtype)
+        forward = lambda: normcore.batch_norm(x, params, params, axis=axis)  # noqa: E731
+        backward = lambda: normcore.batch_norm_backward(dy, x, params, params, axis=axis)  # noqa: E731
+    else:
+        axes = tuple(range(ndim - data.draw(st.integers(1, ndim - 1)), ndim))
+        params = rng.normal(1, 0.2, size=tuple(shape[a] for a in axes)).astype(dtype)
+        if method == "layer":
+            forward = lambda: normcore.layer_norm(x, params, params, axis=axes)  # noqa: E731
+            backward = lambda: normcore.layer_norm_backward(dy, x, params, params, axis=axes)  # noqa: E731
+        else:
+            forward = lambda: normcore.rms_norm(x, params, axis=axes)  # noqa: E731
+            backward = lambda: normcore.rms_norm_backward(dy, x, params, axis=axes)  # noqa: E731
+    tol = 2e-4 if dtype == "float32" else 1e-10
+    with _kernel_set(kernel_set):
+        y, y_ref = _fast_and_reference(forward)
+        grads, grads_ref = _fast_and_reference(backward)
+    np.testing.assert_allclose(y, y_ref, rtol=tol, atol=tol)
+    for got, want in zip(grads, grads_ref, strict=True):
+        if want is None:
+            assert got is None
+            continue
+        assert got.dtype == want.dtype and got.shape == want.shape
+        scale = max(1.0, float(np.abs(want).max()))  # dgain/dbias are sums over the batch
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale)
