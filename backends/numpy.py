@@ -39,12 +39,12 @@ def _kernels():
     """The kernel module to use: numba's when NORMCORE_NUMBA=1 and numba imports, else NumPy's."""
     if os.environ.get("NORMCORE_NUMBA", "").strip().lower() in {"1", "true", "yes", "on"}:
         try:
-            from . import _numba_kernels
-        except ImportError as error:
-            if error.name != "numba":
-                raise
-            _warn_numba_missing()
+            import numba  # noqa: F401 (a missing or broken numba is the user's to fix)
+        except Exception as error:
+            _warn_numba_missing(f"{type(error).__name__}: {error}")
         else:
+            from . import _numba_kernels  # an error here is normcore's: it propagates
+
             return _numba_kernels
     from . import _numpy_kernels
 
@@ -52,10 +52,10 @@ def _kernels():
 
 
 @functools.cache
-def _warn_numba_missing() -> None:
+def _warn_numba_missing(reason: str) -> None:
     warnings.warn(
-        "NORMCORE_NUMBA=1 asks for the numba kernels, but numba is not installed "
-        "(pip install numba, or the 'numba' extra); using the NumPy kernels",
+        f"NORMCORE_NUMBA=1 asks for the numba kernels, but numba cannot be imported ({reason}; "
+        "pip install numba, or the 'numba' extra); using the NumPy kernels",
         RuntimeWarning,
         stacklevel=4,
     )

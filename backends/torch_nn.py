@@ -15,6 +15,7 @@ import torch
 
 import normcore
 from normcore._batchnorm import RunningStats, batch_norm_forward
+from normcore._compat import namespace_of
 from normcore._layer_modules import check_normalized_shape
 from normcore._registry import adapter_for
 from normcore._validation import (
@@ -28,10 +29,13 @@ from normcore._validation import (
 
 from .torch_nn_rnn import GRU, LSTM, RNN
 
-# Find torch's adapter now, while Python runs normally: torch.compile cannot
-# trace the first lookup (it reads the entry points), only the cached one.
+# Find torch's adapter and namespace now, while Python runs normally:
+# torch.compile cannot trace the first adapter lookup (it reads the entry
+# points) and warns about array-api-compat's cached type probes; it traces the
+# cached lookups cleanly.
 for _tensor in (torch.empty(0), torch.nn.Parameter(torch.empty(0))):
     adapter_for(_tensor)
+    namespace_of(_tensor)
 del _tensor
 
 __all__ = [

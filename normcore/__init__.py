@@ -81,13 +81,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # ``normcore.torch`` imports torch, so it is loaded on first access only.
+    # ``normcore.torch`` imports torch, so it is loaded on first access only
+    # (``import normcore.torch`` and ``from normcore.torch import ...`` work as usual).
     if name == "torch":
         import importlib
-        import sys
 
-        module = importlib.import_module("normcore.backends.torch_nn")
-        globals()["torch"] = module
-        sys.modules[f"{__name__}.torch"] = module  # later ``import normcore.torch`` works too
-        return module
+        return importlib.import_module("normcore.torch")
     raise AttributeError(f"module 'normcore' has no attribute {name!r}")

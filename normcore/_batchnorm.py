@@ -18,6 +18,7 @@ from ._validation import (
     check_eps,
     check_feature_count,
     check_int,
+    check_keys,
     check_positive_int,
     check_real,
 )
@@ -248,6 +249,8 @@ class BatchNorm(Module):
         Tensors are converted to the module's library, device and dtype;
         validation and atomicity as for :meth:`load_state_dict`.
         """
+        expected = [_TORCH_NAMES.get(k, k) for k in self.state_dict()]
+        check_keys(state, expected, "state_dict", "(torch.nn.BatchNorm*d's names)")
         torch_names = {v: k for k, v in _TORCH_NAMES.items()}
         self.load_state_dict({torch_names.get(k, k): v for k, v in state.items()})
 

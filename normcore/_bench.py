@@ -40,12 +40,14 @@ class Figure:
     def passed(self) -> bool | None:
         return None if self.limit is None else self.value <= self.limit
 
-    def render(self) -> str:
+    def render(self, graded: bool = True) -> str:
         text = self.fmt.format(self.value)
         if self.limit is None:
             return text
-        verdict = "PASS" if self.passed() else "MISS"
-        return f"{text} (<={self.fmt.format(self.limit)}) {verdict}"
+        target = f"{text} (<={self.fmt.format(self.limit)})"
+        if not graded:
+            return target
+        return f"{target} {'PASS' if self.passed() else 'MISS'}"
 
 
 @dataclass
@@ -72,11 +74,15 @@ class Plan:
     spatial: int
     repeats: int
     min_sample_s: float
+    # The targets are set for 2**24 elements; small arrays show the ratios ungraded.
+    graded: bool = True
 
     @classmethod
     def make(cls, quick: bool) -> Plan:
         if quick:
-            return cls(2**16, (256, 1024, 4096), spatial=2, repeats=3, min_sample_s=0.002)
+            return cls(
+                2**16, (256, 1024, 4096), spatial=2, repeats=3, min_sample_s=0.002, graded=False
+            )
         return cls(2**24, (256, 1024, 4096), spatial=8, repeats=5, min_sample_s=0.05)
 
 
@@ -288,12 +294,12 @@ def _batch_norm_rows(plan: Plan, normcore: Any, torch: Any) -> Iterator[Row]:
 # --- the report --------------------------------------------------------------------------
 
 
-def _table(rows: list[Row]) -> list[str]:
+def _table(rows: list[Row], graded: bool = True) -> list[str]:
     header = ["method", "layout", "D", "backend", "dir", "time", *COLUMNS]
     body = []
     for row in rows:
         time_text = "n/a" if row.time_s is None else f"{row.time_s * 1e3:.3f} ms"
-        cells = [row.figures[c].render() if c in row.figures else "" for c in COLUMNS]
+        cells = [row.figures[c].render(graded) if c in row.figures else "" for c in COLUMNS]
         if row.note:
             cells = [row.note, "", ""]
         body.append([row.method, row.layout, str(row.d), row.backend, row.direction, time_text])
@@ -321,7 +327,7 @@ def run(quick: bool = False, out: Any = None, plan: Plan | None = None) -> list[
     print(
         f"normcore {normcore.__version__} bench: float32, {plan.elements} elements "
         f"per array, medians of {plan.repeats} interleaved repeats; "
-        f"numpy {np.__version__}; {threads}",
+        f"numpy {np.__version__}; {threads}; normcore's NumPy path: {_numpy_path(normcore)}",
         file=out,
     )
     print(
@@ -334,7 +340,14 @@ def run(quick: bool = False, out: Any = None, plan: Plan | None = None) -> list[
     rows = []
     for group in (_layer_norm_rows, _small_torch_row, _batch_norm_rows):
         rows.extend(group(plan, normcore, torch))
-    print("\n".join(_table(rows)), file=out)
+    print("\n".join(_table(rows, plan.graded)), file=out)
+    if not plan.graded:
+        print(
+            f"--quick: {plan.elements} elements per array, far below the 2**24 the targets "
+            "are set for, so the figures are not graded (run without --quick to check them)",
+            file=out,
+        )
+        return rows
     verdicts = [f.passed() for row in rows for f in row.figures.values() if f.limit is not None]
     print(
         f"{verdicts.count(True)} PASS, {verdicts.count(False)} MISS "
@@ -342,3 +355,14 @@ def run(quick: bool = False, out: Any = None, plan: Plan | None = None) -> list[
         file=out,
     )
     return rows
+
+
+def _numpy_path(normcore: Any) -> str:
+    """Which code the NumPy rows measure: the forced reference path or a kernel set."""
+    if normcore.using_reference_path():
+        return "the reference path (forced: NORMCORE_REFERENCE_PATH or reference_path())"
+    from normcore.backends.numpy import _kernels
+
+    if _kernels().__name__.endswith("_numba_kernels"):
+        return "numba kernels (NORMCORE_NUMBA=1)"
+    return "NumPy kernels"

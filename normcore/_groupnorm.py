@@ -142,5 +142,5 @@ class GroupNorm(Module):
     def __repr__(self) -> str:
         return (
             f"GroupNorm({self.num_groups}, {self.num_channels}, axis={self.axis}, eps={self.eps}, "
-            f"affine={self.affine}; {self._xp.__name__}, {self.dtype})"
+            f"affine={self.affine}; {self._placement()})"
         )

@@ -117,7 +117,7 @@ class _Normalization(Module):
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}({self.normalized_shape}, axis={self.axis!r}, eps={self.eps}, "
-            f"affine={self.affine}; {self._xp.__name__}, {self.dtype})"
+            f"affine={self.affine}; {self._placement()})"
         )
 
 

@@ -32,7 +32,7 @@ from ._compat import (
     to_numpy,
     without_grad,
 )
-from ._validation import check_arrays
+from ._validation import check_arrays, prefix_hint
 
 __all__ = ["Module"]
 
@@ -156,7 +156,7 @@ class Module:
         if missing or extra:
             raise ValueError(
                 f"state_dict does not match {type(self).__name__}: "
-                f"missing keys {missing}, unexpected keys {extra}"
+                f"missing keys {missing}, unexpected keys {extra}{prefix_hint(missing, extra)}"
             )
         converted = {}
         for name, old in current.items():
@@ -257,9 +257,15 @@ class Module:
             raise RuntimeError(f"{type(self).__name__}.backward needs a forward call first")
         return self._saved
 
+    def _placement(self) -> str:
+        """``"numpy float32 on cpu"``: the library, dtype and device, for reprs."""
+        library = self._xp.__name__.rsplit(".", 1)[-1]
+        dtype = getattr(self._dtype, "__name__", None) or str(self._dtype).rsplit(".", 1)[-1]
+        return f"{library} {dtype} on {self._device}"
+
     def __repr__(self) -> str:
         shapes = ", ".join(f"{k}={tuple(v.shape)}" for k, v in self.state_dict().items())
-        return f"{type(self).__name__}({shapes}; {self._xp.__name__}, {self.dtype})"
+        return f"{type(self).__name__}({shapes}; {self._placement()})"
 
 
 def _is_real_array(value: Any) -> bool:

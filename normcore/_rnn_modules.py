@@ -166,7 +166,7 @@ class _Recurrent(Module):
         return (
             f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
             f"layer_norm={self.layer_norm}, batch_first={self.batch_first}; "
-            f"{self._xp.__name__}, {self.dtype})"
+            f"{self._placement()})"
         )
 
 

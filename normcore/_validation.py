@@ -29,6 +29,7 @@ __all__ = [
     "check_positive_int",
     "normalize_axes",
     "normalize_axis",
+    "prefix_hint",
     "resolve_dtype",
 ]
 
@@ -241,8 +242,29 @@ def check_keys(mapping: Any, expected: Any, name: str, what: str = "") -> None:
     if missing or extra:
         raise ValueError(
             f"{name}{' ' + what if what else ''} must have exactly the keys {sorted(expected)}: "
-            f"missing {missing}, unexpected {extra}"
+            f"missing {missing}, unexpected {extra}{prefix_hint(missing, extra)}"
         )
+
+
+def prefix_hint(missing: list[str], extra: list[str]) -> str:
+    """A hint when the unexpected keys are the missing ones behind a prefix (``"0.weight"``).
+
+    That is what a whole model's state dict looks like next to one layer's.
+    """
+    found: dict[str, int] = {}  # prefix -> how many of the missing keys it holds
+    for key in extra:
+        for want in missing:
+            if key.endswith("." + want):
+                prefix = key[: -len(want)]
+                found[prefix] = found.get(prefix, 0) + 1
+    if not found:
+        return ""
+    example = min(found, key=lambda prefix: (-found[prefix], prefix))
+    return (
+        f"; the unexpected keys look like a whole model's state dict (prefix {example!r}): "
+        f"pass this layer's entries with the prefix removed, e.g. "
+        f"{{k.removeprefix({example!r}): v for k, v in state.items() if k.startswith({example!r})}}"
+    )
 
 
 def check_correction(

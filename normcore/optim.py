@@ -5,7 +5,7 @@ An optimizer updates one of two kinds of *targets*:
 * a mutable mapping of named arrays, such as the dict :func:`normcore.rnn_params`
   returns: ``opt.step(grads)`` with ``grads`` a mapping with the same keys
   (e.g. ``rnn_backward(...).dparams``); entries are replaced by key;
-* a :class:`normcore._module.Module`-style object (``parameters()`` and
+* a :class:`normcore.Module` (or any object with its ``parameters()`` and
   ``grads()``): ``opt.step()`` reads the gradients its last ``backward``
   stored and replaces each parameter with ``setattr``.
 
@@ -78,6 +78,11 @@ class Optimizer:
             if not self._is_module:
                 raise TypeError("step() on a mapping of parameters needs grads, got None")
             grads = self._targets.grads()
+            if not grads and self._parameters():
+                raise ValueError(
+                    f"step() found no gradients in the {type(self._targets).__name__}: call its "
+                    "backward() first (or pass grads)"
+                )
         check_keys(grads, params, "grads", "(the parameters' names)")
         for name, param in params.items():
             grad = grads[name]

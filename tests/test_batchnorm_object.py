@@ -475,3 +475,20 @@ def test_population_stats_errors():
         normcore.population_stats([np.ones((2, 3)), strict.ones((2, 3))])
     with pytest.raises(TypeError, match=r"dtype 'float80' is not a dtype of"):
         normcore.population_stats([np.ones((2, 3))], dtype="float80")
+
+
+def test_a_whole_models_torch_state_dict_gets_a_hint():
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.BatchNorm2d(3))
+    bn = normcore.BatchNorm(3)
+    before = {k: np.array(v) for k, v in bn.state_dict().items()}
+    with pytest.raises(
+        ValueError, match=r"whole model's state dict \(prefix '1\.'\).*removeprefix"
+    ):
+        bn.load_torch_state_dict(model.state_dict())
+    for name, value in bn.state_dict().items():
+        np.testing.assert_array_equal(np.asarray(value), before[name])
+    prefix = "1."
+    bn.load_torch_state_dict(
+        {k.removeprefix(prefix): v for k, v in model.state_dict().items() if k.startswith(prefix)}
+    )

@@ -400,10 +400,14 @@ def test_adam_trains_the_objects(rng):
 
 
 def test_repr():
-    assert repr(normcore.GroupNorm(2, 4)).startswith(
-        "GroupNorm(2, 4, axis=1, eps=1e-05, affine=True"
+    assert repr(normcore.GroupNorm(2, 4)) == (
+        "GroupNorm(2, 4, axis=1, eps=1e-05, affine=True; numpy float32 on cpu)"
     )
-    assert repr(normcore.GRU(3, 4)).startswith("GRU(3, 4, layer_norm=True, batch_first=False")
+    assert repr(normcore.GRU(3, 4, dtype="float64")) == (
+        "GRU(3, 4, layer_norm=True, batch_first=False; numpy float64 on cpu)"
+    )
+    assert repr(normcore.LayerNorm(4)).endswith("; numpy float32 on cpu)")
+    assert repr(normcore.BatchNorm(2)).startswith("BatchNorm(gain=(2,), bias=(2,), running_mean")
 
 
 @pytest.mark.parametrize(

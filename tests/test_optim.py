@@ -204,3 +204,11 @@ def test_momentum_buffer_is_not_the_callers_gradient():
         grad[...] = value
         opt.step({"w": grad})
     np.testing.assert_array_equal(params["w"], [-(1.0) - (0.5 * 1.0 + 3.0)])
+
+
+def test_step_before_any_backward_says_so():
+    layer = normcore.LayerNorm(3)
+    with pytest.raises(
+        ValueError, match=r"^step\(\) found no gradients in the LayerNorm: call its"
+    ):
+        Adam(layer).step()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pathlib
+import subprocess
+import sys
 
+import pytest
 import tomllib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -31,3 +34,19 @@ def test_every_builtin_adapter_is_an_entry_point():
     adapters = {m for m in modules if "adapter = " in (ROOT / "backends" / f"{m}.py").read_text()}
     assert set(points) == adapters
     assert all(value == f"normcore.backends.{name}:adapter" for name, value in points.items())
+
+
+def test_normcore_torch_imports_every_usual_way():
+    """``from normcore.torch import X``, ``import normcore.torch`` and attribute access."""
+    pytest.importorskip("torch")
+    code = (
+        "from normcore.torch import LSTM\n"
+        "import normcore.torch as nt\n"
+        "import normcore\n"
+        "assert normcore.torch is nt and nt.LSTM is LSTM\n"
+        "assert sorted(nt.__all__) == sorted(__import__('normcore.backends.torch_nn',"
+        " fromlist=['x']).__all__)\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

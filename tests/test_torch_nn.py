@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import importlib
 import subprocess
 import sys
 
@@ -120,8 +121,12 @@ def test_repr_names_the_arguments():
     )
 
 
-def test_docstring_examples():
-    result = doctest.testmod(normcore.torch, optionflags=doctest.NORMALIZE_WHITESPACE)
+@pytest.mark.parametrize("module", ["normcore.backends.torch_nn", "normcore.backends.torch_nn_rnn"])
+def test_docstring_examples(module):
+    """backends/ is outside pytest's doctest paths: its examples run here."""
+    result = doctest.testmod(
+        importlib.import_module(module), optionflags=doctest.NORMALIZE_WHITESPACE
+    )
     assert result.attempted > 0 and result.failed == 0
 
 

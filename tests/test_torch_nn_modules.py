@@ -455,7 +455,7 @@ _FULLGRAPH_SCRIPT = textwrap.dedent(
     import torch
     import normcore
 
-    warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`")
+    warnings.filterwarnings("error", message="Dynamo detected a call to a `functools.lru_cache`")
     torch.manual_seed(0)
     nc = normcore.torch
     cases = [  # (reference, normcore module to compile, input shape)

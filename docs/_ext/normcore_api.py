@@ -75,10 +75,7 @@ def _entry(module, name: str) -> list[str]:
 
 def api_lines(module_name: str) -> list[str]:
     """Return the reStructuredText documenting every public name of ``module_name``."""
-    root, *rest = module_name.split(".")
-    module = importlib.import_module(root)
-    for part in rest:  # attribute access: normcore.torch is loaded by normcore.__getattr__
-        module = getattr(module, part)
+    module = importlib.import_module(module_name)
     groups: dict[str, list[str]] = {}
     for name in module.__all__:
         if name.startswith("__"):
