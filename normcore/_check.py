@@ -1,8 +1,9 @@
 """``normcore check``: a quick conformance self-test of every installed adapter and device.
 
 For each adapter whose library is installed and each device it reports, layer
-and RMS normalization and their backward run on a few shapes through the
-adapter's fast path and through the reference path; both are compared with
+norm, RMS norm and batch norm (batch statistics, and given ones) and their
+backward run on a few shapes and layouts through the adapter's fast path and
+through the reference path; both are compared with
 each other and with a float64 NumPy computation written here, independently of
 normcore's core (an oracle that shares the core's code would share its bugs).
 """
@@ -15,17 +16,21 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ._batch import batch_norm, batch_norm_backward
 from ._compat import resolve_creation, to_numpy
 from ._layer import layer_norm, layer_norm_backward, rms_norm, rms_norm_backward
 from ._registry import adapters, reference_path
 
 __all__ = ["CheckError", "Row", "check_rows", "format_table", "select_adapters"]
 
-# (shape, normalized axes): N x D, N x C x H x W as in the paper, reversed axes
-CASES = (((4, 7), (-1,)), ((2, 3, 4, 5), (1, 2, 3)), ((3, 4, 5), (2, 1)))
+# Layer/RMS norm: (shape, normalized axes): N x D, N x C x H x W as in the paper, reversed axes.
+ROW_CASES = (((4, 7), (-1,)), ((2, 3, 4, 5), (1, 2, 3)), ((3, 4, 5), (2, 1)))
+# Batch norm: (shape, channel axis): NCHW, channels-last N x C, C in the middle of 3-D.
+CHANNEL_CASES = (((4, 3, 2, 5), 1), ((6, 3), -1), ((5, 4, 3), 1))
 DTYPES = ("float32", "float64")
 TOLERANCE = {"float32": 1e-4, "float64": 1e-9}
-FUNCTIONS = ("layer_norm", "layer_norm_backward", "rms_norm", "rms_norm_backward")
+METHODS = ("layer_norm", "rms_norm", "batch_norm", "batch_norm_given_stats")
+FUNCTIONS = tuple(f"{m}{suffix}" for m in METHODS for suffix in ("", "_backward"))
 
 
 class CheckError(Exception):
@@ -45,64 +50,109 @@ class Row(NamedTuple):
     note: str = ""
 
 
-def _oracle(x, dy, gain, bias, axes, eps, center):
-    """Float64 ``(y, dx, dgain, dbias)`` of layer/RMS norm, normalized axes moved last."""
-    k = len(axes)
-    last = tuple(range(x.ndim - k, x.ndim))
-    t, d = np.moveaxis(x, axes, last), np.moveaxis(dy, axes, last)
-    mean = t.mean(axis=last, keepdims=True) if center else 0.0
-    rstd = 1.0 / np.sqrt(((t - mean) ** 2).mean(axis=last, keepdims=True) + eps)
-    xhat = (t - mean) * rstd
+def _oracle(x, dy, gain, bias, axes, eps, center, stats=None):
+    """Float64 ``(y, dx, dgain, dbias)`` over the normalized ``axes``, written here.
+
+    ``gain``/``bias`` span the axes of ``x`` that are not normalized and not
+    leading (layer norm: the normalized ones; batch norm: the channel axis),
+    already shaped to broadcast. ``stats`` (mean, var) fixes the statistics,
+    which the gradient then does not flow through.
+    """
+    if stats is None:
+        mean = x.mean(axis=axes, keepdims=True) if center else 0.0
+        var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
+    else:
+        mean, var = stats
+    rstd = 1.0 / np.sqrt(var + eps)
+    xhat = (x - mean) * rstd
     y = xhat * gain + (bias if center else 0.0)
-    dxhat = d * gain
-    inner = dxhat - xhat * (dxhat * xhat).mean(axis=last, keepdims=True)
-    if center:
-        inner = inner - dxhat.mean(axis=last, keepdims=True)
-    others = tuple(range(x.ndim - k))
-    back = [np.moveaxis(y, last, axes), np.moveaxis(rstd * inner, last, axes)]
-    return [*back, (d * xhat).sum(axis=others), d.sum(axis=others)]
+    dxhat = dy * gain
+    if stats is None:
+        inner = dxhat - xhat * (dxhat * xhat).mean(axis=axes, keepdims=True)
+        if center:
+            inner = inner - dxhat.mean(axis=axes, keepdims=True)
+    else:
+        inner = dxhat
+    summed = tuple(a for a in range(x.ndim) if gain.shape[a] == 1)
+    return [y, rstd * inner, (dy * xhat).sum(axis=summed), dy.sum(axis=summed)]
 
 
-def _run(center, x, dy, gain, bias, axes):
+def _run(method, arrays, where):
     """Normcore's ``(y, dx, dgain, dbias)`` for arrays of any library (dbias None for RMS)."""
-    if center:
-        y = layer_norm(x, gain, bias, axis=axes)
-        return [y, *layer_norm_backward(dy, x, gain, bias, axis=axes)]
-    y = rms_norm(x, gain, axis=axes)
-    return [y, *rms_norm_backward(dy, x, gain, axis=axes)]
+    x, dy, gain, bias, mean, var = arrays
+    if method == "layer_norm":
+        return [
+            layer_norm(x, gain, bias, axis=where),
+            *layer_norm_backward(dy, x, gain, bias, axis=where),
+        ]
+    if method == "rms_norm":
+        return [rms_norm(x, gain, axis=where), *rms_norm_backward(dy, x, gain, axis=where)]
+    given = {"mean": mean, "var": var} if method == "batch_norm_given_stats" else {}
+    y = batch_norm(x, gain, bias, axis=where, **given)
+    return [y, *batch_norm_backward(dy, x, gain, bias, axis=where, **given)]
 
 
 def _max_diff(a: list, b: list) -> float:
     return max(float(np.max(np.abs(p - q), initial=0.0)) for p, q in zip(a, b, strict=True))
 
 
+def _cases(method: str) -> Iterator[tuple[tuple[int, ...], Any, tuple[int, ...], list[int]]]:
+    """``(shape, normcore's axis argument, normalized axes, parameter axes in gain's order)``."""
+    if method in ("layer_norm", "rms_norm"):
+        for shape, axes in ROW_CASES:
+            order = [a % len(shape) for a in axes]
+            yield shape, axes, tuple(sorted(order)), order
+    else:
+        for shape, axis in CHANNEL_CASES:
+            channel = axis % len(shape)
+            yield shape, axis, tuple(a for a in range(len(shape)) if a != channel), [channel]
+
+
+def _broadcast(param: np.ndarray, order: list[int], ndim: int) -> np.ndarray:
+    """``param`` (dims in ``order``) laid out to broadcast against x."""
+    in_x_order = np.transpose(param, np.argsort(order))
+    shape = [1] * ndim
+    for a in sorted(order):
+        shape[a] = in_x_order.shape[sorted(order).index(a)]
+    return in_x_order.reshape(shape)
+
+
 def _check_device(adapter: Any, xp: Any, device: Any, dtype: str) -> Iterator[Row]:
     rng = np.random.default_rng(1607)
     label = str(device)
     worst = {name: [0.0, 0.0, ""] for name in FUNCTIONS}
-    for shape, axes in CASES:
-        pshape = tuple(shape[a] for a in axes)
-        host = [
-            rng.normal(0.5, 2.0, size=shape).astype(dtype),
-            rng.normal(size=shape).astype(dtype),
-            rng.normal(1.0, 0.3, size=pshape).astype(dtype),
-            rng.normal(0.0, 0.3, size=pshape).astype(dtype),
-        ]
-        arrays = [xp.asarray(a, device=device) for a in host]
-        for center, name in ((True, "layer_norm"), (False, "rms_norm")):
-            eps = 1e-5 if center else 1e-6
-            expected = _oracle(*(a.astype(np.float64) for a in host), axes, eps, center)
+    for method in METHODS:
+        center = method != "rms_norm"
+        eps = 1e-5 if center else 1e-6
+        for shape, where, axes, order in _cases(method):
+            pshape = tuple(shape[a] for a in order)
+            host = [
+                rng.normal(0.5, 2.0, size=shape).astype(dtype),
+                rng.normal(size=shape).astype(dtype),
+                rng.normal(1.0, 0.3, size=pshape).astype(dtype),
+                rng.normal(0.0, 0.3, size=pshape).astype(dtype),
+                rng.normal(0.5, 1.0, size=pshape).astype(dtype),
+                rng.uniform(0.5, 2.0, size=pshape).astype(dtype),
+            ]
+            wide = [a.astype(np.float64) for a in host]
+            params = [_broadcast(a, order, len(shape)) for a in wide[2:]]
+            stats = params[2:] if method == "batch_norm_given_stats" else None
+            expected = _oracle(wide[0], wide[1], *params[:2], axes, eps, center, stats)
+            # dgain/dbias come out in x's axis order; normcore's follow the parameters'
+            back = [sorted(order).index(a) for a in order]
+            expected[2:] = [np.transpose(g, back) for g in expected[2:]]
+            arrays = [xp.asarray(a, device=device) for a in host]
             try:
-                fast = _run(center, *arrays, axes)
+                fast = _run(method, arrays, where)
                 with reference_path():
-                    reference = _run(center, *arrays, axes)
+                    reference = _run(method, arrays, where)
             except Exception as error:  # report it as a failure and go on with the rest
-                for key in (name, f"{name}_backward"):
+                for key in (method, f"{method}_backward"):
                     worst[key][2] = f"{type(error).__name__}: {error}"
                 continue
             for key, part in (
-                (name, slice(0, 1)),
-                (f"{name}_backward", slice(1, 4 if center else 3)),
+                (method, slice(0, 1)),
+                (f"{method}_backward", slice(1, 4 if center else 3)),
             ):
                 got_fast = [to_numpy(a).astype(np.float64) for a in fast[part]]
                 got_ref = [to_numpy(a).astype(np.float64) for a in reference[part]]

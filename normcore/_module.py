@@ -151,8 +151,8 @@ class Module:
             or an invalid value for its entry (see the subclass).
         """
         current = self.state_dict()
-        missing = sorted(set(current) - set(state))
-        extra = sorted(set(state) - set(current))
+        missing = sorted(set(current) - set(state), key=str)
+        extra = sorted(set(state) - set(current), key=str)
         if missing or extra:
             raise ValueError(
                 f"state_dict does not match {type(self).__name__}: "

@@ -237,8 +237,8 @@ def check_keys(mapping: Any, expected: Any, name: str, what: str = "") -> None:
         raise TypeError(
             f"{name} must be a mapping of names to arrays, got {library_label(mapping)}"
         )
-    missing = sorted(set(expected) - set(mapping))
-    extra = sorted(set(mapping) - set(expected))
+    missing = sorted(set(expected) - set(mapping), key=str)
+    extra = sorted(set(mapping) - set(expected), key=str)
     if missing or extra:
         raise ValueError(
             f"{name}{' ' + what if what else ''} must have exactly the keys {sorted(expected)}: "
@@ -254,7 +254,7 @@ def prefix_hint(missing: list[str], extra: list[str]) -> str:
     found: dict[str, int] = {}  # prefix -> how many of the missing keys it holds
     for key in extra:
         for want in missing:
-            if key.endswith("." + want):
+            if isinstance(key, str) and isinstance(want, str) and key.endswith("." + want):
                 prefix = key[: -len(want)]
                 found[prefix] = found.get(prefix, 0) + 1
     if not found:

@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
         "check",
         help="self-test every installed adapter on each of its devices",
         description="Compare each adapter's fast path and the reference path with a float64 "
-        "NumPy computation of layer_norm and rms_norm (forward and backward) on a few shapes, "
+        "NumPy computation of layer_norm, rms_norm and batch_norm (batch and given statistics; "
+        "forward and backward) on a few shapes and layouts, "
         "on every device the adapter sees. Exit status: 0 all passed, 1 some failed, "
         "2 the backend is unknown or not installed.",
     )
@@ -112,11 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="measure normcore against a copy and torch's native kernels (ratio table)",
         description="Time normcore's NumPy and torch paths side by side with an allocating "
-        "copy and torch.nn.functional, and print the ratios with a PASS/MISS column per "
-        "performance target (about a minute; medians of interleaved repeats).",
+        "copy and torch.nn.functional, and print the ratios with a PASS/MISS verdict per "
+        "performance target (about a minute; medians of interleaved repeats). The header "
+        "names the NumPy path measured (NumPy kernels, numba kernels or the reference path).",
     )
     bench.add_argument(
-        "--quick", action="store_true", help="small sizes and few repeats (seconds; for CI)"
+        "--quick",
+        action="store_true",
+        help="small sizes and few repeats, ratios shown but not graded (seconds; for CI)",
     )
     bench.set_defaults(run=_bench)
     _add_experiments(commands)

@@ -20,13 +20,15 @@ def test_numpy_passes_every_function_and_dtype(capsys):
         "backend", "device", "dtype", "function", "fast", "vs", "ref", "vs", "float64", "result"
     ]  # fmt: skip
     rows = [line.split() for line in out[1:-1]]
+    methods = ("layer_norm", "rms_norm", "batch_norm", "batch_norm_given_stats")
     assert {(r[2], r[3]) for r in rows} == {
-        (dtype, function)
+        (dtype, function + suffix)
         for dtype in ("float32", "float64")
-        for function in ("layer_norm", "layer_norm_backward", "rms_norm", "rms_norm_backward")
+        for function in methods
+        for suffix in ("", "_backward")
     }
     assert all(r[0] == "numpy" and r[1] == "cpu" and r[-1] == "PASS" for r in rows)
-    assert out[-1] == "8 passed, 0 failed, 0 skipped"
+    assert out[-1] == "16 passed, 0 failed, 0 skipped"
 
 
 def test_every_installed_adapter_is_checked(capsys):
@@ -49,8 +51,27 @@ def test_a_wrong_fast_path_fails_the_check(capsys, monkeypatch):
     assert main(["check", "--backend", "numpy"]) == 1
     out = capsys.readouterr().out
     failing = {line.split()[3] for line in out.splitlines() if line.endswith("FAIL")}
-    assert failing == {"layer_norm", "rms_norm"}  # the backward has no fast path to break
-    assert "4 failed" in out
+    # the backward has no fast path to break
+    assert failing == {"layer_norm", "rms_norm", "batch_norm", "batch_norm_given_stats"}
+    assert "8 failed" in out
+
+
+def test_a_fast_path_wrong_only_for_batch_norm_layouts_fails_the_check(capsys, monkeypatch):
+    """Statistics over the axes the parameters do not span: the batch-norm layout is checked."""
+
+    def wrong_for_channels(xp, adapter, x, gain, bias, **layout):
+        from normcore._primitive import normalize
+
+        result = normalize(xp, adapter, x, gain, bias, **layout)
+        if set(layout["reduce_axes"]) & set(layout["param_axes"]):
+            return result
+        return Normalized(result.y * 1.01, result.mean, result.var)
+
+    monkeypatch.setitem(_registry._FAST_PATHS, "numpy", {"normalize": wrong_for_channels})
+    assert main(["check", "--backend", "numpy"]) == 1
+    out = capsys.readouterr().out
+    failing = {line.split()[3] for line in out.splitlines() if line.endswith("FAIL")}
+    assert failing == {"batch_norm", "batch_norm_given_stats"}
 
 
 def test_an_exception_is_reported_as_a_failure(capsys, monkeypatch):

@@ -174,3 +174,14 @@ def test_moments_bad_arguments(backend, kwargs, error, message):
     x = backend.asarray(np.ones((2, 3)))
     with pytest.raises(error, match=message):
         normcore.moments(x, **{"axis": -1, **kwargs})
+
+
+def test_keys_that_are_not_strings_get_the_usual_key_error():
+    """A state or grads mapping keyed by ints (or mixed): the ValueError, not a crash."""
+    layer = normcore.LayerNorm(4)
+    state = {0: np.ones(4, np.float32), "bias": np.zeros(4, np.float32)}
+    with pytest.raises(ValueError, match=r"missing keys \['gain'\], unexpected keys \[0\]$"):
+        layer.load_state_dict(state)
+    opt = normcore.optim.SGD({"w": np.zeros(3)}, lr=0.1)
+    with pytest.raises(ValueError, match=r"missing \['w'\], unexpected \[0, 'v'\]$"):
+        opt.step({0: np.zeros(3), "v": np.zeros(3)})
