@@ -160,8 +160,7 @@ class BatchNorm(Module):
         self.track_running_stats = track_running_stats
         self.convention = convention
         shape = (self.num_features,)
-        self.gain = self._new(1.0, shape) if affine else None
-        self.bias = self._new(0.0, shape) if affine else None
+        self._init_affine(shape, affine)
         tracked = track_running_stats
         self.running_mean = self._new(0.0, shape) if tracked else None
         self.running_var = self._new(1.0, shape) if tracked else None

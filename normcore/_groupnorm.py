@@ -106,8 +106,7 @@ class GroupNorm(Module):
         self.axis = axis
         self.affine = affine
         shape = (num_channels,)
-        self.gain = self._new(1.0, shape) if affine else None
-        self.bias = self._new(0.0, shape) if affine else None
+        self._init_affine(shape, affine)
 
     def __call__(self, x: Any) -> Any:
         """Normalize ``x`` and remember it for :meth:`backward`.

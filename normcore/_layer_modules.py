@@ -73,8 +73,7 @@ class _Normalization(Module):
         self.axis = axis
         self.eps = eps
         self.affine = affine
-        self.gain = self._new(1.0, shape) if affine else None
-        self.bias = self._new(0.0, shape) if affine and "bias" in self._parameter_names else None
+        self._init_affine(shape, affine, with_bias="bias" in self._parameter_names)
 
     def __call__(self, x: Any) -> Any:
         """Normalize ``x`` and remember it (and the parameters used) for :meth:`backward`.

@@ -32,7 +32,7 @@ from ._compat import (
     to_numpy,
     without_grad,
 )
-from ._validation import check_arrays, prefix_hint
+from ._validation import check_arrays, mismatched_keys, prefix_hint
 
 __all__ = ["Module"]
 
@@ -99,6 +99,11 @@ class Module:
     def _new(self, fill: float, shape: tuple[int, ...], dtype: Any = None) -> Any:
         return self._xp.full(shape, fill, dtype=dtype or self._dtype, device=self._device)
 
+    def _init_affine(self, shape: tuple[int, ...], affine: bool, with_bias: bool = True) -> None:
+        """Set ``gain`` (ones) and ``bias`` (zeros) of ``shape``, or None where absent."""
+        self.gain = self._new(1.0, shape) if affine else None
+        self.bias = self._new(0.0, shape) if affine and with_bias else None
+
     # -- introspection ---------------------------------------------------------
     @property
     def xp(self) -> Any:
@@ -151,8 +156,7 @@ class Module:
             or an invalid value for its entry (see the subclass).
         """
         current = self.state_dict()
-        missing = sorted(set(current) - set(state), key=str)
-        extra = sorted(set(state) - set(current), key=str)
+        missing, extra = mismatched_keys(state, current)
         if missing or extra:
             raise ValueError(
                 f"state_dict does not match {type(self).__name__}: "

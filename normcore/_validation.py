@@ -27,6 +27,7 @@ __all__ = [
     "check_num_groups",
     "check_param_shape",
     "check_positive_int",
+    "mismatched_keys",
     "normalize_axes",
     "normalize_axis",
     "prefix_hint",
@@ -237,13 +238,17 @@ def check_keys(mapping: Any, expected: Any, name: str, what: str = "") -> None:
         raise TypeError(
             f"{name} must be a mapping of names to arrays, got {library_label(mapping)}"
         )
-    missing = sorted(set(expected) - set(mapping), key=str)
-    extra = sorted(set(mapping) - set(expected), key=str)
+    missing, extra = mismatched_keys(mapping, expected)
     if missing or extra:
         raise ValueError(
             f"{name}{' ' + what if what else ''} must have exactly the keys {sorted(expected)}: "
             f"missing {missing}, unexpected {extra}{prefix_hint(missing, extra)}"
         )
+
+
+def mismatched_keys(have: Any, want: Any) -> tuple[list, list]:
+    """``(missing, unexpected)`` keys of ``have`` against ``want``, sorted (any key type)."""
+    return sorted(set(want) - set(have), key=str), sorted(set(have) - set(want), key=str)
 
 
 def prefix_hint(missing: list[str], extra: list[str]) -> str:

@@ -267,6 +267,19 @@ def test_device_side_running_update_equals_the_synchronous_one(backend, rng, mom
     for have, want in zip(got, expected, strict=True):
         backend.assert_like(have, want)
         np.testing.assert_allclose(backend.to_numpy(have), backend.to_numpy(want), rtol=1e-14)
+    # and both equal the conventions' formulas, written here
+    weight = 1 / (4 + 1) if momentum is None else momentum
+    weight, var = (
+        (weight, backend.to_numpy(batch_var) * 10 / 9)
+        if convention == "torch"
+        else (1 - weight if momentum is not None else weight, backend.to_numpy(batch_var))
+    )
+    for have, old_value, batch_value in zip(
+        got[:2], old[:2], (backend.to_numpy(batch_mean), var), strict=True
+    ):
+        want = (1 - weight) * backend.to_numpy(old_value) + weight * batch_value
+        np.testing.assert_allclose(backend.to_numpy(have), want, rtol=1e-12)
+    assert int(backend.to_numpy(got[2])) == 5
     bad_mean = backend.asarray(np.array([0.0, np.nan, 1.0]), "float64")
     kept = running_update(old, 10, bad_mean, batch_var, momentum, convention, synchronous=False)
     for have, want in zip(kept, old, strict=True):
