@@ -35,11 +35,12 @@ Importing this module imports numba and raises ImportError without it.
 from __future__ import annotations
 
 import math
-import os
 
 import numba
 import numpy as np
 from numba import njit, prange
+
+from normcore._plumbing.config import settings
 
 from . import _numpy_kernels
 
@@ -63,13 +64,9 @@ def _delegate(x):
 
 
 def _set_threads():
-    """Honour NORMCORE_NUM_THREADS like the NumPy kernels do."""
-    env = os.environ.get("NORMCORE_NUM_THREADS")
-    if env:
-        try:
-            n = max(1, int(env))
-        except ValueError:
-            raise ValueError(f"NORMCORE_NUM_THREADS must be an integer, got {env!r}") from None
+    """Honour NORMCORE_NUM_THREADS (``settings.num_threads``) like the NumPy kernels do."""
+    n = settings.num_threads
+    if n is not None:
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
 
 

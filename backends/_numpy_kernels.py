@@ -37,6 +37,8 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
+from normcore._plumbing.config import settings
+
 __all__ = ["channels_backward", "channels_forward", "rows_backward", "rows_forward"]
 
 # Elements per block: with three to five block-sized operands in flight this
@@ -87,13 +89,7 @@ def _num_threads(nelem):
     """Threads to use for an operation touching ``nelem`` elements."""
     if nelem < _PARALLEL_MIN:
         return 1
-    env = os.environ.get("NORMCORE_NUM_THREADS")
-    if env:
-        try:
-            return max(1, int(env))
-        except ValueError:
-            raise ValueError(f"NORMCORE_NUM_THREADS must be an integer, got {env!r}") from None
-    return os.cpu_count() or 1
+    return settings.num_threads or os.cpu_count() or 1
 
 
 def _executor(workers):

@@ -1,8 +1,9 @@
 """Adapter for CuPy arrays (NVIDIA and AMD GPUs).
 
 The reference path runs on CuPy through ``array_api_compat.cupy``, so results
-stay on the array's GPU. Fused CUDA kernels are not registered yet: they will
-only be added together with a run of the test suite on a GPU.
+stay on the array's GPU. This adapter has no fast kernels: they will only be
+added together with a run of the test suite on a GPU (none has run yet, so
+CuPy support is untested on a real device).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from normcore._adapter import Adapter
+from normcore.adapter import Adapter
 
 __all__ = ["CuPyAdapter", "adapter"]
 

@@ -3,41 +3,41 @@
 The kernels in :mod:`normcore.backends._numpy_kernels` cover the layer/RMS
 norm layout (statistics over trailing axes, parameters on the same axes) and
 the batch-norm layout (parameters on one axis, statistics over all the
-others, e.g. NCHW or NHWC). Every other call, and any input that is not
-C-contiguous, runs the reference path. NumPy is imported only when a NumPy
-array reaches normcore.
+others, e.g. NCHW or NHWC). Every other call, any input that is not
+C-contiguous, and batch-norm inputs too small for the channel kernels' fixed
+costs to pay off (:attr:`NumPyAdapter.small_channels`) run the reference path.
+NumPy is imported only when a NumPy array reaches normcore.
 
-Kernel selection (``_kernels``, the one place it happens): setting the
-environment variable ``NORMCORE_NUMBA=1`` (install the ``numba`` extra)
-switches to the compiled kernels of :mod:`normcore.backends._numba_kernels`
-(same interface and numerical contract; float16 is handed to the NumPy
-kernels, numba has no CPU float16). They are opt-in because numba's OpenMP
-worker threads keep spinning for a while after each kernel, which on small
-machines slows torch and other threaded code in the same process. The
-variable is read on every call; numba is imported only when a NumPy array
-first reaches a fast path with it set, and the first call per dtype compiles
-the kernels (or loads them from numba's on-disk cache).
+Kernel selection (``_kernels``, the one place it happens): with
+``NORMCORE_NUMBA=1`` (read at ``import normcore``; install the ``numba``
+extra) the compiled kernels of :mod:`normcore.backends._numba_kernels` run
+instead (same interface and numerical contract; float16 is handed to the
+NumPy kernels, numba has no CPU float16). They are opt-in because numba's
+OpenMP worker threads keep spinning for a while after each kernel, which on
+small machines slows torch and other threaded code in the same process.
+numba is imported when a NumPy array first reaches a kernel with the setting
+on, and the first call per dtype compiles the kernels (or loads them from
+numba's on-disk cache).
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import os
 import sys
 import warnings
-from collections.abc import Callable, Mapping
+from types import ModuleType
 from typing import Any
 
-from normcore._adapter import Adapter
-from normcore._primitive import Gradients, Normalized
+from normcore._plumbing.config import settings
+from normcore.adapter import Adapter, Gradients, Layout, Normalized
 
 __all__ = ["NumPyAdapter", "adapter"]
 
 
-def _kernels():
-    """The kernel module to use: numba's when NORMCORE_NUMBA=1 and numba imports, else NumPy's."""
-    if os.environ.get("NORMCORE_NUMBA", "").strip().lower() in {"1", "true", "yes", "on"}:
+def _kernels() -> ModuleType:
+    """The kernel module to use: numba's when asked for and importable, else NumPy's."""
+    if settings.numba:
         try:
             import numba  # noqa: F401 (a missing or broken numba is the user's to fix)
         except Exception as error:
@@ -57,7 +57,7 @@ def _warn_numba_missing(reason: str) -> None:
         f"NORMCORE_NUMBA=1 asks for the numba kernels, but numba cannot be imported ({reason}; "
         "pip install numba, or the 'numba' extra); using the NumPy kernels",
         RuntimeWarning,
-        stacklevel=4,
+        stacklevel=5,
     )
 
 
@@ -70,20 +70,6 @@ def _supported(*arrays: Any) -> bool:
     )
 
 
-def _rows_layout(x: Any, reduce_axes: tuple[int, ...], param_axes: tuple[int, ...]) -> bool:
-    """Layer/RMS norm: statistics over trailing axes, parameters on the same axes."""
-    return param_axes == reduce_axes and reduce_axes == tuple(
-        range(x.ndim - len(reduce_axes), x.ndim)
-    )
-
-
-def _channel_axis(x: Any, reduce_axes: tuple[int, ...], param_axes: tuple[int, ...]) -> int | None:
-    """Batch norm: the one parameter axis when statistics span every other axis."""
-    if len(param_axes) != 1 or len(reduce_axes) != x.ndim - 1 or param_axes[0] in reduce_axes:
-        return None
-    return param_axes[0]
-
-
 def _as_channels(a: Any, axis: int) -> Any:
     """View a C-contiguous array as (A, C, B) around ``axis``."""
     shape = a.shape
@@ -94,64 +80,16 @@ def _flat(a: Any) -> Any:
     return None if a is None else a.reshape(-1)
 
 
-def _keepdims(v: Any, x: Any, axes_kept: tuple[int, ...]) -> Any:
-    """Reshape per-row or per-channel statistics to broadcast against ``x``."""
+def _keepdims(v: Any, x: Any, axis: int) -> Any:
+    """Reshape per-channel statistics to broadcast against ``x``."""
     if v is None:
         return None
-    return v.reshape(tuple(n if a in axes_kept else 1 for a, n in enumerate(x.shape)))
+    return v.reshape(tuple(n if a == axis else 1 for a, n in enumerate(x.shape)))
 
 
-def _normalize(
-    xp, adapter, x, gain, bias, *, reduce_axes, param_axes, center, eps, stats=None,
-    need_stats=False, correction=0.0,
-):  # fmt: skip
-    if correction or not _supported(x, gain, bias):
-        return NotImplemented  # the kernels compute the biased variance only
-    kernels = _kernels()
-    if stats is None and not need_stats and _rows_layout(x, reduce_axes, param_axes):
-        width = math.prod(x.shape[a] for a in reduce_axes)
-        y, _, _ = kernels.rows_forward(
-            x.reshape(-1, width), _flat(gain), _flat(bias), eps=eps, center=center
-        )
-        return Normalized(y.reshape(x.shape), None, None)
-    axis = _channel_axis(x, reduce_axes, param_axes)
-    if axis is None or not center:
-        return NotImplemented
-    given = {} if stats is None else {"mean": _flat(stats.mean), "var": _flat(stats.var)}
-    y, mean, var = kernels.channels_forward(_as_channels(x, axis), gain, bias, eps=eps, **given)
-    return Normalized(y.reshape(x.shape), _keepdims(mean, x, (axis,)), _keepdims(var, x, (axis,)))
-
-
-def _normalize_backward(
-    xp, adapter, dy, x, gain, *, reduce_axes, param_axes, center, eps, stats=None,
-    correction=0.0, need_dgain, need_dbias, bias_dtype=None,
-):  # fmt: skip
-    if correction or not _supported(dy, x, gain) or dy.dtype != x.dtype:
-        return NotImplemented
-    kernels = _kernels()
-    param_shape = tuple(x.shape[a] for a in param_axes)
-    if stats is None and _rows_layout(x, reduce_axes, param_axes):
-        width = math.prod(param_shape)
-        dx, dgain, dbias = kernels.rows_backward(
-            dy.reshape(-1, width), x.reshape(-1, width), _flat(gain), eps=eps, center=center,
-            need_dgain=need_dgain, need_dbias=need_dbias,
-        )  # fmt: skip
-    else:
-        axis = _channel_axis(x, reduce_axes, param_axes)
-        if axis is None or not center:
-            return NotImplemented
-        given = {} if stats is None else {"mean": _flat(stats.mean), "var": _flat(stats.var)}
-        dx, dgain, dbias = kernels.channels_backward(
-            _as_channels(dy, axis), _as_channels(x, axis), gain, eps=eps,
-            need_dgain=need_dgain, need_dbias=need_dbias, fixed_stats=stats is not None, **given,
-        )  # fmt: skip
-    if dbias is not None and bias_dtype is not None:
-        dbias = dbias.astype(bias_dtype, copy=False)
-    return Gradients(
-        dx.reshape(x.shape),
-        None if dgain is None else dgain.reshape(param_shape),
-        None if dbias is None else dbias.reshape(param_shape),
-    )
+def _given(layout: Layout) -> dict[str, Any]:
+    stats = layout.stats
+    return {} if stats is None else {"mean": _flat(stats.mean), "var": _flat(stats.var)}
 
 
 class NumPyAdapter(Adapter):
@@ -159,6 +97,12 @@ class NumPyAdapter(Adapter):
 
     name = "numpy"
     library = "numpy"
+    #: Batch-norm inputs with fewer elements run the reference path: below about
+    #: this size the channel kernels' fixed costs (tiling, per-task partial
+    #: statistics, their merge) exceed the reference's whole-array ufunc calls.
+    #: Measured side by side (forward and backward, NC and NCHW, float32): the
+    #: kernels win from 2**14 elements on; the row kernels win at every size.
+    small_channels = 1 << 14
 
     def owns(self, x: Any) -> bool:
         numpy = sys.modules["numpy"]
@@ -167,8 +111,50 @@ class NumPyAdapter(Adapter):
     def devices(self) -> list[str]:
         return ["cpu"]
 
-    def fast_paths(self) -> Mapping[str, Callable[..., Any]]:
-        return {"normalize": _normalize, "normalize_backward": _normalize_backward}
+    def normalize(self, xp, x, gain, bias, layout, *, need_stats=False):
+        # The kernels compute the biased variance only.
+        if layout.correction or not _supported(x, gain, bias):
+            return NotImplemented
+        kernels = _kernels()
+        if layout.stats is None and not need_stats and layout.is_trailing(x.ndim):
+            width = layout.count(x.shape)
+            y, _, _ = kernels.rows_forward(
+                x.reshape(-1, width), _flat(gain), _flat(bias), eps=layout.eps, center=layout.center
+            )
+            return Normalized(y.reshape(x.shape), None, None)
+        axis = layout.channel_axis(x.ndim)
+        if axis is None or not layout.center or x.size < self.small_channels:
+            return NotImplemented
+        y, mean, var = kernels.channels_forward(
+            _as_channels(x, axis), gain, bias, eps=layout.eps, **_given(layout)
+        )
+        return Normalized(y.reshape(x.shape), _keepdims(mean, x, axis), _keepdims(var, x, axis))
+
+    def normalize_backward(self, xp, dy, x, gain, bias, layout):
+        if layout.correction or dy.dtype != x.dtype or not _supported(dy, x, gain):
+            return NotImplemented
+        kernels = _kernels()
+        need = {"need_dgain": gain is not None, "need_dbias": bias is not None}
+        if layout.stats is None and layout.is_trailing(x.ndim):
+            width = layout.count(x.shape)
+            dx, dgain, dbias = kernels.rows_backward(
+                dy.reshape(-1, width), x.reshape(-1, width), _flat(gain), eps=layout.eps,
+                center=layout.center, **need,
+            )  # fmt: skip
+        else:
+            axis = layout.channel_axis(x.ndim)
+            if axis is None or not layout.center or x.size < self.small_channels:
+                return NotImplemented
+            dx, dgain, dbias = kernels.channels_backward(
+                _as_channels(dy, axis), _as_channels(x, axis), gain, eps=layout.eps,
+                fixed_stats=layout.stats is not None, **need, **_given(layout),
+            )  # fmt: skip
+        param_shape = tuple(x.shape[a] for a in layout.param_axes)
+        return Gradients(
+            dx.reshape(x.shape),
+            None if dgain is None else dgain.reshape(param_shape),
+            None if dbias is None else dbias.astype(bias.dtype, copy=False).reshape(param_shape),
+        )
 
 
 adapter = NumPyAdapter()

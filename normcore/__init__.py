@@ -15,28 +15,26 @@ See ``python -m normcore info`` for the adapters and devices found and
 
 from typing import Any
 
-from . import optim
-from ._adapter import Adapter
-from ._batch import (
-    batch_norm,
-    batch_norm_backward,
+from . import adapter, optim, typing
+from ._functional.batch_norm import batch_norm, batch_norm_backward
+from ._functional.group_norm import (
     group_norm,
     group_norm_backward,
     instance_norm,
     instance_norm_backward,
 )
-from ._batchnorm import BatchNorm
-from ._groupnorm import GroupNorm
-from ._layer import layer_norm, layer_norm_backward, rms_norm, rms_norm_backward
-from ._layer_modules import LayerNorm, RMSNorm
-from ._module import Module
-from ._moments import Moments, Population, moments, population_stats
-from ._primitive import Gradients
-from ._recurrent import RNNGradients, rnn, rnn_backward
-from ._registry import reference_path, using_reference_path
-from ._rnn_modules import GRU, LSTM, RNN
-from ._rnn_params import rnn_params, rnn_params_from_torch, rnn_params_to_torch
-from ._weight_norm import weight_norm, weight_norm_backward
+from ._functional.layer_norm import layer_norm, layer_norm_backward, rms_norm, rms_norm_backward
+from ._functional.moments import Moments, Population, moments, population_stats
+from ._functional.rnn import RNNGradients, rnn, rnn_backward
+from ._functional.rnn_params import rnn_params, rnn_params_from_torch, rnn_params_to_torch
+from ._functional.weight_norm import weight_norm, weight_norm_backward
+from ._modules.batch_norm import BatchNorm
+from ._modules.group_norm import GroupNorm
+from ._modules.layer_norm import LayerNorm, RMSNorm
+from ._modules.module import Module
+from ._modules.rnn import GRU, LSTM, RNN
+from ._plumbing.config import reference_path, using_reference_path
+from .adapter import Gradients
 
 __version__ = "0.1.0.dev0"
 
@@ -44,7 +42,6 @@ __all__ = [
     "GRU",
     "LSTM",
     "RNN",
-    "Adapter",
     "BatchNorm",
     "Gradients",
     "GroupNorm",
@@ -55,6 +52,7 @@ __all__ = [
     "RMSNorm",
     "RNNGradients",
     "__version__",
+    "adapter",
     "batch_norm",
     "batch_norm_backward",
     "group_norm",
@@ -74,6 +72,7 @@ __all__ = [
     "rnn_params",
     "rnn_params_from_torch",
     "rnn_params_to_torch",
+    "typing",
     "using_reference_path",
     "weight_norm",
     "weight_norm_backward",

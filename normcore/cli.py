@@ -11,14 +11,14 @@ __all__ = ["main"]
 
 
 def _info(args: argparse.Namespace) -> int:
-    from ._info import info_lines
+    from ._tools.info import info_lines
 
     print("\n".join(info_lines()))
     return 0
 
 
 def _check(args: argparse.Namespace) -> int:
-    from ._check import CheckError, check_rows, format_table
+    from ._tools.check import CheckError, check_rows, format_table
 
     try:
         rows = list(check_rows(args.backend))
@@ -33,7 +33,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from ._bench import run
+    from ._tools.bench import run
 
     run(quick=args.quick)
     return 0

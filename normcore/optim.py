@@ -26,8 +26,8 @@ import numbers
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-from ._compat import library_label, namespace_of, requiring_grad_like, without_grad
-from ._validation import check_arrays, check_gradient_given, check_keys
+from ._plumbing.compat import library_label, namespace_of, requiring_grad_like, without_grad
+from ._plumbing.validation import check_arrays, check_gradient_given, check_keys
 
 __all__ = ["SGD", "Adam", "Optimizer"]
 

@@ -8,141 +8,76 @@ formulas below, from PyTorch, from finite differences or from math.
 
 from __future__ import annotations
 
-import importlib.util
-from dataclasses import dataclass, field
 from typing import Any
 
 import array_api_compat
 import numpy as np
 import pytest
 
+from normcore._tools.backends import BACKENDS, Backend
+
+__all__ = [
+    "BACKENDS",
+    "TOLERANCE",
+    "Backend",
+    "assert_close",
+    "assert_grads",
+    "assert_like",
+    "assert_unchanged",
+    "finite_difference",
+    "random_state",
+    "reference_layer_norm",
+    "snapshot",
+    "torch_layer_norm_grads",
+    "torch_values_and_grads",
+]
+
 # Closeness for results of a given dtype against a float64 reference computed
 # from the same (already rounded) inputs: a few ulps of unit-scale outputs.
 TOLERANCE = {"float64": 1e-10, "float32": 1e-5, "float16": 4e-3, "bfloat16": 3e-2}
 
 
-def _has(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
+def dtype_name(a: Any) -> str:
+    """``a``'s dtype as a plain name (``"float32"``), whatever its library."""
+    return str(a.dtype).removeprefix("torch.").removeprefix("array_api_strict.")
 
 
-def _cuda_reason() -> str | None:
-    if not _has("torch"):
-        return "torch is not installed"
-    import torch
+def assert_like(out: Any, like: Any, shape: tuple[int, ...] | None = None) -> None:
+    """Assert ``out`` has ``like``'s namespace, device, dtype and (given) shape."""
+    assert array_api_compat.array_namespace(out) is array_api_compat.array_namespace(like)
+    assert array_api_compat.device(out) == array_api_compat.device(like)
+    assert out.dtype == like.dtype, (out.dtype, like.dtype)
+    expected = tuple(like.shape) if shape is None else shape
+    assert tuple(out.shape) == expected
 
+
+def snapshot(backend: Backend, obj: Any) -> tuple:
+    """What a stateful object holds (arrays by identity and value, saved call, gradients)."""
     return (
-        None if torch.cuda.is_available() else "no CUDA device: torch.cuda.is_available() is False"
+        {k: (v, backend.to_numpy(v)) for k, v in obj.state_dict().items()},
+        obj._saved,
+        obj.grads(),
     )
 
 
-def _cupy_reason() -> str | None:
-    if not _has("cupy"):
-        return "cupy is not installed"
-    try:
-        import cupy
-
-        return None if cupy.cuda.runtime.getDeviceCount() > 0 else "cupy sees no GPU"
-    except Exception as error:  # no driver: cupy imports but cannot see a device
-        return f"cupy cannot reach a GPU ({type(error).__name__})"
+def random_state(rng: np.random.Generator, obj: Any) -> dict[str, np.ndarray]:
+    """Random values for every entry of ``obj.state_dict()`` (gains near 1, the rest near 0)."""
+    return {
+        k: (1.0 if k.startswith("gain") else 0.0) + 0.5 * rng.normal(size=tuple(v.shape))
+        for k, v in obj.state_dict().items()
+    }
 
 
-@dataclass(frozen=True)
-class Backend:
-    """One array library on one device, as the tests see it."""
-
-    name: str
-    library: str
-    dtypes: tuple[str, ...]
-    read_only: bool = False
-    skip_reason: str | None = None
-    has_adapter: bool = True
-    extra: dict = field(default_factory=dict, compare=False, hash=False)
-
-    # -- the library -----------------------------------------------------
-    @property
-    def module(self) -> Any:
-        return importlib.import_module(self.library)
-
-    @property
-    def xp(self) -> Any:
-        return array_api_compat.array_namespace(self.asarray(np.zeros(1), "float32"))
-
-    @property
-    def device(self) -> Any:
-        return array_api_compat.device(self.asarray(np.zeros(1), "float32"))
-
-    def dtype(self, name: str) -> Any:
-        if self.library == "array_api_strict":
-            return getattr(self.module, name)
-        if self.library == "torch":
-            return getattr(self.module, name)
-        return np.dtype(name) if self.library == "numpy" else self.module.dtype(name)
-
-    # -- conversions -----------------------------------------------------
-    def asarray(self, data: Any, dtype: str = "float64") -> Any:
-        """Return ``data`` (anything NumPy accepts) as this backend's array."""
-        data = np.asarray(data, dtype=np.float64)
-        if self.library == "numpy":
-            out = data.astype(dtype)
-            if self.read_only:
-                out.flags.writeable = False
-            return out
-        if self.library == "array_api_strict":
-            strict = self.module
-            return strict.asarray(data.astype(dtype), device=strict.Device("device1"))
-        if self.library == "torch":
-            torch = self.module
-            device = "cuda" if self.name == "torch-cuda" else "cpu"
-            return torch.asarray(data, dtype=torch.float64, device=device).to(self.dtype(dtype))
-        return self.module.asarray(data.astype(dtype))
-
-    def to_numpy(self, a: Any) -> np.ndarray:
-        """Return the backend array ``a`` as a float64 NumPy array (test-side only)."""
-        if self.library == "numpy":
-            return np.asarray(a, dtype=np.float64)
-        if self.library == "array_api_strict":
-            strict = self.module
-            return np.asarray(a.to_device(strict.Device("CPU_DEVICE")), dtype=np.float64)
-        if self.library == "torch":
-            return a.detach().to("cpu", self.module.float64).numpy()
-        return self.module.asnumpy(a).astype(np.float64)
-
-    def dtype_name(self, a: Any) -> str:
-        return str(a.dtype).removeprefix("torch.").removeprefix("array_api_strict.")
-
-    def assert_like(self, out: Any, like: Any, shape: tuple[int, ...] | None = None) -> None:
-        """Assert ``out`` has ``like``'s namespace, device, dtype and (given) shape."""
-        assert array_api_compat.array_namespace(out) is array_api_compat.array_namespace(like)
-        assert array_api_compat.device(out) == array_api_compat.device(like)
-        assert out.dtype == like.dtype, (out.dtype, like.dtype)
-        expected = tuple(like.shape) if shape is None else shape
-        assert tuple(out.shape) == expected
-
-
-BACKENDS = (
-    Backend("numpy", "numpy", ("float32", "float64", "float16")),
-    Backend("numpy-readonly", "numpy", ("float32", "float64", "float16"), read_only=True),
-    Backend(
-        "array_api_strict",
-        "array_api_strict",
-        ("float32", "float64"),
-        skip_reason=None if _has("array_api_strict") else "array_api_strict is not installed",
-        has_adapter=False,
-    ),
-    Backend(
-        "torch-cpu",
-        "torch",
-        ("float32", "float64", "float16", "bfloat16"),
-        skip_reason=None if _has("torch") else "torch is not installed",
-    ),
-    Backend(
-        "torch-cuda",
-        "torch",
-        ("float32", "float64", "float16", "bfloat16"),
-        skip_reason=_cuda_reason(),
-    ),
-    Backend("cupy", "cupy", ("float32", "float64", "float16"), skip_reason=_cupy_reason()),
-)
+def assert_unchanged(backend: Backend, obj: Any, before: tuple) -> None:
+    """Assert ``obj`` still holds exactly what :func:`snapshot` recorded (bit for bit)."""
+    state, saved, grads = before
+    assert list(obj.state_dict()) == list(state)
+    for name, (array, values) in state.items():
+        assert obj.state_dict()[name] is array
+        np.testing.assert_array_equal(backend.to_numpy(obj.state_dict()[name]), values)
+    assert obj._saved is saved
+    assert obj.grads().keys() == grads.keys()
+    assert all(obj.grads()[k] is v for k, v in grads.items())
 
 
 def assert_close(
@@ -164,7 +99,7 @@ def assert_grads(backend, dtype, grads, expected, likes, shape) -> None:
         if like is None:
             assert got is None
             continue
-        backend.assert_like(got, like)
+        assert_like(got, like)
         count = max(1, int(np.prod(shape)) // int(np.prod(like.shape)))
         assert_close(backend, got, want, dtype, scale=4 * np.sqrt(count))
 

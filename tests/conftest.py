@@ -1,16 +1,20 @@
-"""Parametrize every test over backends x code paths x dtypes.
+"""Parametrize every test over backends x code paths x dtypes, from one capability table.
 
-A test that takes ``backend`` runs on every backend in ``_support.BACKENDS``
-(numpy, read-only numpy, array_api_strict on a non-default device, torch on
-CPU, torch on CUDA and CuPy when a GPU is present, skipped otherwise) and, for
-backends with an adapter, through both the adapters' fast paths and the
-reference path. A test that also takes ``dtype`` runs on every dtype the
-backend has.
+A test that takes ``backend`` runs on every row of
+:data:`normcore._tools.backends.BACKENDS` (numpy, read-only numpy,
+array_api_strict on a non-default device, torch on the CPU, torch on CUDA and
+CuPy); a row that cannot run here is skipped with its reason ("torch is not
+installed", "no CUDA device ..."). Backends with an adapter run through both
+the adapters' fast paths and the reference path. A test that also takes
+``dtype`` runs on every dtype of the backend's row.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+import pathlib
+import sys
 
 # Idle OpenMP workers (numba's, torch's) spin for a while by default; on a
 # 2-core machine that slows every later test. Set before any runtime starts.
@@ -18,22 +22,36 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
 from _support import BACKENDS
+from normcore.backends.numpy import adapter as numpy_adapter
 
 import normcore
+from normcore._plumbing import registry
 
 PATHS = ("fast", "reference")
+PLUGINS = pathlib.Path(__file__).resolve().parent.parent / "examples" / "plugin"
+
+
+def _register_plugins() -> None:
+    """Register the example third-party plugin(s) of the table, as if they were installed."""
+    sys.path.insert(0, str(PLUGINS))
+    for backend in BACKENDS:
+        if backend.plugin is not None and backend.skip_reason() is None:
+            registry.register(importlib.import_module(backend.plugin).adapter)
+
+
+_register_plugins()
 
 
 def _backend_cases(with_dtype: bool):
     for backend in BACKENDS:
-        marks = [pytest.mark.skip(reason=backend.skip_reason)] if backend.skip_reason else []
+        reason = backend.skip_reason()
+        marks = [pytest.mark.skip(reason=reason)] if reason else []
         paths = PATHS if backend.has_adapter else ("reference",)
         for path in paths:
-            dtypes = backend.dtypes if with_dtype else (None,)
-            for dtype in dtypes:
+            for dtype in backend.dtypes if with_dtype else (None,):
                 ident = f"{backend.name}-{path}" + (f"-{dtype}" if dtype else "")
-                values = ((backend, path), dtype) if with_dtype else (backend, path)
-                yield pytest.param(*values if with_dtype else (values,), id=ident, marks=marks)
+                values = ((backend, path), dtype) if with_dtype else ((backend, path),)
+                yield pytest.param(*values, id=ident, marks=marks)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -46,11 +64,38 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture
-def backend(request):
-    """The backend under test, with the code path (fast or reference) in force."""
+def backend(request, monkeypatch):
+    """The backend under test, with the code path (fast or reference) in force.
+
+    On the fast path the NumPy adapter's kernels serve every size: in normal
+    use small batch-norm inputs run the reference, which the tests would then
+    check against itself (``test_adapters`` checks that threshold).
+    """
     backend, path = request.param
+    monkeypatch.setattr(numpy_adapter, "small_channels", 0)
     with normcore.reference_path(path == "reference"):
         yield backend
+
+
+@pytest.fixture(params=PATHS)
+def path(request):
+    """The code path (fast or reference), for tests that make their own inputs (normcore.torch)."""
+    with normcore.reference_path(request.param == "reference"):
+        yield request.param
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(b.device_name, id=b.name, marks=[pytest.mark.skip(reason=b.skip_reason())])
+        if b.skip_reason()
+        else pytest.param(b.device_name, id=b.name)
+        for b in BACKENDS
+        if b.library == "torch"
+    ]
+)
+def torch_device(request):
+    """Each torch device of the backend table (``"cpu"``, ``"cuda"``), skipped with its reason."""
+    return request.param
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import normcore
-from normcore import _registry
+from normcore._plumbing import registry as _registry
+from normcore.adapter import Adapter, reference_normalize
 
 
 def _run(code: str, **env: str) -> subprocess.CompletedProcess:
@@ -32,7 +33,6 @@ def fresh_registry(monkeypatch):
     """Let a test change what entry points exist, then restore the real registry."""
     monkeypatch.setattr(_registry, "_ADAPTERS", None)
     monkeypatch.setattr(_registry, "_ADAPTER_BY_TYPE", {})
-    monkeypatch.setattr(_registry, "_FAST_PATHS", {})
     monkeypatch.setattr(_registry, "_LOAD_ERRORS", {})
 
 
@@ -90,7 +90,7 @@ def test_broken_plugin_warns_and_is_skipped(fresh_registry, monkeypatch):
     np.testing.assert_allclose(normcore.layer_norm(np.array([[1.0, 3.0]])), [[-1, 1]], atol=1e-4)
 
 
-class _RecordingAdapter(normcore.Adapter):
+class _RecordingAdapter(Adapter):
     """A third-party adapter for array_api_strict with a fast path that records its calls."""
 
     name = "strict-plugin"
@@ -102,16 +102,11 @@ class _RecordingAdapter(normcore.Adapter):
     def owns(self, x):
         return type(x).__module__.startswith("array_api_strict")
 
-    def fast_paths(self):
-        from normcore._primitive import normalize
-
-        def fast_normalize(xp, adapter, x, *args, **layout):
-            self.calls.append(layout["reduce_axes"])
-            if layout["reduce_axes"] != (x.ndim - 1,):
-                return NotImplemented  # only the last axis; the rest falls back
-            return normalize(xp, adapter, x, *args, **layout)
-
-        return {"normalize": fast_normalize}
+    def normalize(self, xp, x, gain, bias, layout, *, need_stats=False):
+        self.calls.append(layout.reduce_axes)
+        if layout.reduce_axes != (x.ndim - 1,):
+            return NotImplemented  # only the last axis; the rest falls back
+        return reference_normalize(self, xp, x, gain, bias, layout, need_stats=need_stats)
 
 
 def test_third_party_plugin_fast_path_and_reference_switch(fresh_registry, monkeypatch):
@@ -132,29 +127,18 @@ def test_third_party_plugin_fast_path_and_reference_switch(fresh_registry, monke
     assert bool(strict.all(again == expected))
 
 
-class _CarelessAdapter(normcore.Adapter):
+class _CarelessAdapter(Adapter):
     """A plugin listed before the built-ins whose checks assume every array is its own."""
 
     name = "careless"
     library = "numpy"  # loaded whenever NumPy is
 
-    def __init__(self, broken):
-        self.broken = broken
-
     def owns(self, x):
-        if self.broken == "owns":
-            return x.platform == "tpu"  # AttributeError for anything else
-        return isinstance(x, np.ndarray) and x.dtype == np.float32
-
-    def fast_paths(self):
-        raise ImportError("the plugin's kernels need libfoo")
+        return x.platform == "tpu"  # AttributeError for anything else
 
 
-@pytest.mark.parametrize("broken", ["owns", "fast_paths"])
-def test_plugin_that_raises_later_warns_once_and_breaks_nothing(
-    fresh_registry, monkeypatch, broken
-):
-    plugin = _CarelessAdapter(broken)
+def test_plugin_whose_owns_raises_warns_once_and_breaks_nothing(fresh_registry, monkeypatch):
+    plugin = _CarelessAdapter()
     numpy_point = next(
         p for p in metadata.entry_points(group="normcore.backends") if p.name == "numpy"
     )
@@ -165,8 +149,7 @@ def test_plugin_that_raises_later_warns_once_and_breaks_nothing(
     )
     monkeypatch.setattr(metadata, "entry_points", lambda group: [careless_point, numpy_point])
     x = np.array([[1.0, 3.0]], dtype=np.float32)
-    message = r"'careless' raised AttributeError" if broken == "owns" else r"'careless' could not"
-    with pytest.warns(RuntimeWarning, match=message):
+    with pytest.warns(RuntimeWarning, match=r"'careless' raised AttributeError"):
         y = normcore.layer_norm(x)
     np.testing.assert_allclose(y, [[-1, 1]], atol=1e-4)
     with warnings.catch_warnings():
@@ -174,8 +157,29 @@ def test_plugin_that_raises_later_warns_once_and_breaks_nothing(
         np.testing.assert_allclose(normcore.layer_norm(x), [[-1, 1]], atol=1e-4)
         np.testing.assert_allclose(normcore.layer_norm(x.astype(np.float64)), [[-1, 1]], atol=1e-4)
     assert "careless" in _registry.load_errors()
-    owner = _registry.adapter_for(x)
-    assert owner is (plugin if broken == "fast_paths" else _registry.adapter_for(x.astype(float)))
+    assert _registry.adapter_for(x).name == "numpy"
+
+
+class _FailingKernelAdapter(Adapter):
+    """A plugin whose fast path has a bug: the error reaches the caller (no silent fallback)."""
+
+    name = "failing"
+    library = "numpy"
+
+    def owns(self, x):
+        return isinstance(x, np.ndarray)
+
+    def normalize(self, xp, x, gain, bias, layout, *, need_stats=False):
+        raise ZeroDivisionError("the plugin's kernel is broken")
+
+
+def test_an_error_in_a_fast_path_propagates(fresh_registry):
+    _registry.register(_FailingKernelAdapter())
+    x = np.ones((2, 3))
+    with pytest.raises(ZeroDivisionError, match="the plugin's kernel is broken"):
+        normcore.layer_norm(x)
+    with normcore.reference_path():  # the switch rules the plugin out
+        np.testing.assert_array_equal(normcore.layer_norm(x), np.zeros((2, 3)))
 
 
 def test_environment_variable_forces_reference_path():

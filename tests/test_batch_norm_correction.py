@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _support import assert_close, finite_difference, torch_values_and_grads
+from _support import assert_close, assert_like, finite_difference, torch_values_and_grads
 
 import normcore
 
@@ -36,11 +36,11 @@ def test_forward_and_backward_match_torch_autograd(backend, dtype, rng, shape, a
     y = normcore.batch_norm(x, gain, bias, axis=axis, correction=correction)
     grads = normcore.batch_norm_backward(dy, x, gain, bias, axis=axis, correction=correction)
     want_y, want_grads = _expected(x_np, dy_np, g_np, b_np, axis, correction)
-    backend.assert_like(y, x)
+    assert_like(y, x)
     assert_close(backend, y, want_y, dtype)
     count = int(np.prod(shape)) // channels
     for got, want, like in zip(grads, want_grads, (x, gain, bias), strict=True):
-        backend.assert_like(got, like)
+        assert_like(got, like)
         assert_close(backend, got, want, dtype, scale=4 * np.sqrt(count))
 
 

@@ -7,7 +7,8 @@ import io
 import pytest
 
 import normcore
-from normcore import _bench
+from normcore._plumbing import config
+from normcore._tools import bench as _bench
 from normcore.cli import main
 
 TINY = _bench.Plan(elements=2**12, dims=(256,), spatial=2, repeats=1, min_sample_s=0.0)
@@ -67,7 +68,7 @@ def test_figure_verdicts(figure, expected):
 
 
 def test_header_names_the_path_the_numpy_rows_measure(monkeypatch):
-    monkeypatch.setenv("NORMCORE_NUMBA", "0")
+    monkeypatch.setattr(config.settings, "numba", False)
     out = io.StringIO()
     _bench.run(out=out, plan=TINY)
     assert out.getvalue().splitlines()[0].endswith("normcore's NumPy path: NumPy kernels")

@@ -6,22 +6,22 @@ column tiles for channels-last data); the shared suite's small shapes never
 reach those branches. Each case compares against float64 references computed
 by PyTorch's own kernels on the same (rounded) inputs. NumPy arrays run these
 shapes through both kernel sets, the NumPy ones and the numba ones (skipped
-without numba), selected with NORMCORE_NUMBA.
+without numba), selected with the setting NORMCORE_NUMBA sets (``config.settings.numba``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 
 import numpy as np
 import pytest
-from _support import assert_close, torch_layer_norm_grads
+from _support import assert_close, assert_like, torch_layer_norm_grads
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from normcore.backends import numpy as numpy_adapter
 
 import normcore
+from normcore._plumbing import config
 
 torch = pytest.importorskip("torch")
 
@@ -37,7 +37,7 @@ def kernels(request, backend, monkeypatch):
         if backend.library != "numpy":
             pytest.skip("only NumPy arrays reach the numba kernels")
         pytest.importorskip("numba", reason="numba is not installed (extra 'numba')")
-    monkeypatch.setenv("NORMCORE_NUMBA", "1" if use_numba else "0")
+    monkeypatch.setattr(config.settings, "numba", use_numba)
     return request.param
 
 
@@ -55,7 +55,7 @@ def test_layer_norm_kernel_shapes(backend, kernels, dtype, rng, shape):
     y = normcore.layer_norm(x, gain, bias)
     grads = normcore.layer_norm_backward(dy, x, gain, bias)
     values, expected = torch_layer_norm_grads(*(backend.to_numpy(a) for a in (x, dy, gain, bias)))
-    backend.assert_like(y, x)
+    assert_like(y, x)
     assert_close(backend, y, values, dtype, scale=4)
     assert_close(backend, grads.dx, expected[0], dtype, scale=4)
     for got, want in zip(grads[1:], expected[1:], strict=True):
@@ -84,7 +84,7 @@ def test_batch_norm_kernel_shapes(backend, kernels, dtype, rng, shape, axis):
     expected = _torch_batch_norm(
         *(backend.to_numpy(a) for a in (x, dy, gain, bias)), axis % len(shape)
     )
-    backend.assert_like(y, x)
+    assert_like(y, x)
     count = int(np.prod(shape)) // channels
     assert_close(backend, y, expected[0], dtype, scale=4)
     assert_close(backend, grads.dx, expected[1], dtype, scale=4)
@@ -129,12 +129,12 @@ def test_numpy_fast_paths_allocate_no_full_size_temporaries(shape, axis):
 
 
 def test_numba_kernels_are_opt_in(monkeypatch):
-    """The NumPy kernels unless NORMCORE_NUMBA=1; then numba's, or a warning without numba."""
-    monkeypatch.delenv("NORMCORE_NUMBA", raising=False)
+    """The NumPy kernels unless NORMCORE_NUMBA=1 (the setting); then numba's, or a warning."""
+    monkeypatch.setattr(config.settings, "numba", False)
     assert numpy_adapter._kernels().__name__.endswith("._numpy_kernels")
-    monkeypatch.setenv("NORMCORE_NUMBA", "0")
+    monkeypatch.setattr(config.settings, "numba", False)
     assert numpy_adapter._kernels().__name__.endswith("._numpy_kernels")
-    monkeypatch.setenv("NORMCORE_NUMBA", "1")
+    monkeypatch.setattr(config.settings, "numba", True)
     try:
         import numba  # noqa: F401
     except ImportError:
@@ -156,7 +156,7 @@ def test_a_broken_numba_falls_back_with_its_error_in_the_warning(monkeypatch):
             raise AttributeError("module 'numpy' has no attribute 'long'")
         return real_import(name, *args, **kwargs)
 
-    monkeypatch.setenv("NORMCORE_NUMBA", "1")
+    monkeypatch.setattr(config.settings, "numba", True)
     monkeypatch.setattr(builtins, "__import__", broken_numba)
     numpy_adapter._warn_numba_missing.cache_clear()
     with pytest.warns(RuntimeWarning, match=r"cannot be imported \(AttributeError: module 'numpy'"):
@@ -170,7 +170,7 @@ def test_kernels_constant_and_nan_rows(monkeypatch, dtype, kernel_set):
     """A constant row/channel gives exactly the bias; a NaN row stays isolated."""
     if kernel_set == "1":
         pytest.importorskip("numba", reason="numba is not installed (extra 'numba')")
-    monkeypatch.setenv("NORMCORE_NUMBA", kernel_set)
+    monkeypatch.setattr(config.settings, "numba", kernel_set == "1")
     rng = np.random.default_rng(3)
     x = (1e3 + rng.normal(size=(6, 300))).astype(dtype)
     x[1] = 1e3 + 0.1
@@ -242,7 +242,7 @@ def test_kernel_sets_match_the_reference_on_every_branch(monkeypatch, dtype, ker
     """Both NumPy kernel sets against the reference path, output by output (NaN where it is)."""
     if kernel_set == "1":
         pytest.importorskip("numba", reason="numba is not installed (extra 'numba')")
-    monkeypatch.setenv("NORMCORE_NUMBA", kernel_set)
+    monkeypatch.setattr(config.settings, "numba", kernel_set == "1")
     tol = {"float16": 4e-3, "float32": 2e-5, "float64": 1e-11}[dtype]
     for name, call in _kernel_cases(np.random.default_rng(7), dtype).items():
         fast = call()
@@ -268,7 +268,7 @@ def test_numba_channel_statistics_across_sub_blocks(monkeypatch, shape, axis):
     numba_kernels = pytest.importorskip(
         "normcore.backends._numba_kernels", reason="numba is not installed (extra 'numba')"
     )
-    monkeypatch.setenv("NORMCORE_NUMBA", "1")
+    monkeypatch.setattr(config.settings, "numba", True)
     monkeypatch.setattr(numba_kernels, "_SUB_BLOCK", 7)
     rng = np.random.default_rng(11)
     spread_shape = [1] * len(shape)
@@ -292,7 +292,7 @@ def test_numba_channel_statistics_across_sub_blocks(monkeypatch, shape, axis):
 def test_numba_kernels_normalize_float32_beyond_float32_squares(monkeypatch, method):
     """Deviations near 1e20: float32 squares overflow, numba's float64 sums do not."""
     pytest.importorskip("numba", reason="numba is not installed (extra 'numba')")
-    monkeypatch.setenv("NORMCORE_NUMBA", "1")
+    monkeypatch.setattr(config.settings, "numba", True)
     row = np.array([1e20, -1e20, 3e19, 0.0, 2e19, -5e19], np.float32)
     rows = np.stack([row, row[::-1]])  # (2, 6): layer norm over each row
     x, axes = {
@@ -315,16 +315,13 @@ def test_numba_kernels_normalize_float32_beyond_float32_squares(monkeypatch, met
 
 @contextlib.contextmanager
 def _kernel_set(value):
-    """NORMCORE_NUMBA for the block (hypothesis tests cannot take monkeypatch)."""
-    before = os.environ.get("NORMCORE_NUMBA")
-    os.environ["NORMCORE_NUMBA"] = value
+    """The numba setting for the block (hypothesis tests cannot take monkeypatch)."""
+    before = config.settings.numba
+    config.settings.numba = value == "1"
     try:
         yield
     finally:
-        if before is None:
-            del os.environ["NORMCORE_NUMBA"]
-        else:
-            os.environ["NORMCORE_NUMBA"] = before
+        config.settings.numba = before
 
 
 def _fast_and_reference(call):

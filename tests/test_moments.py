@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _support import assert_close, assert_like
 
 import normcore
-from normcore._validation import check_correction, resolve_dtype
+from normcore._plumbing.compat import namespace_of
+from normcore._plumbing.validation import check_correction, resolve_dtype
 
 
 def _paper_algorithm_2(batches, correction=1):
@@ -27,7 +29,7 @@ def test_batch_average_is_the_papers_algorithm_2(backend, rng):
     m = 12
     want_var = m / (m - 1) * np.mean([b.var(axis=(0, 2)) for b in batches], axis=0)
     want_mean = np.mean([b.mean(axis=(0, 2)) for b in batches], axis=0)
-    backend.assert_like(stats.mean, backend.asarray(want_mean))
+    assert_like(stats.mean, backend.asarray(want_mean))
     np.testing.assert_allclose(backend.to_numpy(stats.mean), want_mean, rtol=1e-13)
     np.testing.assert_allclose(backend.to_numpy(stats.var), want_var, rtol=1e-12)
     assert stats.count == 36
@@ -111,7 +113,7 @@ def test_check_correction_and_resolve_dtype():
         check_correction(2, 2, "n")
     with pytest.raises(TypeError, match=r"correction must be a real number, got bool"):
         check_correction(True)
-    xp = normcore._compat.namespace_of(np.ones(1))
+    xp = namespace_of(np.ones(1))
     assert resolve_dtype(xp, "float64") == np.float64
     assert resolve_dtype(xp, None, default=xp.float32) == np.float32
     assert resolve_dtype(xp, None) is None
@@ -163,3 +165,90 @@ def test_population_stats_takes_any_iterable_python_can_iterate():
     data = [np.random.default_rng(i).normal(size=(8, 3)) for i in range(4)]
     stats = normcore.population_stats(Batches(data))
     np.testing.assert_allclose(stats.var, np.concatenate(data).var(axis=0, ddof=1), rtol=1e-12)
+
+
+# -- population statistics (BN paper, Algorithm 2) ------------------------------------------
+def test_population_stats_equal_those_of_the_concatenation(backend, rng):
+    batches = [rng.normal(1e3, 2.0, size=(n, 3, 2)) for n in (1, 7, 0, 2, 30)]
+    stats = normcore.population_stats([backend.asarray(b) for b in batches])
+    everything = np.concatenate(batches)
+    assert stats.count == everything.shape[0] * 2
+    mean, var = everything.mean(axis=(0, 2)), everything.var(axis=(0, 2), ddof=1)
+    np.testing.assert_allclose(backend.to_numpy(stats.mean), mean, rtol=1e-14)
+    np.testing.assert_allclose(backend.to_numpy(stats.var), var, rtol=1e-11)
+    biased = normcore.population_stats([backend.asarray(b) for b in batches], correction=0)
+    np.testing.assert_allclose(
+        backend.to_numpy(biased.var), var * (stats.count - 1) / stats.count, rtol=1e-11
+    )
+
+
+def test_population_stats_channels_last_and_float64_accumulation(backend, dtype, rng):
+    batches = [rng.normal(5.0, 2.0, size=(n, 2, 4)) for n in (3, 9)]
+    stats = normcore.population_stats(
+        [backend.asarray(b, dtype) for b in batches], axis=-1, dtype="float32"
+    )
+    everything = np.concatenate([backend.to_numpy(backend.asarray(b, dtype)) for b in batches])
+    assert stats.mean.dtype == backend.dtype("float32")
+    assert_close(
+        backend, stats.var, everything.reshape(-1, 4).var(axis=0, ddof=1), "float32", scale=10
+    )
+
+
+def test_merging_halves_equals_one_pass(backend, rng):
+    data = rng.normal(-4.0, 3.0, size=(40, 5))
+    one_pass = normcore.Moments()
+    for chunk in np.array_split(data, 5):
+        one_pass.update(backend.asarray(chunk))
+    left, right = normcore.Moments(), normcore.Moments()
+    left.update(backend.asarray(data[:13]))
+    right.update(backend.asarray(data[13:31])).update(backend.asarray(data[31:]))
+    merged = left.merge(right)
+    assert left.count == 13 and merged.count == one_pass.count == 40
+    np.testing.assert_allclose(
+        backend.to_numpy(merged.mean), backend.to_numpy(one_pass.mean), rtol=1e-14
+    )
+    np.testing.assert_allclose(
+        backend.to_numpy(merged.m2), backend.to_numpy(one_pass.m2), rtol=1e-13
+    )
+    np.testing.assert_allclose(
+        backend.to_numpy(merged.variance()), data.var(axis=0, ddof=1), rtol=1e-13
+    )
+    empty = normcore.Moments().merge(merged)
+    np.testing.assert_array_equal(backend.to_numpy(empty.mean), backend.to_numpy(merged.mean))
+
+
+def test_moments_errors_leave_the_accumulator_unchanged(backend, rng):
+    moments = normcore.Moments().update(backend.asarray(rng.normal(size=(4, 3))))
+    mean = backend.to_numpy(moments.mean).copy()
+    with pytest.raises(
+        ValueError, match=r"x has 5 features along axis 1 but the earlier batches had 3"
+    ):
+        moments.update(backend.asarray(np.ones((2, 5))))
+    with pytest.raises(ValueError, match=r"x must have at least 2 dimensions"):
+        moments.update(backend.asarray(np.ones(3)))
+    with pytest.raises(ValueError, match=r"other has 2 features"):
+        moments.merge(normcore.Moments().update(backend.asarray(np.ones((2, 2)))))
+    with pytest.raises(TypeError, match=r"other must be a Moments, got"):
+        moments.merge(backend.asarray(np.ones((2, 3))))
+    with pytest.raises(ValueError, match=r"correction must be >= 0 and less than .* \(4\), got 4"):
+        moments.variance(4)
+    assert moments.count == 4
+    np.testing.assert_array_equal(backend.to_numpy(moments.mean), mean)
+
+
+def test_population_stats_errors():
+    with pytest.raises(
+        ValueError, match=r"batches must hold at least one value per feature, got none"
+    ):
+        normcore.population_stats([np.zeros((0, 3))])
+    with pytest.raises(ValueError, match=r"correction must be >= 0 and less than .* \(1\), got 1"):
+        normcore.population_stats([np.ones((1, 3))])
+    with pytest.raises(TypeError, match=r"axis must be an int, got str"):
+        normcore.Moments(axis="1")
+    with pytest.raises(
+        TypeError, match=r"batches\[1\] must come from the same array library as the earlier"
+    ):
+        strict = pytest.importorskip("array_api_strict")
+        normcore.population_stats([np.ones((2, 3)), strict.ones((2, 3))])
+    with pytest.raises(TypeError, match=r"dtype 'float80' is not a dtype of"):
+        normcore.population_stats([np.ones((2, 3))], dtype="float80")

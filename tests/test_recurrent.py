@@ -7,9 +7,10 @@ import tracemalloc
 import numpy as np
 import pytest
 from _rnn_reference import reference
-from _support import assert_close, finite_difference
+from _support import assert_close, assert_like, finite_difference
 
 import normcore
+from normcore._plumbing import config
 
 CELLS = ("rnn", "lstm", "gru")
 T, B, I, H = 4, 3, 5, 4  # noqa: E741  (time, batch, input, hidden as in the docs)
@@ -79,18 +80,18 @@ def test_forward_and_gradients_equal_torch(backend, dtype, rng, cell, layer_norm
     )
     # errors of low-precision steps compound over time and through the gradients
     scale = 1.0 if dtype == "float64" else 4.0 * T
-    backend.assert_like(hs, a["xs"], (T, B, H))
+    assert_like(hs, a["xs"], (T, B, H))
     assert_close(backend, hs, ref_hs, dtype, scale)
     for got, want in zip(_as_tuple(final), ref_final, strict=True):
-        backend.assert_like(got, a["xs"], (B, H))
+        assert_like(got, a["xs"], (B, H))
         assert_close(backend, got, want, dtype, scale)
-    backend.assert_like(grads.dxs, a["xs"])
+    assert_like(grads.dxs, a["xs"])
     assert_close(backend, grads.dxs, ref_dxs, dtype, 4 * scale)
     for got, want in zip(_as_tuple(grads.dstate0), ref_dstate0, strict=True):
         assert_close(backend, got, want, dtype, 4 * scale)
     assert list(grads.dparams) == list(a["params"])
     for name, want in ref_dparams.items():
-        backend.assert_like(grads.dparams[name], a["params"][name])
+        assert_like(grads.dparams[name], a["params"][name])
         # parameter gradients sum over T * B terms
         assert_close(backend, grads.dparams[name], want, dtype, 4 * scale * T * B)
 
@@ -210,13 +211,13 @@ def test_batch_first_is_the_transposed_layout(backend, rng, cell):
 def test_zero_steps_return_empty_outputs_and_the_initial_state(backend, rng, cell):
     data, a = _case(backend, "float64", rng, cell, True, steps=0)
     hs, final = normcore.rnn(a["xs"], a["state0"], a["params"], cell=cell)
-    backend.assert_like(hs, a["xs"], (0, B, H))
+    assert_like(hs, a["xs"], (0, B, H))
     for got, want in zip(_as_tuple(final), data["state0"], strict=True):
         np.testing.assert_array_equal(backend.to_numpy(got), want)
     grads = normcore.rnn_backward(
         a["dhs"], a["xs"], a["state0"], a["params"], cell=cell, dfinal_state=a["dfinal"]
     )
-    backend.assert_like(grads.dxs, a["xs"], (0, B, I))
+    assert_like(grads.dxs, a["xs"], (0, B, I))
     for got, want in zip(_as_tuple(grads.dstate0), data["dfinal"], strict=True):
         np.testing.assert_array_equal(backend.to_numpy(got), want)
     assert all(not np.any(backend.to_numpy(g)) for g in grads.dparams.values())
@@ -263,7 +264,7 @@ def test_memory_grows_linearly_with_the_sequence(rng, backward, monkeypatch):
     # One thread: a NumPy-kernel worker that takes its first task only in the
     # measured call allocates its scratch blocks there, which on a loaded machine
     # added up to 0.5 of an activation per step to the long run's peak.
-    monkeypatch.setenv("NORMCORE_NUM_THREADS", "1")
+    monkeypatch.setattr(config.settings, "num_threads", 1)
     batch, hidden = 8, 16
     params = _random_params(rng, "lstm", True, I, hidden)
 
@@ -336,7 +337,7 @@ def test_rnn_params_initialization(backend, dtype, cell, layer_norm):
     assert params["W_x"].shape == (I, gates * H) and params["W_h"].shape == (H, gates * H)
     values = {k: backend.to_numpy(v) for k, v in params.items()}
     for name, value in params.items():
-        backend.assert_like(value, backend.asarray(np.zeros(value.shape), dtype))
+        assert_like(value, backend.asarray(np.zeros(value.shape), dtype))
         if name.startswith("gain"):
             assert np.all(values[name] == 1.0), name
         elif name.startswith(("bias", "b")):

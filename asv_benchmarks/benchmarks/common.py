@@ -2,15 +2,17 @@
 
 Every benchmark class is parametrized over ``backend x impl x shape x dtype``:
 
-* ``backend``: the array library and device (``numpy``, ``torch`` on the CPU,
-  ``torch-cuda``, ``cupy``). A library or device that is missing skips.
+* ``backend``: the array library and device, the benchmarked rows of
+  normcore's backend table (``numpy``, ``torch-cpu``, ``torch-cuda``,
+  ``cupy``; :mod:`normcore._tools.backends`). A library or device that is
+  missing skips.
 * ``impl``: what is measured on that backend, so every figure reads as a ratio
   against its neighbours in the same row of parameters:
 
   - ``normcore``: the public function as users call it (adapter fast paths on);
   - ``reference``: the same call inside ``normcore.reference_path()``, the
     backend-neutral Array API code;
-  - ``numba``: as ``normcore``, with ``NORMCORE_NUMBA=1`` (the optional
+  - ``numba``: as ``normcore``, with the setting of ``NORMCORE_NUMBA=1`` (the optional
     compiled kernels of the NumPy adapter); NumPy only, and skips without numba;
   - ``native``: the library's own kernel (``torch.nn.functional``; forward
     and, through autograd, its native backward); NumPy and CuPy have none
@@ -26,10 +28,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import importlib
 import importlib.util
-import os
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -48,25 +47,22 @@ except ImportError:
     torch = None
 
 import normcore
+from normcore._plumbing import config
+from normcore._tools import oracle
+from normcore._tools.backends import BACKENDS as TABLE
+from normcore._tools.backends import Backend, by_name
+from normcore._tools.baselines import native_backward, random
 
 
 def _available_backends() -> list[str]:
-    """The backends this machine can have, decided without touching a GPU.
+    """The benchmarked rows of normcore's backend table that this machine can have.
 
-    asv forks one process per parameter combination, so parameters that can
-    only skip still cost time: leave them out up front. The checks must not
-    initialize CUDA in asv's forkserver (a forked child could not use it then):
-    ``device_count`` asks NVML, and CuPy is only looked up; a CuPy without a
-    usable GPU still skips in ``setup``.
+    Decided without touching a GPU: asv forks one process per parameter
+    combination, so parameters that can only skip still cost time, and
+    initializing CUDA in asv's forkserver would leave the forked children
+    unable to use it (see :meth:`normcore._tools.backends.Backend.visible`).
     """
-    found = ["numpy"]
-    if torch is not None:
-        found.append("torch")
-        if torch.version.cuda is not None and torch.cuda.device_count() > 0:
-            found.append("torch-cuda")
-    if importlib.util.find_spec("cupy") is not None:
-        found.append("cupy")
-    return found
+    return [b.name for b in TABLE if b.benchmark and b.visible()]
 
 
 BACKENDS = _available_backends()
@@ -85,99 +81,32 @@ DATA_MEAN = 100.0
 EPS = 1e-5
 
 
-class Backend:
-    """One array library on one device: conversions, copies and synchronization."""
-
-    def __init__(self, name: str):
-        self.name = name
-        if name == "numpy":
-            self.module = np
-        elif name in ("torch", "torch-cuda"):
-            if torch is None:
-                raise SkipNotImplemented("torch is not installed")
-            if name == "torch-cuda" and not torch.cuda.is_available():
-                raise SkipNotImplemented("no CUDA device")
-            self.module = torch
-        elif name == "cupy":
-            try:
-                self.module = importlib.import_module("cupy")
-                if self.module.cuda.runtime.getDeviceCount() == 0:
-                    raise SkipNotImplemented("cupy sees no GPU")
-            except ImportError as error:
-                raise SkipNotImplemented("cupy is not installed") from error
-            except SkipNotImplemented:
-                raise
-            except Exception as error:  # cupy without a driver raises its own errors
-                raise SkipNotImplemented(f"cupy cannot reach a GPU: {error}") from error
-        else:
-            raise ValueError(f"unknown backend {name!r}")
-        self.on_gpu = name in ("torch-cuda", "cupy")
-
-    def asarray(self, data: np.ndarray) -> Any:
-        data = np.ascontiguousarray(data)
-        if self.name == "numpy":
-            return data.copy()
-        if self.name == "cupy":
-            return self.module.asarray(data)
-        device = "cuda" if self.name == "torch-cuda" else "cpu"
-        return torch.tensor(data, device=device)
-
-    def to_numpy(self, a: Any) -> np.ndarray:
-        if self.name == "numpy":
-            return np.asarray(a)
-        if self.name == "cupy":
-            return self.module.asnumpy(a)
-        return a.detach().cpu().numpy()
-
-    def copy(self, a: Any) -> Any:
-        return a.copy() if self.name in ("numpy", "cupy") else a.clone()
-
-    def sync(self) -> None:
-        """Wait for the device: a GPU call returns before its kernel has finished."""
-        if self.name == "torch-cuda":
-            torch.cuda.synchronize()
-        elif self.name == "cupy":
-            self.module.cuda.Device().synchronize()
-
-    def functional(self) -> Any:
-        """``torch.nn.functional``, or skip: only torch has native normalization kernels."""
-        if self.module is not torch:
-            raise SkipNotImplemented(f"{self.name} has no native normalization kernels")
-        return torch.nn.functional
+def backend(name: str) -> Backend:
+    """The table's row called ``name``, or skip (with the reason) when it cannot run here."""
+    row = by_name(name)
+    reason = row.skip_reason()
+    if reason is not None:
+        raise SkipNotImplemented(reason)
+    return row
 
 
-def random(shape: tuple[int, ...], dtype: str, seed: int, mean: float = 0.0, std: float = 1.0):
-    """Normal random NumPy data, rounded to ``dtype`` (float32 drawn directly: it is faster)."""
-    rng = np.random.default_rng(seed)
-    draw_dtype = np.float64 if dtype == "float64" else np.float32
-    data = rng.standard_normal(shape, dtype=draw_dtype)
-    data *= std
-    data += mean
-    return data.astype(dtype, copy=False)
+def functional(be: Backend) -> Any:
+    """``torch.nn.functional``, or skip: only torch has native normalization kernels."""
+    if be.library != "torch":
+        raise SkipNotImplemented(f"{be.name} has no native normalization kernels")
+    return torch.nn.functional
 
 
-def native_backward(forward: Callable[..., Any], dy: Any, *inputs: Any) -> Callable[[], Any]:
-    """Record ``forward(*inputs)`` with autograd once; return a call of its native backward.
+def use_numba_kernels(be: Backend) -> None:
+    """Switch this (forked, per-benchmark) process to the NumPy adapter's numba kernels, or skip.
 
-    The returned function times only the backward kernels of the recorded graph
-    (``retain_graph`` keeps the graph for the next repetition).
+    The setting ``NORMCORE_NUMBA=1`` gives at import; the process was forked after it.
     """
-    leaves = [None if t is None else t.detach().requires_grad_(True) for t in inputs]
-    y = forward(*leaves)
-
-    def backward() -> Any:
-        return torch.autograd.grad(y, leaves[0], dy, retain_graph=True)[0]
-
-    return backward
-
-
-def use_numba_kernels(backend: Backend) -> None:
-    """Switch this (forked, per-benchmark) process to the NumPy adapter's numba kernels, or skip."""
-    if backend.name != "numpy":
+    if be.name != "numpy":
         raise SkipNotImplemented("the numba kernels serve NumPy arrays only")
     if importlib.util.find_spec("numba") is None:
         raise SkipNotImplemented("numba is not installed")
-    os.environ["NORMCORE_NUMBA"] = "1"
+    config.settings.numba = True
 
 
 def reference_path_if(enabled: bool) -> contextlib.AbstractContextManager:
@@ -189,28 +118,12 @@ def reference_path_if(enabled: bool) -> contextlib.AbstractContextManager:
 
 def reference_forward(x, gain, bias, reduce_axes, center=True, eps=EPS):
     """float64 ``(x - mean) / sqrt(var + eps) * gain + bias`` (``gain``/``bias`` broadcast)."""
-    x = np.asarray(x, dtype=np.float64)
-    mean = x.mean(axis=reduce_axes, keepdims=True) if center else 0.0
-    centered = x - mean
-    rstd = 1.0 / np.sqrt((centered * centered).mean(axis=reduce_axes, keepdims=True) + eps)
-    y = centered * rstd
-    if gain is not None:
-        y = y * gain
-    return y if bias is None else y + bias
+    return oracle.normalization(x, None, gain, bias, reduce_axes, eps, center)[0]
 
 
 def reference_dx(dy, x, gain, reduce_axes, center=True, eps=EPS):
     """float64 gradient of :func:`reference_forward` with respect to ``x``."""
-    x = np.asarray(x, dtype=np.float64)
-    dxhat = np.asarray(dy, dtype=np.float64) * (1.0 if gain is None else gain)
-    mean = x.mean(axis=reduce_axes, keepdims=True) if center else 0.0
-    centered = x - mean
-    rstd = 1.0 / np.sqrt((centered * centered).mean(axis=reduce_axes, keepdims=True) + eps)
-    xhat = centered * rstd
-    projection = xhat * (dxhat * xhat).mean(axis=reduce_axes, keepdims=True)
-    if center:
-        projection = projection + dxhat.mean(axis=reduce_axes, keepdims=True)
-    return rstd * (dxhat - projection)
+    return oracle.normalization(x, dy, gain, None, reduce_axes, eps, center)[1]
 
 
 def scaled_error(got: np.ndarray, expected: np.ndarray) -> float:
@@ -219,7 +132,55 @@ def scaled_error(got: np.ndarray, expected: np.ndarray) -> float:
     return float(np.max(np.abs(got.astype(np.float64) - expected))) / scale
 
 
-class NormBenchmark(abc.ABC):
+class Benchmark(abc.ABC):
+    """time_/peakmem_ benchmarks of a forward and a backward call on one backend.
+
+    Subclasses take ``(backend, impl, ...)`` parameters and build the two calls
+    in :meth:`calls`; the backend row, the numba switch and the warm-up are
+    handled here, once for every benchmark file.
+    """
+
+    timeout = 300
+
+    @abc.abstractmethod
+    def calls(self, be: Backend, impl: str, *params: Any) -> tuple[Any, Any]:
+        """Return ``(forward, backward)``: the two calls that are timed."""
+
+    def setup(self, backend_name, impl, *params):
+        self.backend = be = backend(backend_name)
+        self.impl = impl
+        if impl == "numba":
+            use_numba_kernels(be)
+        self.forward_call, self.backward_call = self.calls(be, impl, *params)
+        if impl == "numba":
+            # numba compiles on the first call (or loads its disk cache): not what is timed.
+            for call in (self.forward_call, self.backward_call):
+                with contextlib.suppress(SkipNotImplemented):
+                    call()
+
+    def _timed(self, call):
+        call()
+        self.backend.sync()
+
+    def time_forward(self, *params):
+        self._timed(self.forward_call)
+
+    def time_backward(self, *params):
+        self._timed(self.backward_call)
+
+    def _host_memory(self, call):
+        if self.backend.gpu:
+            raise SkipNotImplemented("peakmem_ sees host memory only, not the GPU's")
+        call()
+
+    def peakmem_forward(self, *params):
+        self._host_memory(self.forward_call)
+
+    def peakmem_backward(self, *params):
+        self._host_memory(self.backward_call)
+
+
+class NormBenchmark(Benchmark):
     """time_/peakmem_/track_ benchmarks of one normalization, forward and backward.
 
     A subclass names its shapes in ``params`` and says how to call normcore,
@@ -227,7 +188,6 @@ class NormBenchmark(abc.ABC):
     """
 
     param_names = ["backend", "impl", "shape", "dtype"]
-    timeout = 300
     has_bias = True
 
     @abc.abstractmethod
@@ -250,8 +210,7 @@ class NormBenchmark(abc.ABC):
     def expected(self, x, gain, bias, dy):
         """float64 NumPy ``(y, dx)`` from :func:`reference_forward`/:func:`reference_dx`."""
 
-    def setup(self, backend, impl, shape, dtype):
-        self.backend = be = Backend(backend)
+    def calls(self, be, impl, shape, dtype):
         x_shape, param_shape = self.shapes(shape)
         data = {
             "x": random(x_shape, dtype, seed=0, mean=DATA_MEAN),
@@ -260,25 +219,14 @@ class NormBenchmark(abc.ABC):
             "bias": random(param_shape, dtype, seed=3, std=0.1) if self.has_bias else None,
         }
         self.data = data
-        x, dy, gain, bias = (None if a is None else be.asarray(a) for a in data.values())
-        if impl == "numba":
-            use_numba_kernels(be)
-        self.forward_call, self.backward_call = self._calls(be, impl, x, dy, gain, bias)
-        self.impl = impl
-        if impl == "numba":
-            # numba compiles on the first call (or loads its disk cache): not what is timed.
-            for call in (self.forward_call, self.backward_call):
-                with contextlib.suppress(SkipNotImplemented):
-                    call()
-
-    def _calls(self, be, impl, x, dy, gain, bias):
+        x, dy, gain, bias = (None if a is None else be.asarray(a, dtype) for a in data.values())
         if impl == "copy":
             return (lambda: be.copy(x)), (lambda: be.copy(x))
         if impl == "native":
-            functional = be.functional()
+            torch_functional = functional(be)
 
             def native(*args):
-                return self.native(functional, *args)
+                return self.native(torch_functional, *args)
 
             return (lambda: native(x, gain, bias)), native_backward(native, dy, x, gain, bias)
 
@@ -291,27 +239,6 @@ class NormBenchmark(abc.ABC):
                 return self.backward(dy, x, gain, bias)
 
         return forward, backward
-
-    def _timed(self, call):
-        call()
-        self.backend.sync()
-
-    def time_forward(self, *params):
-        self._timed(self.forward_call)
-
-    def time_backward(self, *params):
-        self._timed(self.backward_call)
-
-    def _host_memory(self, call):
-        if self.backend.on_gpu:
-            raise SkipNotImplemented("peakmem_ sees host memory only, not the GPU's")
-        call()
-
-    def peakmem_forward(self, *params):
-        self._host_memory(self.forward_call)
-
-    def peakmem_backward(self, *params):
-        self._host_memory(self.backward_call)
 
     def _error(self, index, call):
         if self.impl == "copy":

@@ -25,21 +25,22 @@ from sphinx.util.nodes import nested_parse_with_titles
 # Reading order of the reference: what users call first, extension points last.
 # A module not listed here (a new one) comes after the listed ones.
 _ORDER = (
-    "normcore._layer",
-    "normcore._batch",
-    "normcore._moments",
-    "normcore._weight_norm",
-    "normcore._recurrent",
-    "normcore._rnn_params",
-    "normcore._layer_modules",
-    "normcore._batchnorm",
-    "normcore._groupnorm",
-    "normcore._rnn_modules",
+    "normcore._functional.layer_norm",
+    "normcore._functional.batch_norm",
+    "normcore._functional.group_norm",
+    "normcore._functional.moments",
+    "normcore._functional.weight_norm",
+    "normcore._functional.rnn",
+    "normcore._functional.rnn_params",
+    "normcore._modules.layer_norm",
+    "normcore._modules.batch_norm",
+    "normcore._modules.group_norm",
+    "normcore._modules.rnn",
     "normcore.optim",
-    "normcore._primitive",
-    "normcore._registry",
-    "normcore._module",
-    "normcore._adapter",
+    "normcore._plumbing.config",
+    "normcore._modules.module",
+    "normcore.adapter",
+    "normcore.typing",
 )
 
 
@@ -56,9 +57,13 @@ def _title(module_name: str) -> str:
 def _entry(module, name: str) -> list[str]:
     obj = getattr(module, name)
     if inspect.ismodule(obj):  # a public submodule such as normcore.optim
+        # Names it shares with the parent (normcore.Gradients) are documented there.
+        shared = sorted(set(getattr(obj, "__all__", ())) & set(module.__all__))
+        exclude = [f"   :exclude-members: {', '.join(shared)}"] if shared else []
         return [
             f".. automodule:: {obj.__name__}",
             "   :members:",
+            *exclude,
             "",
             f".. currentmodule:: {module.__name__}",  # automodule changed it
             "",
@@ -66,7 +71,7 @@ def _entry(module, name: str) -> list[str]:
     if not inspect.isclass(obj):
         return [f".. autofunction:: {name}", ""]
     options = ["   :members:"]
-    from normcore._module import Module
+    from normcore import Module
 
     if issubclass(obj, Module):  # parameters(), state_dict(), ... come from the base class
         options.append("   :inherited-members:")

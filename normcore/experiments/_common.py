@@ -43,7 +43,7 @@ def load_backend(name: str) -> Any:
     Raises :class:`ExperimentError` for an unknown name or a library that is not
     installed (with the adapter's install hint), before anything runs.
     """
-    from normcore._check import CheckError, select_adapters
+    from normcore._tools.check import CheckError, select_adapters
 
     try:
         (adapter,) = select_adapters(name)

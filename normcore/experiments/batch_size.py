@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 
 import normcore
-from normcore._compat import resolve_creation
+from normcore._plumbing.compat import resolve_creation
 from normcore.optim import Adam
 
-from .._compat import to_numpy
+from .._plumbing.compat import to_numpy
 from ._common import Progress, format_table, log_softmax, pyplot, softmax_cross_entropy
 from .rnn_digits import load_digit_sequences
 

@@ -1,0 +1,332 @@
+"""Recurrent networks over whole sequences: :func:`rnn` and :func:`rnn_backward`.
+
+Validation and layout (``batch_first``, masks, initial states) live here; the
+loop and backpropagation through time, written once for every cell, are
+:mod:`normcore._reference.recurrence`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+from .._plumbing.compat import device_of, library_label
+from .._plumbing.registry import adapter_for
+from .._plumbing.validation import (
+    check_arrays,
+    check_bool,
+    check_choice,
+    check_eps,
+    check_named_arrays,
+    check_shapes,
+    matrix_size,
+)
+from .._reference import recurrence
+from .._reference.cells import CELL_IMPLEMENTATIONS, Context
+from ..typing import Array
+from .rnn_params import CELLS, param_names, param_shapes
+
+__all__ = ["RNNGradients", "rnn", "rnn_backward"]
+
+
+class RNNGradients(NamedTuple):
+    """Gradients returned by :func:`rnn_backward`."""
+
+    dxs: Any
+    dstate0: Any  # an array, or (dh0, dc0) for the LSTM
+    dparams: dict
+
+
+class _Call(NamedTuple):
+    """A validated call: the time-major sequence and the caller's layout."""
+
+    seq: recurrence.Sequence
+    batch_first: bool
+
+
+def _time_major(xp: Any, a: Any, batch_first: bool) -> Any:
+    if a is None or not batch_first:
+        return a
+    return xp.permute_dims(a, (1, 0, *range(2, a.ndim)))
+
+
+def _check_params(xs: Any, params: Any, cell: str, layer_norm: bool) -> int:
+    """Check keys, library, device, dtype and shape of every parameter; return H."""
+    names = param_names(cell, layer_norm)
+    what = f"for cell={cell!r}, layer_norm={layer_norm}"
+    check_named_arrays(params, names, "params", what, xs=xs)
+    hidden = matrix_size(params["W_h"], "params['W_h']", 0)
+    check_shapes(
+        params,
+        param_shapes(cell, xs.shape[-1], hidden, layer_norm),
+        "params",
+        f"{what} with input size {xs.shape[-1]} (the last axis of xs) and hidden size "
+        f"{hidden} (the rows of W_h)",
+    )
+    return hidden
+
+
+def _state_tuple(state: Any, cell: str, name: str) -> tuple | None:
+    """Return the state as a tuple of arrays, checking its structure for ``cell``."""
+    if state is None:
+        return None
+    if cell == "lstm":
+        if not (isinstance(state, tuple | list) and len(state) == 2):
+            got = (
+                f"a {type(state).__name__} of length {len(state)}"
+                if isinstance(state, tuple | list)
+                else library_label(state)
+            )
+            raise TypeError(
+                f"{name} for cell='lstm' must be a tuple (h, c) of two arrays, got {got}"
+            )
+        return tuple(state)
+    if isinstance(state, tuple | list):
+        raise TypeError(f"{name} for cell={cell!r} must be one array h, got {library_label(state)}")
+    return (state,)
+
+
+def _check_state(xs, state, cell, hidden, name) -> tuple | None:
+    parts = _state_tuple(state, cell, name)
+    if parts is None:
+        return None
+    labels = ("h", "c") if cell == "lstm" else ("",)
+    named = {
+        f"{name}{'.' + lab if lab else ''}": part for lab, part in zip(labels, parts, strict=False)
+    }
+    check_arrays(xs, x_name="xs", exact_dtype=True, **named)
+    for label, part in named.items():
+        if tuple(part.shape) != (xs.shape[1], hidden):
+            raise ValueError(
+                f"{label} must have shape (batch, hidden) = {(xs.shape[1], hidden)}, "
+                f"got {tuple(part.shape)}"
+            )
+    return parts
+
+
+def _check_mask(xs: Any, mask: Any, batch_first: bool) -> None:
+    if mask is None:
+        return
+    check_arrays(xs, x_name="xs", others_kind="bool", mask=mask)
+    expected = tuple(xs.shape[:2])
+    if tuple(mask.shape) != expected:
+        layout = "(batch, time)" if batch_first else "(time, batch)"
+        raise ValueError(f"mask must have shape {layout} = {expected}, got {tuple(mask.shape)}")
+
+
+def _prepare(xs, state0, params, cell, layer_norm, mask, eps, batch_first) -> tuple:
+    """Validate a call; return ``(_Call, hidden)`` without computing anything."""
+    check_choice(cell, CELLS, "cell")
+    check_bool(layer_norm, "layer_norm")
+    check_bool(batch_first, "batch_first")
+    eps = check_eps(eps)
+    xp = check_arrays(xs, x_name="xs")
+    if xs.ndim != 3:
+        layout = "(batch, time, input)" if batch_first else "(time, batch, input)"
+        raise ValueError(f"xs must be 3-D {layout}, got shape {tuple(xs.shape)}")
+    hidden = _check_params(xs, params, cell, layer_norm)
+    _check_mask(xs, mask, batch_first)
+    xs_tm = _time_major(xp, xs, batch_first)
+    state = _check_state(xs_tm, state0, cell, hidden, "state0")
+    if state is None:
+        zeros = xp.zeros((xs_tm.shape[1], hidden), dtype=xs.dtype, device=device_of(xs))
+        state = (zeros, zeros) if cell == "lstm" else (zeros,)
+    mask_tm = _time_major(xp, mask, batch_first)
+    if mask_tm is not None:
+        # Padded steps compute on zeros, whatever the padding holds: their results
+        # are discarded, and a NaN there would turn 0 * NaN into NaN gradients.
+        xs_tm = xp.where(mask_tm[..., None], xs_tm, xp.zeros_like(xs_tm))
+    ctx = Context(xp, adapter_for(xs), params, layer_norm, eps, hidden)
+    seq = recurrence.Sequence(ctx, CELL_IMPLEMENTATIONS[cell], xs_tm, state, mask_tm)
+    return _Call(seq, batch_first), hidden
+
+
+def _public_state(state: tuple) -> Any:
+    return state if len(state) == 2 else state[0]
+
+
+def _stack_outputs(call: _Call, outputs: list, hidden: int) -> Any:
+    xs, xp = call.seq.xs, call.seq.ctx.xp
+    if outputs:
+        hs = xp.stack(outputs)
+    else:
+        hs = xp.zeros((0, xs.shape[1], hidden), dtype=xs.dtype, device=device_of(xs))
+    return _time_major(xp, hs, call.batch_first)
+
+
+def rnn(
+    xs: Array,
+    state0: Array | tuple[Array, Array] | None,
+    params: Mapping[str, Array],
+    *,
+    cell: str,
+    layer_norm: bool = True,
+    mask: Array | None = None,
+    eps: float = 1e-5,
+    batch_first: bool = False,
+) -> tuple[Array, Array | tuple[Array, Array]]:
+    """Run a (layer-normalized) tanh RNN, LSTM or GRU over a batch of sequences.
+
+    The cells (Ba, Kiros & Hinton, 2016; ``sigma`` the logistic function,
+    ``LN`` layer norm over the units of its argument, gate blocks in the
+    order of :func:`rnn_params`):
+
+    * ``"rnn"``, eq. 4: ``h_t = tanh(LN(x_t W_x + h_{t-1} W_h; gain, bias))``;
+      plain: ``tanh(x_t W_x + h_{t-1} W_h + b)``.
+    * ``"lstm"``, eqs. 20-22: ``(i, f, g, o) = LN(h_{t-1} W_h) + LN(x_t W_x) + b``,
+      ``c_t = sigma(f) c_{t-1} + sigma(i) tanh(g)``,
+      ``h_t = sigma(o) tanh(LN(c_t))``; the state carries ``c_t`` itself.
+      Plain: the LNs are identities (``torch.nn.LSTM``).
+    * ``"gru"``, eqs. 26-28: ``(r, z) = LN(h_{t-1} W_h) + LN(x_t W_x)``,
+      ``n = tanh(LN(x_t W) + sigma(r) LN(h_{t-1} U))``,
+      ``h_t = (1 - sigma(z)) h_{t-1} + sigma(z) n``. Plain: ``torch.nn.GRU``,
+      ``n = tanh(x_t W + b_xn + r (h_{t-1} U + b_hn))``,
+      ``h_t = (1 - z) n + z h_{t-1}``.
+
+    Parameters
+    ----------
+    xs : array
+        Inputs, shape ``(T, B, I)`` (time-major) or ``(B, T, I)`` with
+        ``batch_first``; real floating dtype, any supported library.
+    state0 : array, tuple of two arrays, or None
+        Initial state: ``h0`` of shape ``(B, H)`` for ``"rnn"``/``"gru"``,
+        ``(h0, c0)`` for ``"lstm"``; None means zeros. xs's library, device, dtype.
+    params : mapping of str to array
+        As created by :func:`rnn_params` (exactly its keys for ``cell`` and
+        ``layer_norm``); xs's library, device and dtype.
+    cell : {"rnn", "lstm", "gru"}
+    layer_norm : bool, default True
+        Layer-normalized cell (True) or the standard one (False).
+    mask : bool array, optional
+        ``(T, B)`` (``(B, T)`` with ``batch_first``): True on real steps.
+        On a False step the state is carried unchanged and the output is 0,
+        so each sequence's final state is its state after its last real step.
+    eps : float, default 1e-5
+        Added to the variance in every layer norm.
+    batch_first : bool, default False
+        Batch-major ``xs``, ``mask`` and outputs.
+
+    Returns
+    -------
+    hs : array
+        Hidden state after every step, ``(T, B, H)`` (``(B, T, H)`` with
+        ``batch_first``); zeros on masked steps.
+    final_state : array or tuple of two arrays
+        The state after the last step, structured like ``state0``.
+
+    Raises
+    ------
+    TypeError
+        Wrong types, libraries or dtypes of ``xs``, ``state0`` (including a
+        wrong structure for the cell), ``params``, ``mask`` (must be bool),
+        ``cell``, ``layer_norm``, ``eps``.
+    ValueError
+        Unknown ``cell``; ``xs`` not 3-D; a missing or unexpected key or a
+        wrong shape in ``params``; a ``state0`` or ``mask`` shape that does
+        not match ``xs``; devices that differ; ``eps`` <= 0.
+
+    See Also
+    --------
+    rnn_backward, rnn_params, rnn_params_from_torch
+
+    Notes
+    -----
+    Statistics are recomputed at every step and gains/biases are shared over
+    time, so sequences of any length run with the same parameters; nothing
+    per step is kept beyond the outputs. On PyTorch tensors the function is
+    differentiable by autograd. With ``T = 0`` it returns an empty ``hs`` and
+    the initial state.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normcore
+    >>> params = normcore.rnn_params("lstm", 3, 4, dtype="float64")
+    >>> xs = np.random.default_rng(0).normal(size=(5, 2, 3))  # T=5, B=2, I=3
+    >>> hs, (h, c) = normcore.rnn(xs, None, params, cell="lstm")
+    >>> hs.shape, h.shape, c.shape
+    ((5, 2, 4), (2, 4), (2, 4))
+    >>> bool(np.array_equal(hs[-1], h))
+    True
+    """
+    call, hidden = _prepare(xs, state0, params, cell, layer_norm, mask, eps, batch_first)
+    outputs, final, *_ = recurrence.forward(call.seq, keep_states=False)
+    return _stack_outputs(call, outputs, hidden), _public_state(final)
+
+
+def _check_output_grads(call, hidden, dhs, dfinal_state, cell) -> tuple[Any, tuple | None]:
+    xs = call.seq.xs
+    check_arrays(xs, x_name="xs", exact_dtype=True, dhs=dhs)
+    if dhs is None:
+        raise TypeError("dhs must be an array, got None")
+    dhs = _time_major(call.seq.ctx.xp, dhs, call.batch_first)
+    expected = (xs.shape[0], xs.shape[1], hidden)
+    if tuple(dhs.shape) != expected:
+        raise ValueError(f"dhs must have the shape of hs {expected}, got {tuple(dhs.shape)}")
+    return dhs, _check_state(xs, dfinal_state, cell, hidden, "dfinal_state")
+
+
+def rnn_backward(
+    dhs: Array,
+    xs: Array,
+    state0: Array | tuple[Array, Array] | None,
+    params: Mapping[str, Array],
+    *,
+    cell: str,
+    layer_norm: bool = True,
+    mask: Array | None = None,
+    eps: float = 1e-5,
+    dfinal_state: Array | tuple[Array, Array] | None = None,
+    batch_first: bool = False,
+) -> RNNGradients:
+    """Gradients of :func:`rnn` by backpropagation through time.
+
+    Runs the forward again (keeping the state entering every step, nothing
+    else per step), then walks the steps backwards.
+
+    Parameters
+    ----------
+    dhs : array
+        Gradient of the loss with respect to ``hs``, same shape and dtype.
+        Entries at masked steps are ignored (those outputs are constant 0).
+    xs, state0, params, cell, layer_norm, mask, eps, batch_first
+        The arguments of the forward call.
+    dfinal_state : array or tuple of two arrays, optional
+        Gradient with respect to ``final_state`` (structured like it); None
+        means zero.
+
+    Returns
+    -------
+    RNNGradients
+        Named tuple ``(dxs, dstate0, dparams)``: ``dxs`` like ``xs`` (zero at
+        masked steps), ``dstate0`` structured like the state (also when
+        ``state0`` was None), ``dparams`` a dict with every key of ``params``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for :func:`rnn`, and when ``dhs`` or ``dfinal_state`` do not match
+        the outputs.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normcore
+    >>> params = normcore.rnn_params("gru", 3, 4, dtype="float64")
+    >>> xs = np.random.default_rng(0).normal(size=(5, 2, 3))
+    >>> hs, h = normcore.rnn(xs, None, params, cell="gru")
+    >>> grads = normcore.rnn_backward(np.ones_like(hs), xs, None, params, cell="gru")
+    >>> grads.dxs.shape, grads.dstate0.shape, sorted(grads.dparams)
+    ((5, 2, 3), (2, 4), ['W_h', 'W_x', 'bias_h', 'bias_hn', 'bias_x', 'bias_xn', 'gain_h', 'gain_hn', 'gain_x', 'gain_xn'])
+    """  # noqa: E501
+    call, hidden = _prepare(xs, state0, params, cell, layer_norm, mask, eps, batch_first)
+    dhs, dfinal = _check_output_grads(call, hidden, dhs, dfinal_state, cell)
+    seq, xp = call.seq, call.seq.ctx.xp
+    if dfinal is None:
+        dfinal = tuple(xp.zeros_like(s) for s in seq.state0)
+    if seq.xs.shape[0] == 0:
+        dparams = {k: xp.zeros_like(v) for k, v in params.items()}
+        dxs = _time_major(xp, xp.zeros_like(seq.xs), batch_first)
+        return RNNGradients(dxs, _public_state(dfinal), dparams)
+    dxs, dstate0, dparams = recurrence.backward(seq, dhs, dfinal)
+    return RNNGradients(_time_major(xp, dxs, batch_first), _public_state(dstate0), dparams)

@@ -1,0 +1,263 @@
+"""RNN, LSTM and GRU layers: objects that own the parameters of :func:`normcore.rnn`.
+
+Thin stateful wrappers following the :class:`normcore.Module` pattern: the
+parameters are exactly :func:`normcore.rnn_params`' arrays (same
+names, attributes of the object), the forward is :func:`normcore.rnn` and the
+backward :func:`normcore.rnn_backward`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .._functional.rnn import rnn, rnn_backward
+from .._functional.rnn_params import rnn_params, rnn_params_from_torch, rnn_params_to_torch
+from .._plumbing.compat import to_device
+from .._plumbing.validation import check_bool, check_eps, check_feature_count, check_positive_int
+from .module import Module
+
+__all__ = ["GRU", "LSTM", "RNN"]
+
+
+class _Recurrent(Module):
+    """Shared body of RNN, LSTM and GRU; subclasses set ``_cell``."""
+
+    _accepts_low_precision = False  # normcore.rnn needs xs and params in one dtype
+
+    _cell = ""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        *,
+        layer_norm: bool = True,
+        batch_first: bool = False,
+        eps: float = 1e-5,
+        like: Any = None,
+        device: Any = None,
+        dtype: Any = None,
+        seed: int = 0,
+    ) -> None:
+        input_size = check_positive_int(input_size, "input_size")
+        hidden_size = check_positive_int(hidden_size, "hidden_size")
+        layer_norm = check_bool(layer_norm, "layer_norm")
+        batch_first = check_bool(batch_first, "batch_first")
+        eps = check_eps(eps)
+        params = rnn_params(
+            self._cell,
+            input_size,
+            hidden_size,
+            layer_norm=layer_norm,
+            like=like,
+            device=device,
+            dtype=dtype,
+            seed=seed,
+        )
+        super().__init__(like=like, device=device, dtype=dtype)
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.layer_norm = layer_norm
+        self.batch_first = batch_first
+        self.eps = eps
+        self._parameter_names = tuple(params)
+        for name, value in params.items():
+            setattr(self, name, value)
+        self._dstate0: Any = None
+
+    def _options(self) -> dict[str, Any]:
+        return {
+            "cell": self._cell,
+            "layer_norm": self.layer_norm,
+            "eps": self.eps,
+            "batch_first": self.batch_first,
+        }
+
+    def __call__(self, xs: Any, state0: Any = None, mask: Any = None) -> tuple[Any, Any]:
+        """Run the sequences ``xs``; return ``(hs, final_state)`` as :func:`normcore.rnn`.
+
+        ``xs`` is ``(T, B, input_size)`` (``(B, T, input_size)`` with
+        ``batch_first``); ``state0`` an array ``(B, H)`` (a tuple ``(h0, c0)``
+        for the LSTM) or None for zeros; ``mask`` an optional bool ``(T, B)``
+        (``(B, T)``) array, True on real steps. Remembers the call for
+        :meth:`backward`.
+
+        Raises
+        ------
+        TypeError
+            If ``xs`` is not a real floating-point array of the layer's
+            library and dtype, and as :func:`normcore.rnn`.
+        ValueError
+            If ``xs`` is on another device, does not have ``input_size``
+            features along its last axis, and as :func:`normcore.rnn`.
+        """
+        self._check_input(xs, "xs")
+        if xs.ndim == 3:
+            check_feature_count(xs, -1, self.input_size, "input_size", x_name="xs")
+        params = self.parameters()
+        hs, final = rnn(xs, state0, params, mask=mask, **self._options())
+        self._saved = (xs, state0, params, mask)
+        return hs, final
+
+    def backward(self, dhs: Any, dfinal_state: Any = None) -> Any:
+        """Return ``dxs`` for the last forward call; store the parameter and state gradients.
+
+        ``grads()`` then returns the gradient of every parameter (by
+        :func:`normcore.rnn_backward`, for the parameters as they were in the
+        forward call) and :attr:`dstate0` the gradient of the initial state.
+
+        Parameters
+        ----------
+        dhs : array
+            Gradient of the loss with respect to ``hs``.
+        dfinal_state : array or tuple of two arrays, optional
+            Gradient with respect to ``final_state``; None means zero.
+        """
+        xs, state0, params, mask = self._require_saved()
+        grads = rnn_backward(
+            dhs, xs, state0, params, mask=mask, dfinal_state=dfinal_state, **self._options()
+        )
+        self._grads = dict(grads.dparams)
+        self._dstate0 = grads.dstate0
+        return grads.dxs
+
+    @property
+    def dstate0(self) -> Any:
+        """Gradient of the initial state from the last :meth:`backward` (None before).
+
+        An array ``(B, H)``, or ``(dh0, dc0)`` for the LSTM; computed also when
+        the forward's ``state0`` was None (zeros).
+        """
+        return self._dstate0
+
+    def zero_grad(self) -> None:
+        """Forget the stored parameter and state gradients."""
+        super().zero_grad()
+        self._dstate0 = None
+
+    def to(self, device: Any) -> _Recurrent:
+        """Move every array of the module to ``device`` (in place); return the module."""
+        super().to(device)
+        if self._dstate0 is not None:
+            moved = tuple(to_device(d, device) for d in _as_tuple(self._dstate0))
+            self._dstate0 = moved if isinstance(self._dstate0, tuple) else moved[0]
+        return self
+
+    # -- PyTorch interop ---------------------------------------------------------
+    def to_torch_state_dict(self) -> dict[str, Any]:
+        """Return the state under ``normcore.torch``'s keys (``torch.nn``'s without layer norm).
+
+        See :func:`normcore.rnn_params_to_torch`; the values are new arrays of
+        the module's library (convert with ``torch.as_tensor`` if needed).
+        """
+        return rnn_params_to_torch(self.parameters(), self._cell, self.layer_norm)
+
+    def load_torch_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Load a ``torch.nn`` (``layer_norm=False``) or ``normcore.torch`` module's state dict.
+
+        Values are converted to the module's library, device and dtype;
+        validation and atomicity as for :meth:`load_state_dict`.
+        """
+        params = rnn_params_from_torch(state, self._cell, self.layer_norm)
+        self.load_state_dict(params)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
+            f"layer_norm={self.layer_norm}, batch_first={self.batch_first}; "
+            f"{self._placement()})"
+        )
+
+
+def _as_tuple(state: Any) -> tuple:
+    return state if isinstance(state, tuple) else (state,)
+
+
+_DOC = """{title}
+
+    Calling the layer runs :func:`normcore.rnn` with ``cell="{cell}"`` and its
+    parameters; :meth:`backward` runs :func:`normcore.rnn_backward`, returns
+    the input gradient ``dxs``, stores the parameter gradients (``grads()``)
+    and the initial state's (:attr:`dstate0`).
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+        Features per input step (``I``) and hidden units (``H``).
+    layer_norm : bool, default True
+        Layer-normalized cell (Ba, Kiros & Hinton, 2016) or the standard one
+        ({torch_name} of ``torch.nn``).
+    batch_first : bool, default False
+        Inputs, masks and outputs are ``(B, T, ...)`` instead of ``(T, B, ...)``.
+    eps : float, default 1e-5
+        Added to the variance in every layer norm.
+    like, device, dtype
+        Library, device and dtype of the parameters (see :class:`normcore.Module`);
+        NumPy float32 by default.
+    seed : int, default 0
+        Seed of the initial values (see :func:`normcore.rnn_params`).
+
+    Attributes
+    ----------
+    W_x, W_h, ...
+        The parameters, named as by :func:`normcore.rnn_params` for ``"{cell}"``
+        (also the keys of ``parameters()`` and ``state_dict()``).
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`normcore.rnn_params`, and for a non-bool ``batch_first`` or
+        an ``eps`` that is not a finite number > 0.
+
+    See Also
+    --------
+    rnn, rnn_backward, rnn_params
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normcore
+    >>> layer = normcore.{name}(3, 4, dtype="float64")
+    >>> xs = np.random.default_rng(0).normal(size=(5, 2, 3))  # T=5, B=2, I=3
+    >>> hs, final = layer(xs)
+    >>> hs.shape
+    (5, 2, 4)
+    >>> dxs = layer.backward(np.ones_like(hs))
+    >>> dxs.shape, sorted(layer.grads()) == sorted(layer.parameters())
+    ((5, 2, 3), True)
+    {state_example}
+    """
+
+
+class RNN(_Recurrent):
+    _cell = "rnn"
+    __doc__ = _DOC.format(
+        title="Tanh RNN layer, layer-normalized by default (Ba, Kiros & Hinton, eq. 4).",
+        cell="rnn",
+        name="RNN",
+        torch_name="``RNN``",
+        state_example=">>> layer.dstate0.shape\n    (2, 4)",
+    )
+
+
+class LSTM(_Recurrent):
+    _cell = "lstm"
+    __doc__ = _DOC.format(
+        title="LSTM layer, layer-normalized by default (Ba, Kiros & Hinton, eqs 20-22).",
+        cell="lstm",
+        name="LSTM",
+        torch_name="``LSTM``",
+        state_example=">>> [d.shape for d in layer.dstate0]  # (dh0, dc0)\n    [(2, 4), (2, 4)]",
+    )
+
+
+class GRU(_Recurrent):
+    _cell = "gru"
+    __doc__ = _DOC.format(
+        title="GRU layer, layer-normalized by default (Ba, Kiros & Hinton, eqs 26-28).",
+        cell="gru",
+        name="GRU",
+        torch_name="``GRU``",
+        state_example=">>> layer.dstate0.shape\n    (2, 4)",
+    )

@@ -1,0 +1,139 @@
+"""The one module that imports ``array_api_compat``: namespaces, devices, crossing libraries.
+
+Everything else in normcore asks this module for an array's namespace, device
+and a readable name of its library, so that a change in how namespaces are
+resolved happens in one place.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import array_api_compat
+
+__all__ = [
+    "device_of",
+    "is_array",
+    "library_label",
+    "namespace_of",
+    "requiring_grad_like",
+    "resolve_creation",
+    "to_device",
+    "to_numpy",
+    "without_grad",
+]
+
+# ``array_namespace`` inspects the array on every call (about 9 us for NumPy);
+# the namespace depends on the array type only, so cache it per type.
+_NAMESPACE_BY_TYPE: dict[type, Any] = {}
+
+
+def is_array(obj: object) -> bool:
+    """Return whether ``obj`` is an array of a library normcore can work with."""
+    return type(obj) in _NAMESPACE_BY_TYPE or array_api_compat.is_array_api_obj(obj)
+
+
+def namespace_of(x: Any) -> Any:
+    """Return the Array API namespace of the array ``x`` (cached per type)."""
+    kind = type(x)
+    xp = _NAMESPACE_BY_TYPE.get(kind)
+    if xp is None:
+        xp = array_api_compat.array_namespace(x)
+        _NAMESPACE_BY_TYPE[kind] = xp
+    return xp
+
+
+def device_of(x: Any) -> Any:
+    """Return the device of the array ``x``, as its library names it."""
+    # The standard's ``.device`` attribute is a plain lookup; array_api_compat's
+    # helper (several type probes) is only needed for libraries that lack it.
+    found = getattr(x, "device", None)
+    return array_api_compat.device(x) if found is None or callable(found) else found
+
+
+def to_device(x: Any, device: Any) -> Any:
+    """Return ``x`` on ``device`` (a copy only when it has to move)."""
+    return array_api_compat.to_device(x, device)
+
+
+def to_numpy(x: Any) -> Any:
+    """Return a NumPy array with the values of ``x``, an array of any supported library.
+
+    For crossing libraries on purpose (loading a torch state dict into a NumPy
+    module, printing results): device arrays are copied to the host, torch
+    tensors are detached, and bfloat16 (which NumPy lacks) becomes float32,
+    which holds every bfloat16 value exactly.
+    """
+    import numpy
+
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        return (x.float() if x.dtype == torch.bfloat16 else x).numpy()
+    cupy = sys.modules.get("cupy")
+    if cupy is not None and isinstance(x, cupy.ndarray):
+        return x.get()
+    try:
+        return numpy.asarray(x)
+    except (RuntimeError, TypeError, ValueError, BufferError):
+        # Another library's array off the host (which NumPy cannot read in place):
+        # DLPack copies it to the CPU, the standard's way to cross libraries.
+        return numpy.from_dlpack(x, device="cpu", copy=True)
+
+
+def library_label(obj: object) -> str:
+    """Return a short readable name of an object's type, such as ``numpy.ndarray``."""
+    kind = type(obj)
+    root = kind.__module__.split(".")[0]
+    return f"{root}.{kind.__qualname__}" if root != "builtins" else kind.__qualname__
+
+
+def resolve_creation(like: Any = None, device: Any = None, dtype: Any = None) -> tuple:
+    """Return ``(xp, device, dtype)`` for creating parameter or state arrays.
+
+    ``like`` is an array (its library and device are used), an array library
+    module or Array API namespace (``numpy``, ``torch``, ``cupy``,
+    ``array_api_strict``), or None for NumPy. ``device`` overrides the device;
+    ``dtype`` defaults to float32, given as a dtype of that library or as a
+    name such as ``"float64"``.
+    """
+    if like is None:
+        import numpy
+
+        like = numpy
+    if is_array(like):
+        xp = namespace_of(like)
+        device = device_of(like) if device is None else device
+    else:
+        zeros = getattr(like, "zeros", None)
+        if zeros is None:
+            raise TypeError(
+                "like must be an array or an array library (numpy, torch, cupy, ...), "
+                f"got {library_label(like)}"
+            )
+        xp = namespace_of(zeros(1))
+    from .validation import resolve_dtype  # validation imports this module
+
+    return xp, device, resolve_dtype(xp, dtype, default=xp.float32)
+
+
+def without_grad(x: Any) -> Any:
+    """Return ``x`` cut from any autograd graph (torch's ``detach``; other arrays as they are).
+
+    For state that must not remember how it was computed, such as running
+    statistics updated from a batch that requires grad.
+    """
+    detach = getattr(x, "detach", None)
+    return x if detach is None else detach()
+
+
+def requiring_grad_like(new: Any, old: Any) -> Any:
+    """Return ``new`` as a leaf that requires grad when ``old`` required it (torch).
+
+    For values that replace a trainable array, such as an optimizer's updated
+    parameter computed from detached values; other arrays are returned as they are.
+    """
+    if getattr(old, "requires_grad", False):
+        return new.requires_grad_(True)
+    return new

@@ -1,0 +1,143 @@
+"""normcore's settings: the environment variables, read once, and the reference-path switch.
+
+Every environment variable normcore reads is parsed here, when ``normcore`` is
+imported, and nowhere else:
+
+=========================  ==========================================================
+``NORMCORE_REFERENCE_PATH``  ``1``/``true``/``yes``/``on``: every call runs the
+                             backend-neutral reference path (as inside
+                             :func:`normcore.reference_path`). Default: off.
+``NORMCORE_NUMBA``           ``1``/...: NumPy arrays use the compiled numba kernels
+                             (the ``numba`` extra); ``0``/``false``/``no``/``off``:
+                             the NumPy kernels. Default: the NumPy kernels.
+``NORMCORE_NUM_THREADS``     A whole number >= 1: the most threads a NumPy-array
+                             kernel uses. Default: every core (``os.cpu_count()``).
+=========================  ==========================================================
+
+A value that is not understood raises ``ValueError`` at ``import normcore``,
+naming the variable and what it accepts. Changing a variable later has no
+effect: the values live in :data:`settings`, which tests and benchmarks may
+change for a process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+__all__ = ["Settings", "from_environment", "reference_path", "settings", "using_reference_path"]
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+@dataclass
+class Settings:
+    """The process-wide settings (see the module docstring for their variables)."""
+
+    reference_path: bool = False
+    numba: bool = False
+    num_threads: int | None = None
+
+
+def _flag(environ: Mapping[str, str], name: str) -> bool:
+    value = environ.get(name, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(
+        f"the environment variable {name}={environ[name]!r} is not understood: set it to "
+        f"one of {', '.join(_TRUE)} (on) or {', '.join(_FALSE[:-1])} (off), or unset it"
+    )
+
+
+def _count(environ: Mapping[str, str], name: str) -> int | None:
+    value = environ.get(name, "").strip()
+    if not value:
+        return None
+    if value.isdigit() and int(value) >= 1:
+        return int(value)
+    raise ValueError(
+        f"the environment variable {name}={environ[name]!r} is not understood: set it to a "
+        "whole number >= 1 (the most threads to use), or unset it"
+    )
+
+
+def from_environment(environ: Mapping[str, str] = os.environ) -> Settings:
+    """Parse normcore's environment variables; ``ValueError`` for a value not understood."""
+    return Settings(
+        reference_path=_flag(environ, "NORMCORE_REFERENCE_PATH"),
+        numba=_flag(environ, "NORMCORE_NUMBA"),
+        num_threads=_count(environ, "NORMCORE_NUM_THREADS"),
+    )
+
+
+#: The settings of this process, read from the environment at ``import normcore``.
+settings = from_environment()
+
+_FORCE_REFERENCE: contextvars.ContextVar[bool | None] = contextvars.ContextVar(
+    "normcore_force_reference", default=None
+)
+# Whether any reference_path() block was ever entered in this process. Until
+# then no context can hold a setting, so the lookup skips the ContextVar, which
+# torch.compile cannot trace (a graph break in every normcore call).
+_context_switch_used = False
+
+
+def using_reference_path() -> bool:
+    """Return whether fast paths are currently disabled.
+
+    True inside :func:`reference_path`, or when ``NORMCORE_REFERENCE_PATH``
+    was set to ``1``/``true``/``yes``/``on`` when normcore was imported.
+    """
+    if not _context_switch_used:
+        return settings.reference_path
+    forced = _FORCE_REFERENCE.get()
+    return settings.reference_path if forced is None else forced
+
+
+@contextlib.contextmanager
+def reference_path(enabled: bool = True) -> Iterator[None]:
+    """Force (or, with ``enabled=False``, allow again) the reference Array API path.
+
+    Inside the block every normcore call runs the backend-neutral reference
+    implementation, ignoring the fast kernels of the adapters. Use it to
+    check a result or a gradient against the reference, or to rule a fast path
+    out while debugging. The setting is per thread / per asyncio task. Setting
+    the environment variable ``NORMCORE_REFERENCE_PATH=1`` has the same effect
+    for a whole process.
+
+    Parameters
+    ----------
+    enabled : bool, default True
+        True forces the reference path; False re-enables fast paths inside an
+        outer ``reference_path()`` block or despite the environment variable.
+
+    Raises
+    ------
+    TypeError
+        If ``enabled`` is not a bool.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normcore
+    >>> x = np.arange(6.0).reshape(2, 3)
+    >>> with normcore.reference_path():
+    ...     y = normcore.layer_norm(x)
+    >>> bool(np.allclose(y, normcore.layer_norm(x)))
+    True
+    """
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be True or False, got {type(enabled).__name__}")
+    global _context_switch_used
+    _context_switch_used = True
+    token = _FORCE_REFERENCE.set(enabled)
+    try:
+        yield
+    finally:
+        _FORCE_REFERENCE.reset(token)

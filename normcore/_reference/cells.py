@@ -1,0 +1,244 @@
+"""One time step of each recurrent cell, forward and backward, on the Array API.
+
+Every cell is split the same way so that the sequence loop
+(:mod:`normcore._reference.recurrence`) is written once:
+
+* ``project_inputs(ctx, ax)`` turns ``ax = xs @ W_x`` (all steps at once,
+  shape ``(T, B, G*H)``) into the input term ``u`` of every step; it does not
+  depend on the recurrence, so its layer norms run once over the sequence.
+* ``step(ctx, u_t, ah_t, state)`` returns the next state from the step's
+  input term, ``ah_t = h_{t-1} @ W_h`` and the previous state (a tuple whose
+  first entry is ``h``).
+* ``step_backward(ctx, u_t, ah_t, state, dnew)`` recomputes that step from its
+  inputs and returns ``(du_t, dah_t, dstate_direct, grads)``: gradients of
+  ``u_t`` and ``ah_t``, of the previous state through paths other than
+  ``ah_t`` (None where there is none) and of the step's own parameters.
+  Recomputing keeps what a backward stores to the states: O(T * B * H).
+
+Every layer norm goes through the dispatch (the adapter's fast path) over the
+last axis. Each cell's ``gates`` (its number of blocks of ``H`` columns in
+``W_x`` and ``W_h``) and :data:`CELL_IMPLEMENTATIONS` are the one source of the
+cell names and parameter layouts used elsewhere (``normcore._functional.rnn_params``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from .._plumbing import dispatch
+from ..adapter import Adapter, Layout
+
+__all__ = ["CELL_IMPLEMENTATIONS", "Context", "sigmoid"]
+
+
+class Context(NamedTuple):
+    """What every cell function needs besides the data of the step."""
+
+    xp: Any
+    adapter: Adapter
+    params: Any
+    layer_norm: bool
+    eps: float
+    hidden: int
+
+    def _layout(self, a: Any) -> Layout:
+        last = (a.ndim - 1,)
+        return Layout(last, last, True, self.eps)
+
+    def ln(self, a: Any, gain: str, bias: str) -> Any:
+        """Layer norm of ``a`` over its last axis with ``params[gain]``, ``params[bias]``."""
+        p = self.params
+        return dispatch.normalize(self.adapter, self.xp, a, p[gain], p[bias], self._layout(a)).y
+
+    def ln_backward(self, dy: Any, a: Any, gain: str, bias: str) -> tuple[Any, dict]:
+        """Return ``(da, {gain: dgain, bias: dbias})`` of :meth:`ln`."""
+        p = self.params
+        g = dispatch.normalize_backward(
+            self.adapter, self.xp, dy, a, p[gain], p[bias], self._layout(a)
+        )
+        return g.dx, {gain: g.dgain, bias: g.dbias}
+
+    def blocks(self, a: Any, count: int) -> list[Any]:
+        """Split the last axis of ``a`` into ``count`` blocks of ``hidden`` units."""
+        h = self.hidden
+        return [a[..., k * h : (k + 1) * h] for k in range(count)]
+
+    def sum_rows(self, a: Any) -> Any:
+        """Sum over every axis but the last (the gradient of a broadcast bias)."""
+        return self.xp.sum(a, axis=tuple(range(a.ndim - 1)))
+
+
+def sigmoid(xp: Any, a: Any) -> Any:
+    """Logistic function without overflow: exp only ever sees -|a|."""
+    e = xp.exp(-xp.abs(a))
+    return xp.where(a >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def _merge(*parts: dict) -> dict:
+    merged: dict = {}
+    for part in parts:
+        merged.update(part)
+    return merged
+
+
+class TanhRNN:
+    """``h_t = tanh(a_t)`` (plain, ``a_t + b``) or ``tanh(LN(a_t; gain, bias))`` (eq. 4)."""
+
+    gates = 1  # one block: the pre-activation
+
+    def project_inputs(self, ctx: Context, ax: Any) -> Any:
+        return ax if ctx.layer_norm else ax + ctx.params["b"]
+
+    def project_inputs_backward(self, ctx: Context, du: Any, ax: Any) -> tuple[Any, dict]:
+        return du, ({} if ctx.layer_norm else {"b": ctx.sum_rows(du)})
+
+    def _pre_activation(self, ctx: Context, a: Any) -> Any:
+        return ctx.ln(a, "gain", "bias") if ctx.layer_norm else a
+
+    def step(self, ctx: Context, u: Any, ah: Any, state: tuple) -> tuple:
+        return (ctx.xp.tanh(self._pre_activation(ctx, u + ah)),)
+
+    def step_backward(self, ctx, u, ah, state, dnew):
+        a = u + ah
+        h = ctx.xp.tanh(self._pre_activation(ctx, a))
+        da = dnew[0] * (1 - h * h)
+        grads: dict = {}
+        if ctx.layer_norm:
+            da, grads = ctx.ln_backward(da, a, "gain", "bias")
+        return da, da, (None,), grads
+
+
+class LSTM:
+    """Gate blocks ``(i, f, g, o)``; with layer norm, eqs. 20-22 of Ba et al."""
+
+    gates = 4  # blocks i, f, g, o
+
+    def project_inputs(self, ctx: Context, ax: Any) -> Any:
+        projected = ctx.ln(ax, "gain_x", "bias_x") if ctx.layer_norm else ax
+        return projected + ctx.params["b"]
+
+    def project_inputs_backward(self, ctx: Context, du: Any, ax: Any) -> tuple[Any, dict]:
+        grads = {"b": ctx.sum_rows(du)}
+        if not ctx.layer_norm:
+            return du, grads
+        dax, ln_grads = ctx.ln_backward(du, ax, "gain_x", "bias_x")
+        return dax, _merge(grads, ln_grads)
+
+    def _forward(self, ctx: Context, u: Any, ah: Any, c_prev: Any) -> tuple:
+        xp = ctx.xp
+        z = u + (ctx.ln(ah, "gain_h", "bias_h") if ctx.layer_norm else ah)
+        zi, zf, zg, zo = ctx.blocks(z, self.gates)
+        i, f, g, o = sigmoid(xp, zi), sigmoid(xp, zf), xp.tanh(zg), sigmoid(xp, zo)
+        c = f * c_prev + i * g
+        squashed = xp.tanh(ctx.ln(c, "gain_c", "bias_c") if ctx.layer_norm else c)
+        return i, f, g, o, c, squashed
+
+    def step(self, ctx: Context, u: Any, ah: Any, state: tuple) -> tuple:
+        *_, o, c, squashed = self._forward(ctx, u, ah, state[1])
+        return o * squashed, c  # the carried cell state is c_t, not LN(c_t)
+
+    def step_backward(self, ctx, u, ah, state, dnew):
+        xp = ctx.xp
+        c_prev = state[1]
+        i, f, g, o, c, squashed = self._forward(ctx, u, ah, c_prev)
+        dh, dc = dnew
+        do = dh * squashed
+        dsquashed = dh * o * (1 - squashed * squashed)
+        grads: dict = {}
+        if ctx.layer_norm:
+            dsquashed, grads = ctx.ln_backward(dsquashed, c, "gain_c", "bias_c")
+        dc = dc + dsquashed
+        dz = xp.concat(
+            [
+                dc * g * i * (1 - i),
+                dc * c_prev * f * (1 - f),
+                dc * i * (1 - g * g),
+                do * o * (1 - o),
+            ],
+            axis=-1,
+        )
+        dah = dz
+        if ctx.layer_norm:
+            dah, ln_grads = ctx.ln_backward(dz, ah, "gain_h", "bias_h")
+            grads = _merge(grads, ln_grads)
+        return dz, dah, (None, dc * f), grads
+
+
+class GRU:
+    """Blocks ``(r, z, n)``. Plain: PyTorch's GRU; with layer norm: eqs. 26-28.
+
+    Plain: ``n = tanh(u_n + r * (W_hn h + b_hn))``, ``h' = (1 - z) * n + z * h``.
+    Layer norm: ``n = tanh(LN(W x) + r * LN(U h))``, ``h' = (1 - z) * h + z * n``
+    (the paper's update gate weighs the candidate, PyTorch's the old state).
+    """
+
+    gates = 3  # blocks r, z, n
+
+    def project_inputs(self, ctx: Context, ax: Any) -> Any:
+        if not ctx.layer_norm:
+            return ax + ctx.params["b_x"]
+        h2 = 2 * ctx.hidden
+        gates = ctx.ln(ax[..., :h2], "gain_x", "bias_x")
+        return ctx.xp.concat([gates, ctx.ln(ax[..., h2:], "gain_xn", "bias_xn")], axis=-1)
+
+    def project_inputs_backward(self, ctx: Context, du: Any, ax: Any) -> tuple[Any, dict]:
+        if not ctx.layer_norm:
+            return du, {"b_x": ctx.sum_rows(du)}
+        h2 = 2 * ctx.hidden
+        dgates, gate_grads = ctx.ln_backward(du[..., :h2], ax[..., :h2], "gain_x", "bias_x")
+        dcand, cand_grads = ctx.ln_backward(du[..., h2:], ax[..., h2:], "gain_xn", "bias_xn")
+        return ctx.xp.concat([dgates, dcand], axis=-1), _merge(gate_grads, cand_grads)
+
+    def _recurrent_terms(self, ctx: Context, ah: Any) -> tuple[Any, Any]:
+        """Return the recurrent terms of the gates (B, 2H) and of the candidate (B, H)."""
+        h2 = 2 * ctx.hidden
+        if ctx.layer_norm:
+            return (
+                ctx.ln(ah[..., :h2], "gain_h", "bias_h"),
+                ctx.ln(ah[..., h2:], "gain_hn", "bias_hn"),
+            )
+        shifted = ah + ctx.params["b_h"]
+        return shifted[..., :h2], shifted[..., h2:]
+
+    def _recurrent_terms_backward(self, ctx, dgates, dcand, ah):
+        if not ctx.layer_norm:
+            dah = ctx.xp.concat([dgates, dcand], axis=-1)
+            return dah, {"b_h": ctx.sum_rows(dah)}
+        h2 = 2 * ctx.hidden
+        dgate_in, gate_grads = ctx.ln_backward(dgates, ah[..., :h2], "gain_h", "bias_h")
+        dcand_in, cand_grads = ctx.ln_backward(dcand, ah[..., h2:], "gain_hn", "bias_hn")
+        return ctx.xp.concat([dgate_in, dcand_in], axis=-1), _merge(gate_grads, cand_grads)
+
+    def _forward(self, ctx: Context, u: Any, ah: Any) -> tuple:
+        xp = ctx.xp
+        gates_h, cand_h = self._recurrent_terms(ctx, ah)
+        ur, uz, un = ctx.blocks(u, self.gates)
+        hr, hz = ctx.blocks(gates_h, 2)
+        r, z = sigmoid(xp, ur + hr), sigmoid(xp, uz + hz)
+        n = xp.tanh(un + r * cand_h)
+        keep = 1 - z if ctx.layer_norm else z  # weight of the old state
+        return r, z, n, cand_h, keep
+
+    def step(self, ctx: Context, u: Any, ah: Any, state: tuple) -> tuple:
+        *_, n, _, keep = self._forward(ctx, u, ah)
+        h = state[0]
+        return (keep * h + (1 - keep) * n,)
+
+    def step_backward(self, ctx, u, ah, state, dnew):
+        xp = ctx.xp
+        h = state[0]
+        r, z, n, cand_h, keep = self._forward(ctx, u, ah)
+        dh = dnew[0]
+        dkeep = dh * (h - n)
+        dz = -dkeep if ctx.layer_norm else dkeep
+        dn_pre = dh * (1 - keep) * (1 - n * n)
+        dr_pre = dn_pre * cand_h * r * (1 - r)
+        dz_pre = dz * z * (1 - z)
+        du = xp.concat([dr_pre, dz_pre, dn_pre], axis=-1)
+        dah, grads = self._recurrent_terms_backward(
+            ctx, xp.concat([dr_pre, dz_pre], axis=-1), dn_pre * r, ah
+        )
+        return du, dah, (dh * keep,), grads
+
+
+CELL_IMPLEMENTATIONS = {"rnn": TanhRNN(), "lstm": LSTM(), "gru": GRU()}

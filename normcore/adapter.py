@@ -1,0 +1,319 @@
+"""The plugin API: what a backend adapter implements, and the types it receives and returns.
+
+normcore's math never needs an adapter: it is written once against the Array
+API standard (the *reference path*). An adapter describes one array library
+and adds only what differs for it: how to recognize its arrays, the dtype
+statistics accumulate in, the devices it has, and optionally faster kernels
+for the one normalization primitive that layer, RMS, batch, group and instance
+norm (and weight norm, and every layer norm inside the recurrent cells) are
+made of.
+
+A third-party plugin imports only this module::
+
+    from normcore.adapter import Adapter, Gradients, Layout, Normalized
+
+subclasses :class:`Adapter`, and registers an instance under the
+``normcore.backends`` entry-point group (see ``docs/plugins.md`` for a complete
+example). The built-in NumPy, PyTorch and CuPy adapters use exactly this API.
+
+The primitive
+-------------
+Given ``x`` and a :class:`Layout`::
+
+    mean, var = statistics of x over layout.reduce_axes   (or layout.stats)
+    y = (x - mean) / sqrt(var + eps) * gain + bias          (gain/bias span param_axes)
+
+An adapter's :meth:`Adapter.normalize` and :meth:`Adapter.normalize_backward`
+either return the same results as the reference (:func:`reference_normalize`,
+:func:`reference_normalize_backward`) or ``NotImplemented``, in which case
+the reference runs. ``normcore check`` and normcore's test suite hold every
+fast path to the reference.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from .typing import Array, Device, DType, Namespace
+
+if TYPE_CHECKING:
+    from types import NotImplementedType
+
+__all__ = [
+    "Adapter",
+    "Gradients",
+    "Layout",
+    "Normalized",
+    "Statistics",
+    "reference_normalize",
+    "reference_normalize_backward",
+]
+
+
+class Statistics(NamedTuple):
+    """Given statistics (inference), broadcastable to ``x`` (reduced axes of size one).
+
+    ``mean`` is None for RMS norm (``Layout.center`` False); ``var`` is then
+    the mean square.
+    """
+
+    mean: Array | None
+    var: Array
+
+
+class Normalized(NamedTuple):
+    """Result of the forward: ``y`` and the statistics it used.
+
+    ``mean`` and ``var`` (the biased variance, or the variance divided by
+    ``count - correction``; the mean square for RMS norm) keep ``x``'s
+    dimensions with the reduced axes of size one, in the accumulation dtype.
+    ``mean`` is None for RMS norm. A fast path may leave both None unless it
+    was called with ``need_stats=True``.
+    """
+
+    y: Array
+    mean: Array | None
+    var: Array | None
+
+
+class Gradients(NamedTuple):
+    """Gradients of a normalization with respect to its input and parameters.
+
+    ``dgain``/``dbias`` are None when the corresponding parameter was None.
+    """
+
+    dx: Array
+    dgain: Array | None
+    dbias: Array | None
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class Layout:
+    """Where the statistics are taken and what the parameters span: one call's geometry.
+
+    Every normalization is the primitive with a layout. For an input of
+    ``ndim`` dimensions:
+
+    ============================  ======================  ====================
+    method                        ``reduce_axes``         ``param_axes``
+    ============================  ======================  ====================
+    layer norm, last axis         ``(ndim - 1,)``         ``(ndim - 1,)``
+    layer norm over C, H, W       ``(1, 2, 3)``           ``(1, 2, 3)``
+    batch norm, NCHW              ``(0, 2, 3)``           ``(1,)``
+    batch norm, NHWC              ``(0, 1, 2)``           ``(3,)``
+    group norm (x as N, G, C/G,   ``(2, 3, 4)``           ``(1, 2)``
+    H, W)
+    ============================  ======================  ====================
+
+    Attributes
+    ----------
+    reduce_axes : tuple of int
+        Sorted, non-negative axes the statistics are taken over.
+    param_axes : tuple of int
+        Axes of ``x`` that ``gain`` and ``bias`` span, in the order of the
+        parameters' own dimensions (not necessarily sorted).
+    center : bool
+        Subtract the mean (True) or not (RMS norm: ``var`` is the mean square).
+    eps : float
+        Added to the variance inside the square root; > 0.
+    stats : Statistics or None
+        Fixed statistics (inference); None computes them from ``x``.
+    correction : float
+        Batch statistics only: the variance divides the sum of squares by
+        ``count - correction`` (0: biased; 1: unbiased).
+    """
+
+    reduce_axes: tuple[int, ...]
+    param_axes: tuple[int, ...]
+    center: bool = True
+    eps: float = 1e-5
+    stats: Statistics | None = None
+    correction: float = 0.0
+
+    def is_trailing(self, ndim: int) -> bool:
+        """Whether this is the layer-norm layout: statistics and parameters on the last axes."""
+        count = len(self.reduce_axes)
+        return self.param_axes == self.reduce_axes == tuple(range(ndim - count, ndim))
+
+    def channel_axis(self, ndim: int) -> int | None:
+        """The batch-norm layout's channel axis: one parameter axis, statistics over the rest.
+
+        None for any other layout.
+        """
+        if len(self.param_axes) != 1 or len(self.reduce_axes) != ndim - 1:
+            return None
+        axis = self.param_axes[0]
+        return None if axis in self.reduce_axes else axis
+
+    def count(self, shape: tuple[int, ...]) -> int:
+        """The number of values each statistic is taken over, for an input of ``shape``."""
+        count = 1
+        for axis in self.reduce_axes:
+            count *= shape[axis]
+        return count
+
+
+class Adapter:
+    """Base class of a normcore backend adapter.
+
+    Subclasses set :attr:`name` and :attr:`library` and override what their
+    library needs. Adapter modules must not import their library at import
+    time: normcore loads every registered adapter, and a user who has only
+    NumPy must never import torch or cupy.
+
+    Attributes
+    ----------
+    name : str
+        Short name shown by ``normcore info`` and accepted by ``--backend``.
+    library : str
+        Top-level module name of the array library (``"torch"``). An array is
+        only offered to :meth:`owns` once this module is in ``sys.modules``,
+        so detection never imports anything.
+    install_hint : str
+        How to install the library, shown when it is missing (default
+        ``pip install <library>``).
+    """
+
+    name: str = ""
+    library: str = ""
+    install_hint: str = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.__dict__.get("install_hint") and cls.library:
+            cls.install_hint = f"pip install {cls.library}"
+
+    # -- what the library is ----------------------------------------------------
+    def owns(self, x: Any) -> bool:
+        """Return whether ``x`` is an array of this adapter's library.
+
+        Only called when :attr:`library` is already imported, once per array
+        type (the answer is cached by type).
+        """
+        raise NotImplementedError
+
+    def accumulation_dtype(self, xp: Namespace, dtype: DType) -> DType:
+        """Return the dtype in which statistics of ``dtype`` data are accumulated.
+
+        The default accumulates floats narrower than 32 bits (float16,
+        bfloat16) in float32 and everything else in its own dtype: the rule
+        that also applies to arrays no adapter owns.
+        """
+        return xp.float32 if xp.finfo(dtype).bits < 32 else dtype
+
+    def library_version(self) -> str | None:
+        """Return the installed library's version, or None if it is not installed."""
+        from importlib import metadata
+
+        try:
+            return metadata.version(self.library)
+        except metadata.PackageNotFoundError:
+            return None
+
+    def devices(self) -> list[str]:
+        """Return human-readable names of the devices this library can use (``normcore info``)."""
+        return []
+
+    def check_devices(self) -> list[Device]:
+        """Return the devices ``normcore check`` tests, as ``asarray(..., device=)`` takes them.
+
+        Called only when the library is installed; may import it. The default
+        is the library's default device.
+        """
+        import importlib
+
+        from ._plumbing.compat import device_of, resolve_creation
+
+        xp = resolve_creation(importlib.import_module(self.library))[0]
+        return [device_of(xp.zeros(1))]
+
+    def is_loaded(self) -> bool:
+        """Return whether the adapter's library has been imported by anyone."""
+        # A library that failed to import (or was blocked) is None in sys.modules.
+        return sys.modules.get(self.library) is not None
+
+    # -- fast paths -------------------------------------------------------------
+    def normalize(
+        self,
+        xp: Namespace,
+        x: Array,
+        gain: Array | None,
+        bias: Array | None,
+        layout: Layout,
+        *,
+        need_stats: bool = False,
+    ) -> Normalized | NotImplementedType:
+        """Forward of the primitive with a faster kernel, or ``NotImplemented``.
+
+        Receives validated, non-empty arguments: ``x`` a real floating array
+        of this library, ``gain``/``bias`` (or None) of the same library and
+        device, shaped by ``layout.param_axes``, with ``x``'s dtype (or
+        float32 for float16/bfloat16 ``x``). Must return what
+        :func:`reference_normalize` returns: ``y`` with ``x``'s shape and
+        dtype and, when ``need_stats`` is true, the statistics (see
+        :class:`Normalized`). The default returns ``NotImplemented``: the
+        reference path runs.
+        """
+        return NotImplemented
+
+    def normalize_backward(
+        self,
+        xp: Namespace,
+        dy: Array,
+        x: Array,
+        gain: Array | None,
+        bias: Array | None,
+        layout: Layout,
+    ) -> Gradients | NotImplementedType:
+        """Backward of the primitive with a faster kernel, or ``NotImplemented``.
+
+        Receives what :meth:`normalize` receives plus ``dy`` (``x``'s shape
+        and dtype); ``bias`` is passed for its presence and dtype only (the
+        gradients do not depend on its values). Must return what
+        :func:`reference_normalize_backward` returns: ``dx`` like ``x``,
+        ``dgain`` like ``gain`` and ``dbias`` like ``bias`` (None where the
+        parameter is None). With ``layout.stats`` the statistics are constants;
+        otherwise the gradient flows through them. The default returns
+        ``NotImplemented``.
+        """
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"<normcore adapter {self.name!r} for {self.library!r}>"
+
+
+def reference_normalize(
+    adapter: Adapter,
+    xp: Namespace,
+    x: Array,
+    gain: Array | None,
+    bias: Array | None,
+    layout: Layout,
+    *,
+    need_stats: bool = False,
+) -> Normalized:
+    """The reference forward, with :meth:`Adapter.normalize`'s signature (``adapter`` as self).
+
+    Array API operations only; statistics accumulate in
+    ``adapter.accumulation_dtype``. Always returns the statistics it used.
+    """
+    from ._reference import primitive
+
+    return primitive.normalize(adapter, xp, x, gain, bias, layout, need_stats=need_stats)
+
+
+def reference_normalize_backward(
+    adapter: Adapter,
+    xp: Namespace,
+    dy: Array,
+    x: Array,
+    gain: Array | None,
+    bias: Array | None,
+    layout: Layout,
+) -> Gradients:
+    """The reference backward, with :meth:`Adapter.normalize_backward`'s signature."""
+    from ._reference import primitive
+
+    return primitive.normalize_backward(adapter, xp, dy, x, gain, bias, layout)

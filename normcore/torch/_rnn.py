@@ -1,0 +1,313 @@
+"""PyTorch recurrent modules: drop-ins for torch.nn.RNN/LSTM/GRU, optionally layer-normalized.
+
+One layer, one direction, ``tanh`` for the RNN: the configurations
+:func:`normcore.rnn` computes. With ``layer_norm=False`` (the default) the
+modules are interchangeable with their ``torch.nn`` namesakes: constructor,
+``state_dict`` keys (``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``,
+``bias_hh_l0``), ``forward(input, hx)`` and its return structure. With
+``layer_norm=True`` the cells are Ba et al.'s layer-normalized ones and the
+layer norms' gains and biases are extra parameters named ``ln_<name>`` after
+:func:`normcore.rnn_params` (``ln_gain_x``, ...).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import torch
+
+from normcore._functional.rnn import rnn
+from normcore._functional.rnn_params import params_from_torch_layout, torch_keys, torch_shapes
+from normcore._plumbing.validation import (
+    check_bool,
+    check_choice,
+    check_eps,
+    check_positive_int,
+    check_real,
+)
+
+__all__ = ["GRU", "LSTM", "RNN"]
+
+
+class _Recurrent(torch.nn.Module):
+    """Shared body of the three modules; subclasses set ``_cell``."""
+
+    _cell = ""
+
+    def __init__(
+        self,
+        input_size,
+        hidden_size,
+        num_layers,
+        bias,
+        batch_first,
+        dropout,
+        bidirectional,
+        device,
+        dtype,
+        layer_norm,
+        eps,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        unsupported = {  # checked as torch would take them, then refused unless supported
+            "num_layers": (check_positive_int(num_layers, "num_layers"), 1),
+            "bias": (check_bool(bias, "bias"), True),
+            "dropout": (check_real(dropout, "dropout", 0.0, 1.0), 0.0),
+            "bidirectional": (check_bool(bidirectional, "bidirectional"), False),
+        }
+        for arg, (value, supported) in unsupported.items():
+            if value != supported:
+                raise ValueError(
+                    f"normcore.torch.{name} supports {arg}={supported!r} only (one layer, one "
+                    f"direction, with biases), got {arg}={value!r}; stack modules for more layers"
+                )
+        self.input_size = check_positive_int(input_size, "input_size")
+        self.hidden_size = check_positive_int(hidden_size, "hidden_size")
+        self.batch_first = check_bool(batch_first, "batch_first")
+        self.layer_norm = check_bool(layer_norm, "layer_norm")
+        self.eps = check_eps(eps)
+        self.num_layers, self.bias, self.dropout, self.bidirectional = 1, True, 0.0, False
+        shapes = torch_shapes(self._cell, self.input_size, self.hidden_size, layer_norm)
+        factory = {"device": device, "dtype": dtype}
+        for key, shape in shapes.items():
+            self.register_parameter(key, torch.nn.Parameter(torch.empty(shape, **factory)))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialize as ``torch.nn`` does, ``U(-1/sqrt(H), 1/sqrt(H))``; LN gains 1, biases 0."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for name, p in self.named_parameters():
+            if name.startswith("ln_gain"):
+                torch.nn.init.ones_(p)
+            elif name.startswith("ln_bias"):
+                torch.nn.init.zeros_(p)
+            else:
+                torch.nn.init.uniform_(p, -bound, bound)
+
+    def _params(self) -> dict[str, torch.Tensor]:
+        state = {key: getattr(self, key) for key in torch_keys(self._cell, self.layer_norm)}
+        return params_from_torch_layout(state, self._cell, self.layer_norm, copy=False)
+
+    def forward(self, input: torch.Tensor, hx: Any = None) -> tuple[torch.Tensor, Any]:
+        """Run the sequences; return ``(output, h_n)`` (``(output, (h_n, c_n))`` for the LSTM).
+
+        Parameters
+        ----------
+        input : torch.Tensor
+            ``(L, N, input_size)`` (``(N, L, input_size)`` with ``batch_first``),
+            or ``(L, input_size)`` for one unbatched sequence.
+        hx : torch.Tensor or tuple of two, optional
+            Initial state ``(1, N, hidden_size)`` (``(1, hidden_size)`` unbatched);
+            ``(h_0, c_0)`` for the LSTM. None: zeros.
+
+        Raises
+        ------
+        TypeError
+            For a ``PackedSequence`` (not supported; pass a mask to
+            :func:`normcore.rnn` instead) or a wrong ``hx`` structure.
+        ValueError
+            For an input that is not 2-D or 3-D, an ``hx`` whose first axis is
+            not 1, and everything :func:`normcore.rnn` rejects.
+        """
+        name = type(self).__name__
+        if isinstance(input, torch.nn.utils.rnn.PackedSequence):
+            raise TypeError(f"normcore.torch.{name} does not take a PackedSequence")
+        if not isinstance(input, torch.Tensor):
+            raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+        if input.dim() not in (2, 3):
+            raise ValueError(f"{name}: expected input to be 2D or 3D, got {input.dim()}D instead")
+        if input.shape[-1] != self.input_size:
+            raise ValueError(
+                f"{name}: input.size(-1) must be input_size={self.input_size}, "
+                f"got {input.shape[-1]} (input shape {tuple(input.shape)})"
+            )
+        if input.dtype != self.weight_ih_l0.dtype:
+            raise TypeError(
+                f"{name}: input must have the parameters' dtype {self.weight_ih_l0.dtype}, "
+                f"got {input.dtype} (convert one with .to())"
+            )
+        batched = input.dim() == 3
+        if not batched:
+            input = input.unsqueeze(0 if self.batch_first else 1)
+        state0 = None if hx is None else self._state0(hx, batched)
+        hs, final = rnn(
+            input,
+            state0,
+            self._params(),
+            cell=self._cell,
+            layer_norm=self.layer_norm,
+            eps=self.eps,
+            batch_first=self.batch_first,
+        )
+        finals = tuple(f.unsqueeze(0) for f in (final if isinstance(final, tuple) else (final,)))
+        if not batched:
+            hs = hs.squeeze(0 if self.batch_first else 1)
+            finals = tuple(f.squeeze(1) for f in finals)
+        return hs, finals if self._cell == "lstm" else finals[0]
+
+    def _state0(self, hx: Any, batched: bool) -> Any:
+        lstm = self._cell == "lstm"
+        parts = hx if lstm and isinstance(hx, tuple | list) and len(hx) == 2 else None
+        if lstm and parts is None:
+            got = type(hx).__name__
+            if isinstance(hx, tuple | list):
+                got = f"a {got} of length {len(hx)}"
+            raise TypeError(f"hx for LSTM must be a tuple (h_0, c_0), got {got}")
+        if not lstm and not isinstance(hx, torch.Tensor):
+            raise TypeError(f"hx must be a torch.Tensor, got {type(hx).__name__}")
+        states = []
+        for label, part in zip(("h_0", "c_0") if lstm else ("hx",), parts or (hx,), strict=True):
+            ndim = 3 if batched else 2
+            if not isinstance(part, torch.Tensor) or part.dim() != ndim or part.shape[0] != 1:
+                shape = "(1, batch, hidden_size)" if batched else "(1, hidden_size)"
+                got = tuple(part.shape) if isinstance(part, torch.Tensor) else type(part).__name__
+                raise ValueError(
+                    f"{label} must have shape {shape} (one layer, one direction), got {got}"
+                )
+            states.append(part[0] if batched else part)
+        return tuple(states) if lstm else states[0]
+
+    def flatten_parameters(self) -> None:
+        """Do nothing: there is no cuDNN weight buffer to compact (kept for torch.nn code)."""
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.input_size}, {self.hidden_size}, batch_first={self.batch_first}, "
+            f"layer_norm={self.layer_norm}"
+        )
+
+
+_DOC = """{title}
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+    num_layers : int, default 1
+        Only 1 is supported.{extra}
+    bias : bool, default True
+        Only True is supported.
+    batch_first : bool, default False
+        ``(N, L, ...)`` inputs and outputs instead of ``(L, N, ...)``.
+    dropout : float, default 0
+        Only 0 (one layer has no dropout between layers).
+    bidirectional : bool, default False
+        Only False is supported.{proj}
+    device, dtype : optional
+        Of the parameters.
+    layer_norm : bool, default False
+        Layer-normalized cell (keyword only); adds the ``ln_`` parameters.
+    eps : float, default 1e-5
+        Added to the variance in every layer norm (keyword only).
+
+    Examples
+    --------
+    >>> import torch
+    >>> import normcore
+    >>> ours = normcore.torch.{name}(3, 4)
+    >>> ours.load_state_dict(torch.nn.{name}(3, 4).state_dict())
+    <All keys matched successfully>
+    >>> output, {state} = ours(torch.randn(5, 2, 3))
+    >>> output.shape
+    torch.Size([5, 2, 4])
+    >>> list(normcore.torch.{name}(3, 4, layer_norm=True).state_dict())
+    {keys}
+    """
+
+
+class RNN(_Recurrent):
+    __doc__ = _DOC.format(
+        title="Drop-in for a one-layer tanh ``torch.nn.RNN``, computed by :func:`normcore.rnn`.",
+        name="RNN",
+        extra="\n    nonlinearity : {'tanh'}, default 'tanh'\n        Only tanh is supported.",
+        proj="",
+        state="h_n",
+        keys="['weight_ih_l0', 'weight_hh_l0', 'ln_gain', 'ln_bias']",
+    )
+    _cell = "rnn"
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        nonlinearity: str = "tanh",
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device=None,
+        dtype=None,
+        *,
+        layer_norm: bool = False,
+        eps: float = 1e-5,
+    ) -> None:
+        if check_choice(nonlinearity, ("tanh", "relu"), "nonlinearity") != "tanh":
+            raise ValueError(
+                f"normcore.torch.RNN supports nonlinearity='tanh' only, got {nonlinearity!r}"
+            )
+        self.nonlinearity = nonlinearity
+        super().__init__(
+            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+            device, dtype, layer_norm, eps,
+        )  # fmt: skip
+
+
+class _Gated(_Recurrent):
+    # torch.nn's positional order: proj_size comes before device and dtype.
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device=None,
+        dtype=None,
+        *,
+        layer_norm: bool = False,
+        eps: float = 1e-5,
+    ) -> None:
+        if isinstance(proj_size, bool) or not isinstance(proj_size, numbers.Integral):
+            raise TypeError(f"proj_size must be an int, got {type(proj_size).__name__}")
+        if proj_size != 0:
+            raise ValueError(
+                f"normcore.torch.{type(self).__name__} supports proj_size=0 only "
+                f"(no projection), got {proj_size}"
+            )
+        super().__init__(
+            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+            device, dtype, layer_norm, eps,
+        )  # fmt: skip
+        self.proj_size = 0
+
+
+class LSTM(_Gated):
+    __doc__ = _DOC.format(
+        title="Drop-in for a one-layer ``torch.nn.LSTM``, computed by :func:`normcore.rnn`.",
+        name="LSTM",
+        extra="",
+        proj="\n    proj_size : int, default 0\n        Only 0 (no projection).",
+        state="(h_n, c_n)",
+        keys="['weight_ih_l0', 'weight_hh_l0', 'bias_ih_l0', 'bias_hh_l0', 'ln_gain_x', "
+        "'ln_bias_x', 'ln_gain_h', 'ln_bias_h', 'ln_gain_c', 'ln_bias_c']",
+    )
+    _cell = "lstm"
+
+
+class GRU(_Gated):
+    __doc__ = _DOC.format(
+        title="Drop-in for a one-layer ``torch.nn.GRU``, computed by :func:`normcore.rnn`.",
+        name="GRU",
+        extra="",
+        proj="\n    proj_size : int, default 0\n        Only 0 (no projection).",
+        state="h_n",
+        keys="['weight_ih_l0', 'weight_hh_l0', 'ln_gain_x', 'ln_bias_x', 'ln_gain_h', "
+        "'ln_bias_h', 'ln_gain_xn', 'ln_bias_xn', 'ln_gain_hn', 'ln_bias_hn']",
+    )
+    _cell = "gru"

@@ -1,0 +1,159 @@
+"""normcore.RNN / LSTM / GRU objects on every backend, path and dtype."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _rnn_reference import reference
+from _support import assert_close, assert_like, assert_unchanged, random_state, snapshot
+
+import normcore
+
+CELLS = {"rnn": normcore.RNN, "lstm": normcore.LSTM, "gru": normcore.GRU}
+T, B, I, H = 4, 3, 5, 4  # noqa: E741
+
+
+def _module_dtype(dtype):
+    return "float32" if dtype in ("float16", "bfloat16") else dtype
+
+
+def _tuple(state):
+    return state if isinstance(state, tuple) else (state,)
+
+
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time-major", "batch-first"])
+@pytest.mark.parametrize("layer_norm", [False, True], ids=["plain", "ln"])
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_recurrent_object_matches_the_reference(backend, dtype, rng, cell, layer_norm, batch_first):
+    like = backend.asarray(np.zeros(1), dtype)
+    obj = CELLS[cell](I, H, layer_norm=layer_norm, batch_first=batch_first, like=like, dtype=dtype)
+    obj.load_state_dict(random_state(rng, obj))
+    params = {k: backend.to_numpy(v) for k, v in obj.parameters().items()}
+
+    def rounded(shape):
+        return backend.to_numpy(backend.asarray(rng.normal(size=shape), dtype))
+
+    xs, dhs = rounded((T, B, I)), rounded((T, B, H))
+    state0 = tuple(rounded((B, H)) for _ in range(2 if cell == "lstm" else 1))
+    dfinal = tuple(rounded((B, H)) for _ in state0)
+    ref_hs, ref_final, ref_dxs, ref_dstate0, ref_dparams = reference(
+        cell, layer_norm, xs, state0, params, dhs, dfinal
+    )
+
+    def arr(a, moved=False):
+        return backend.asarray(np.swapaxes(a, 0, 1) if moved and batch_first else a, dtype)
+
+    def public(parts):
+        parts = tuple(arr(p) for p in parts)
+        return parts if cell == "lstm" else parts[0]
+
+    x = arr(xs, moved=True)
+    hs, final = obj(x, public(state0))
+    functional = normcore.rnn(
+        x, public(state0), obj.parameters(), cell=cell, layer_norm=layer_norm,
+        batch_first=batch_first,
+    )  # fmt: skip
+    np.testing.assert_array_equal(backend.to_numpy(hs), backend.to_numpy(functional[0]))
+    scale = 1.0 if dtype == "float64" else 4.0 * T
+    moved = np.swapaxes(ref_hs, 0, 1) if batch_first else ref_hs
+    assert_close(backend, hs, moved, dtype, scale)
+    for got, want in zip(_tuple(final), ref_final, strict=True):
+        assert_close(backend, got, want, dtype, scale)
+    dxs = obj.backward(arr(dhs, moved=True), public(dfinal))
+    assert_like(dxs, x)
+    want_dxs = np.swapaxes(ref_dxs, 0, 1) if batch_first else ref_dxs
+    assert_close(backend, dxs, want_dxs, dtype, 4 * scale)
+    assert isinstance(obj.dstate0, tuple) == (cell == "lstm")
+    for got, want in zip(_tuple(obj.dstate0), ref_dstate0, strict=True):
+        assert_close(backend, got, want, dtype, 4 * scale)
+    grads = obj.grads()
+    assert list(grads) == list(obj.parameters())
+    for name, want in ref_dparams.items():
+        assert_close(backend, grads[name], want, dtype, 4 * scale * T * B)
+
+
+def test_recurrent_backward_uses_the_parameters_and_mask_of_the_forward(backend, rng):
+    x = backend.asarray(rng.normal(size=(T, B, I)))
+    mask = backend.xp.asarray(np.arange(T)[:, None] < np.array([4, 2, 1]), device=backend.device)
+    obj = normcore.GRU(I, H, like=x, dtype="float64")
+    params = dict(obj.parameters())
+    obj(x, mask=mask)
+    obj.load_state_dict(random_state(rng, obj))  # changed after the forward
+    dhs = backend.asarray(rng.normal(size=(T, B, H)))
+    dxs = obj.backward(dhs)
+    want = normcore.rnn_backward(dhs, x, None, params, cell="gru", mask=mask)
+    np.testing.assert_array_equal(backend.to_numpy(dxs), backend.to_numpy(want.dxs))
+    np.testing.assert_array_equal(backend.to_numpy(obj.dstate0), backend.to_numpy(want.dstate0))
+    assert np.all(backend.to_numpy(dxs)[2:, 2] == 0)  # masked steps get no gradient
+
+
+def _trained_lstm(backend, rng):
+    x = backend.asarray(rng.normal(size=(T, B, I)), "float32")
+    obj = normcore.LSTM(I, H, like=x)
+    obj(x)
+    obj.backward(backend.asarray(rng.normal(size=(T, B, H)), "float32"))
+    return obj
+
+
+@pytest.mark.parametrize(
+    ("make_args", "error", "message"),
+    [
+        (lambda b: ([[[1.0] * I]],), TypeError, r"^xs must be an array .* got list"),
+        (
+            lambda b: (b.asarray(np.ones((T, B, I)), "float64"),),
+            TypeError,
+            r"^xs must have this LSTM's dtype .*float32, got .*float64; convert xs",
+        ),
+        (
+            lambda b: (b.asarray(np.ones((T, B, I + 1)), "float32"),),
+            ValueError,
+            r"^xs must have input_size=5 values along axis -1, got shape \(4, 3, 6\)",
+        ),
+        (
+            lambda b: (b.asarray(np.ones((T, I)), "float32"),),
+            ValueError,
+            r"^xs must be 3-D \(time, batch, input\)",
+        ),
+        (
+            lambda b: (b.asarray(np.ones((T, B, I)), "float32"), b.asarray(np.ones((B, H)))),
+            TypeError,
+            r"^state0 for cell='lstm' must be a tuple \(h, c\)",
+        ),
+    ],
+    ids=["list", "float64", "input-size", "2-d", "state-structure"],
+)
+def test_recurrent_bad_input_raises_like_the_function(backend, rng, make_args, error, message):
+    obj = _trained_lstm(backend, rng)
+    before = snapshot(backend, obj)
+    dstate0 = obj.dstate0
+    with pytest.raises(error, match=message):
+        obj(*make_args(backend))
+    with pytest.raises(ValueError, match=r"^dhs must have the shape of hs \(4, 3, 4\)"):
+        obj.backward(backend.asarray(np.ones((T, B, H + 1)), "float32"))
+    assert_unchanged(backend, obj, before)
+    assert obj.dstate0 is dstate0
+
+
+def test_recurrent_object_names_xs_for_low_precision_input(backend, rng):
+    """float16 xs to a float32 LSTM: the error names xs and the layer (not a parameter)."""
+    low = next((d for d in ("float16", "bfloat16") if d in backend.dtypes), None)
+    if low is None:
+        pytest.skip(f"{backend.name} has no float16/bfloat16")
+    obj = _trained_lstm(backend, rng)
+    before = snapshot(backend, obj)
+    with pytest.raises(TypeError, match=rf"^xs must have this LSTM's dtype .*float32, got .*{low}"):
+        obj(backend.asarray(np.ones((T, B, I)), low))
+    assert_unchanged(backend, obj, before)
+
+
+def test_recurrent_constructor_errors():
+    with pytest.raises(TypeError, match=r"batch_first must be True or False, got int"):
+        normcore.LSTM(I, H, batch_first=1)
+    with pytest.raises(TypeError, match=r"layer_norm must be True or False, got str"):
+        normcore.GRU(I, H, layer_norm="yes")
+    with pytest.raises(ValueError, match=r"hidden_size must be >= 1, got 0"):
+        normcore.RNN(I, 0)
+    with pytest.raises(TypeError, match=r"input_size must be an int, got float"):
+        normcore.RNN(2.0, H)
+    with pytest.raises(RuntimeError, match=r"LSTM.backward needs a forward call"):
+        normcore.LSTM(I, H).backward(np.zeros((T, B, H), np.float32))

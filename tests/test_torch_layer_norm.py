@@ -1,0 +1,142 @@
+"""normcore.torch: drop-ins for torch.nn.LayerNorm / torch.nn.RMSNorm, checked against them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import normcore
+
+torch = pytest.importorskip("torch")
+
+PAIRS = {
+    "layer": (lambda *a, **k: normcore.torch.LayerNorm(*a, **k), torch.nn.LayerNorm),
+    "rms": (lambda *a, **k: normcore.torch.RMSNorm(*a, **k), torch.nn.RMSNorm),
+}
+
+
+def _random_pair(kind, shape, device, dtype, seed, **kwargs):
+    ours_cls, theirs_cls = PAIRS[kind]
+    theirs = theirs_cls(shape, device=device, dtype=dtype, **kwargs)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen).to(p))
+    ours = ours_cls(shape, device=device, dtype=dtype, **kwargs)
+    ours.load_state_dict(theirs.state_dict())
+    return ours, theirs
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", sorted(PAIRS))
+@pytest.mark.parametrize(
+    ("normalized_shape", "x_shape", "kwargs"),
+    [
+        (16, (8, 16), {}),
+        ((4, 5), (2, 3, 4, 5), {}),
+        (16, (8, 16), {"eps": 1e-3}),
+        (16, (8, 16), {"elementwise_affine": False}),
+    ],
+)
+def test_outputs_and_grads_equal_torch_nn(
+    path, torch_device, dtype, kind, normalized_shape, x_shape, kwargs
+):
+    device = torch_device
+    ours, theirs = _random_pair(kind, normalized_shape, device, dtype, 0, **kwargs)
+    gen = torch.Generator().manual_seed(1)
+    x0 = torch.randn(x_shape, generator=gen).to(device, dtype)
+    dy = torch.randn(x_shape, generator=gen).to(device, dtype)
+    results = []
+    for module in (ours, theirs):
+        x = x0.clone().requires_grad_()
+        y = module(x)
+        y.backward(dy)
+        results.append([y, x.grad] + [p.grad for p in module.parameters()])
+        assert y.dtype == dtype and y.device == x0.device
+    tol = 1e-10 if dtype == torch.float64 else 2e-5
+    assert len(results[0]) == len(results[1])
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+
+
+def test_rms_norm_default_eps_is_torchs_machine_epsilon():
+    ours, theirs = _random_pair("rms", 8, "cpu", torch.float32, 2)
+    assert ours.eps is None
+    x = torch.full((2, 8), 1e-4)  # mean square 1e-8: eps = 1.2e-7 dominates it
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", sorted(PAIRS))
+@pytest.mark.parametrize("kwargs", [{}, {"elementwise_affine": False}])
+def test_state_dicts_are_interchangeable(kind, kwargs):
+    ours, theirs = _random_pair(kind, (3, 4), "cpu", torch.float32, 3, **kwargs)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    fresh_theirs = PAIRS[kind][1]((3, 4), **kwargs)
+    fresh_theirs.load_state_dict(ours.state_dict())  # strict: same keys and shapes
+    for name, value in theirs.state_dict().items():
+        assert torch.equal(fresh_theirs.state_dict()[name], value)
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+
+
+def test_layer_norm_without_bias_matches_torch():
+    ours, theirs = _random_pair("layer", 6, "cpu", torch.float64, 4, bias=False)
+    assert ours.bias is None and list(ours.state_dict()) == ["weight"]
+    x = torch.randn(3, 6, dtype=torch.float64)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-12, atol=1e-12)
+
+
+def test_to_moves_parameters_and_converts_dtype():
+    ours = normcore.torch.LayerNorm(4).to(torch.float64)
+    assert all(p.dtype == torch.float64 for p in ours.parameters())
+    y = ours(torch.randn(2, 4, dtype=torch.float64))
+    assert y.dtype == torch.float64
+
+
+@pytest.mark.parametrize("kind", sorted(PAIRS))
+def test_wrong_trailing_shape_is_a_value_error(kind):
+    module = PAIRS[kind][0]((3, 4), elementwise_affine=False)
+    with pytest.raises(ValueError, match=r"input must end with normalized_shape \(3, 4\), got"):
+        module(torch.ones(2, 4, 3))
+
+
+def test_repr_names_the_arguments():
+    assert (
+        repr(normcore.torch.LayerNorm(4)) == "LayerNorm((4,), eps=1e-05, elementwise_affine=True)"
+    )
+
+
+def test_import_normcore_does_not_import_torch_until_normcore_torch_is_used():
+    code = (
+        "import sys, normcore; print('torch' in sys.modules); "
+        "normcore.torch.LayerNorm; import normcore.torch; print('torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "True"]
+
+
+def test_unknown_attribute_is_an_attribute_error():
+    with pytest.raises(AttributeError, match=r"module 'normcore' has no attribute 'nope'"):
+        normcore.nope  # noqa: B018
+
+
+# Dynamo notes that it traces through array-api-compat's lru_cache'd type checks.
+@pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`")
+def test_torch_compile_matches_eager():
+    # The aot_eager backend traces through normcore (graph breaks at the dispatch
+    # switch, a ContextVar dynamo cannot trace) without invoking a C++ compiler;
+    # the default inductor backend also works here but compiles for ~40 s.
+    torch._dynamo.reset()
+    ours, theirs = _random_pair("layer", 8, "cpu", torch.float32, 5)
+    compiled = torch.compile(ours, backend="aot_eager")
+    x = torch.randn(4, 8, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    y = compiled(x)
+    y.square().sum().backward()
+    y_ref = theirs(x_ref)
+    y_ref.square().sum().backward()
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    torch.testing.assert_close(ours.weight.grad, theirs.weight.grad)

@@ -1,0 +1,206 @@
+"""normcore.torch.RNN/LSTM/GRU against torch.nn's and against the paper's equations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _rnn_reference import reference
+from _torch_support import assert_all_close, grads, randomize
+
+import normcore
+
+torch = pytest.importorskip("torch")
+
+CELLS = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
+TOL = {torch.float32: 2e-5, torch.float64: 1e-10}
+
+
+def _pair(cell, dtype, seed, **kwargs):
+    theirs = getattr(torch.nn, CELLS[cell])(3, 4, dtype=dtype, **kwargs)
+    randomize(theirs, seed)
+    ours = getattr(normcore.torch, CELLS[cell])(3, 4, dtype=dtype, **kwargs)
+    ours.load_state_dict(theirs.state_dict())
+    return ours, theirs
+
+
+def _initial_state(cell, shape, dtype, gen):
+    parts = [torch.randn(shape, generator=gen).to(dtype).requires_grad_() for _ in range(2)]
+    return tuple(parts) if cell == "lstm" else parts[0]
+
+
+def _leaves(state):
+    return state if isinstance(state, tuple) else (state,)
+
+
+def _loss(output, final, gen):
+    finals = _leaves(final)
+    total = (output * torch.randn(output.shape, generator=gen).to(output)).sum()
+    return total + sum((f * torch.randn(f.shape, generator=gen).to(f)).sum() for f in finals)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["time-major", "batch-first", "unbatched", "no-hx"])
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_recurrent_equals_torch(path, dtype, layout, cell):
+    batch_first = layout == "batch-first"
+    ours, theirs = _pair(cell, dtype, 5, batch_first=batch_first)
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+    results = []
+    for module in (ours, theirs):
+        gen = torch.Generator().manual_seed(6)
+        shape = {"unbatched": (5, 3), "batch-first": (2, 5, 3)}.get(layout, (5, 2, 3))
+        x = torch.randn(shape, generator=gen).to(dtype).requires_grad_()
+        hx_shape = (1, 4) if layout == "unbatched" else (1, 2, 4)
+        hx = None if layout == "no-hx" else _initial_state(cell, hx_shape, dtype, gen)
+        output, final = module(x, hx)
+        assert isinstance(final, tuple) == (cell == "lstm")
+        _loss(output, final, gen).backward()
+        hx_grads = None if hx is None else tuple(h.grad for h in _leaves(hx))
+        results.append((output, final, x.grad, hx_grads, grads(module)))
+    assert_all_close(results[0], results[1], 10 * TOL[dtype])
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_recurrent_state_dicts_are_interchangeable(cell):
+    ours, theirs = _pair(cell, torch.float32, 7)
+    fresh = getattr(torch.nn, CELLS[cell])(3, 4)
+    fresh.load_state_dict(ours.state_dict())  # strict: same keys and shapes
+    for key, value in theirs.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value)
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_layer_norm_modules_equal_the_papers_equations(path, cell):
+    module = getattr(normcore.torch, CELLS[cell])(3, 4, layer_norm=True, dtype=torch.float64)
+    randomize(module, 8)
+    params = normcore.rnn_params_from_torch(module.state_dict(), cell, layer_norm=True)
+    rng = np.random.default_rng(9)
+    xs, dhs = rng.normal(size=(5, 2, 3)), rng.normal(size=(5, 2, 4))
+    state0 = tuple(rng.normal(size=(2, 4)) for _ in range(2 if cell == "lstm" else 1))
+    dfinal = tuple(np.zeros((2, 4)) for _ in state0)
+    want_hs, want_final, want_dxs, _, _ = reference(
+        cell, True, xs, state0, {k: v.numpy() for k, v in params.items()}, dhs, dfinal
+    )
+    x = torch.tensor(xs, requires_grad=True)
+    hx = tuple(torch.tensor(s)[None] for s in state0)
+    output, final = module(x, hx if cell == "lstm" else hx[0])
+    output.backward(torch.tensor(dhs))
+    np.testing.assert_allclose(output.detach().numpy(), want_hs, rtol=1e-10, atol=1e-10)
+    for got, want in zip(_leaves(final), want_final, strict=True):
+        np.testing.assert_allclose(got[0].detach().numpy(), want, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(x.grad.numpy(), want_dxs, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_layer_norm_modules_pass_gradcheck(cell):
+    module = getattr(normcore.torch, CELLS[cell])(2, 3, layer_norm=True, dtype=torch.float64)
+    randomize(module, 10)
+    names = [n for n, _ in module.named_parameters()]
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(3, 2, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(1, 2, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+
+    def run(x, h0, *values):
+        hx = (h0, torch.tanh(h0)) if cell == "lstm" else h0
+        output, final = torch.func.functional_call(
+            module, dict(zip(names, values, strict=True)), (x, hx)
+        )
+        return output, *_leaves(final)
+
+    values = [p.detach().clone().requires_grad_() for p in module.parameters()]
+    assert torch.autograd.gradcheck(run, (x, h0, *values), fast_mode=True)
+
+
+def test_normcore_objects_and_modules_share_their_state():
+    obj = normcore.LSTM(3, 4, like=torch, dtype="float64", seed=3)
+    module = normcore.torch.LSTM(3, 4, layer_norm=True, dtype=torch.float64)
+    module.load_state_dict(obj.to_torch_state_dict())
+    xs = torch.randn(5, 2, 3, dtype=torch.float64)
+    hs, (h, c) = obj(xs)
+    output, (h_n, c_n) = module(xs)
+    torch.testing.assert_close(output, hs, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close((h_n[0], c_n[0]), (h, c), rtol=1e-12, atol=1e-12)
+    randomize(module, 12)
+    obj.load_torch_state_dict(module.state_dict())
+    torch.testing.assert_close(obj(xs)[0], module(xs)[0], rtol=1e-12, atol=1e-12)
+    plain = normcore.GRU(3, 4, layer_norm=False, like=torch)
+    plain.load_torch_state_dict(torch.nn.GRU(3, 4).state_dict())  # torch.nn keys
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_layers": 2}, r"supports num_layers=1 only .* got num_layers=2"),
+        ({"bidirectional": True}, r"supports bidirectional=False only"),
+        ({"bias": False}, r"supports bias=True only"),
+        ({"dropout": 0.5}, r"supports dropout=0.0 only"),
+        ({"proj_size": 2}, r"supports proj_size=0 only \(no projection\), got 2"),
+    ],
+)
+def test_unsupported_configurations_are_value_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        normcore.torch.LSTM(3, 4, **kwargs)
+    with pytest.raises(ValueError, match=r"supports nonlinearity='tanh' only, got 'relu'"):
+        normcore.torch.RNN(3, 4, nonlinearity="relu")
+    with pytest.raises(TypeError, match=r"^nonlinearity must be a str, one of .* got int"):
+        normcore.torch.RNN(3, 4, nonlinearity=1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"bias": 1}, TypeError, r"^bias must be True or False, got int"),
+        ({"bidirectional": 0}, TypeError, r"^bidirectional must be True or False, got int"),
+        ({"batch_first": "yes"}, TypeError, r"^batch_first must be True or False, got str"),
+        ({"layer_norm": 1}, TypeError, r"^layer_norm must be True or False, got int"),
+        ({"num_layers": 1.0}, TypeError, r"^num_layers must be an int, got float"),
+        ({"dropout": -0.5}, ValueError, r"^dropout must be in \[0, 1\], got -0.5"),
+        ({"dropout": "0"}, TypeError, r"^dropout must be a real number, got str"),
+    ],
+)
+def test_recurrent_argument_types_are_checked(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        normcore.torch.GRU(3, 4, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("cell", "x_shape", "hx", "error", "message"),
+    [
+        ("gru", (5, 2, 3, 1), None, ValueError, r"^GRU: expected input to be 2D or 3D, got 4D"),
+        ("gru", (5, 2, 3), torch.zeros(2, 2, 4), ValueError, r"^hx must have shape \(1, batch"),
+        ("lstm", (5, 2, 3), torch.zeros(1, 2, 4), TypeError, r"^hx for LSTM must be a tuple"),
+        ("rnn", (5, 2, 4), None, ValueError, r"^RNN: input.size\(-1\) must be input_size=3, got 4"),
+        (
+            "lstm",
+            (5, 2, 3),
+            (torch.zeros(1, 2, 4),) * 3,
+            TypeError,
+            r"^hx for LSTM must be a tuple \(h_0, c_0\), got a tuple of length 3$",
+        ),
+        ("rnn", (5, 3), torch.zeros(1, 2, 4), ValueError, r"^hx must have shape \(1, hidden"),
+    ],
+)
+def test_recurrent_bad_input(cell, x_shape, hx, error, message):
+    module = getattr(normcore.torch, CELLS[cell])(3, 4)
+    with pytest.raises(error, match=message):
+        module(torch.zeros(x_shape), hx)
+
+
+def test_recurrent_input_dtype_must_match_the_parameters():
+    with pytest.raises(
+        TypeError, match=r"^GRU: input must have the parameters' dtype torch.float32"
+    ):
+        normcore.torch.GRU(3, 4)(torch.zeros(5, 2, 3, dtype=torch.float64))
+
+
+def test_lstm_takes_torch_nn_constructor_arguments_positionally():
+    """input, hidden, num_layers, bias, batch_first, dropout, bidirectional, proj_size."""
+    args = (3, 4, 1, True, True, 0.0, False, 0)
+    ours, theirs = normcore.torch.LSTM(*args), torch.nn.LSTM(*args)
+    assert (ours.batch_first, ours.proj_size) == (theirs.batch_first, theirs.proj_size) == (True, 0)
+    ours.load_state_dict(theirs.state_dict())
+    ours.flatten_parameters()  # a no-op kept for code written for torch.nn's cuDNN RNNs
+    x = torch.randn(2, 5, 3)
+    torch.testing.assert_close(ours(x)[0], theirs(x)[0])
+    with pytest.raises(TypeError, match=r"^proj_size must be an int, got float"):
+        normcore.torch.LSTM(3, 4, proj_size=0.0)
