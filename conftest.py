@@ -1,23 +1,38 @@
 """Collection rules for the whole tree (doctests included): what needs an optional library.
 
 ``normcore/torch/`` imports torch, so its doctests are collected only when
-torch is installed; the run then says so in its header. Everything else is
-collected in every environment.
+torch is installed; a docstring example elsewhere that imports an optional
+library that is missing is skipped, with that reason. Everything else is
+collected and run in every environment.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import re
+
+import pytest
+
+OPTIONAL = ("torch", "cupy")
+MISSING = [name for name in OPTIONAL if importlib.util.find_spec(name) is None]
 
 collect_ignore_glob: list[str] = []
-_NOT_COLLECTED: list[str] = []
-
-if importlib.util.find_spec("torch") is None:
+if "torch" in MISSING:
     collect_ignore_glob.append("normcore/torch/*")
-    _NOT_COLLECTED.append("normcore/torch/ doctests (torch is not installed)")
 
 
 def pytest_report_header(config):
-    if _NOT_COLLECTED:
-        return "not collected: " + "; ".join(_NOT_COLLECTED)
+    if "torch" in MISSING:
+        return "not collected: normcore/torch/ doctests (torch is not installed)"
     return None
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        test = getattr(item, "dtest", None)  # a doctest item
+        if test is None:
+            continue
+        source = "".join(example.source for example in test.examples)
+        for name in MISSING:
+            if re.search(rf"\bimport [\w, ]*\b{name}\b", source):
+                item.add_marker(pytest.mark.skip(reason=f"{name} is not installed"))

@@ -111,6 +111,10 @@ class NumPyAdapter(Adapter):
     def devices(self) -> list[str]:
         return ["cpu"]
 
+    def kernel_set(self) -> str:
+        """The kernels NumPy arrays run on now: ``"numba"`` or ``"numpy"``."""
+        return "numba" if _kernels().__name__.endswith("_numba_kernels") else "numpy"
+
     def normalize(self, xp, x, gain, bias, layout, *, need_stats=False):
         # The kernels compute the biased variance only.
         if layout.correction or not _supported(x, gain, bias):

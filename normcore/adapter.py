@@ -284,36 +284,7 @@ class Adapter:
         return f"<normcore adapter {self.name!r} for {self.library!r}>"
 
 
-def reference_normalize(
-    adapter: Adapter,
-    xp: Namespace,
-    x: Array,
-    gain: Array | None,
-    bias: Array | None,
-    layout: Layout,
-    *,
-    need_stats: bool = False,
-) -> Normalized:
-    """The reference forward, with :meth:`Adapter.normalize`'s signature (``adapter`` as self).
-
-    Array API operations only; statistics accumulate in
-    ``adapter.accumulation_dtype``. Always returns the statistics it used.
-    """
-    from ._reference import primitive
-
-    return primitive.normalize(adapter, xp, x, gain, bias, layout, need_stats=need_stats)
-
-
-def reference_normalize_backward(
-    adapter: Adapter,
-    xp: Namespace,
-    dy: Array,
-    x: Array,
-    gain: Array | None,
-    bias: Array | None,
-    layout: Layout,
-) -> Gradients:
-    """The reference backward, with :meth:`Adapter.normalize_backward`'s signature."""
-    from ._reference import primitive
-
-    return primitive.normalize_backward(adapter, xp, dy, x, gain, bias, layout)
+# The reference path: the contract's own implementation, written against the Array API
+# (normcore/_reference/primitive.py). Imported last because it uses the types above.
+from ._reference.primitive import normalize as reference_normalize  # noqa: E402
+from ._reference.primitive import normalize_backward as reference_normalize_backward  # noqa: E402

@@ -10,10 +10,12 @@ from importlib import metadata
 
 import numpy as np
 import pytest
+from normcore.backends.numpy import adapter as numpy_adapter
 
 import normcore
 from normcore._plumbing import registry as _registry
-from normcore.adapter import Adapter, reference_normalize
+from normcore._plumbing.compat import namespace_of
+from normcore.adapter import Adapter, Layout, reference_normalize
 
 
 def _run(code: str, **env: str) -> subprocess.CompletedProcess:
@@ -201,3 +203,37 @@ def test_info_command_lists_adapters_and_devices():
     for name in ("numpy", "torch", "cupy"):
         assert f"  {name} " in result.stdout
     assert "devices: cpu" in result.stdout
+
+
+def test_numpy_batch_norm_kernels_serve_inputs_from_their_threshold_on():
+    """Below ``small_channels`` elements the channel kernels decline (the reference is faster)."""
+    xp = namespace_of(np.ones(1))
+    small = numpy_adapter.small_channels
+    layout = Layout((0,), (1,))
+    below, above = np.ones((small // 4 - 1, 4)), np.ones((small // 4, 4))
+    assert numpy_adapter.normalize(xp, below, None, None, layout) is NotImplemented
+    assert numpy_adapter.normalize_backward(xp, below, below, None, None, layout) is NotImplemented
+    assert numpy_adapter.normalize(xp, above, None, None, layout) is not NotImplemented
+    assert numpy_adapter.normalize_backward(xp, above, above, None, None, layout) is not (
+        NotImplemented
+    )
+    rows = Layout((1,), (1,))  # the row kernels serve every size
+    assert numpy_adapter.normalize(xp, np.ones((1, 2)), None, None, rows) is not NotImplemented
+
+
+def test_the_example_plugin_serves_the_strict_backend(monkeypatch):
+    """The documented example plugin (examples/plugin) is registered for the shared suite."""
+    strict = pytest.importorskip("array_api_strict")
+    x = strict.asarray(np.arange(6.0).reshape(2, 3))
+    plugin = _registry.adapter_for(x)
+    assert plugin.name == "strict" and type(plugin).__module__ == "normcore_strict"
+    calls = []
+    original = type(plugin).normalize
+
+    def recording(self, *args, **kwargs):
+        calls.append(args[-1])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(plugin), "normalize", recording)
+    normcore.layer_norm(x)
+    assert len(calls) == 1 and calls[0].reduce_axes == (1,)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from .._reference import primitive
-from ..adapter import Adapter, Gradients, Layout, Normalized
+from ..adapter import Gradients, Layout, Normalized
 from ..typing import Array, Namespace
 from .compat import device_of
 from .config import using_reference_path
@@ -23,16 +23,9 @@ def is_empty(x: Array) -> bool:
     return math.prod(x.shape) == 0
 
 
-def normalize(
-    adapter: Adapter,
-    xp: Namespace,
-    x: Array,
-    gain: Array | None,
-    bias: Array | None,
-    layout: Layout,
-    *,
-    need_stats: bool = False,
-) -> Normalized:
+# The signatures are the primitive's (normcore.adapter.Adapter.normalize/normalize_backward
+# with the adapter first), not repeated here: one contract, one reference implementation.
+def normalize(adapter, xp, x, gain, bias, layout, *, need_stats=False) -> Normalized:
     """Forward of the primitive: ``adapter.normalize``, or the reference when it declines."""
     if is_empty(x):
         return Normalized(_empty_output(xp, x, gain, bias, layout), None, None)
@@ -43,15 +36,7 @@ def normalize(
     return primitive.normalize(adapter, xp, x, gain, bias, layout, need_stats=need_stats)
 
 
-def normalize_backward(
-    adapter: Adapter,
-    xp: Namespace,
-    dy: Array,
-    x: Array,
-    gain: Array | None,
-    bias: Array | None,
-    layout: Layout,
-) -> Gradients:
+def normalize_backward(adapter, xp, dy, x, gain, bias, layout) -> Gradients:
     """Backward of the primitive: ``adapter.normalize_backward``, or the reference."""
     if is_empty(x):
         return _empty_gradients(xp, x, gain, bias, layout)

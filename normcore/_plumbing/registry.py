@@ -12,7 +12,6 @@ accumulation rule.
 from __future__ import annotations
 
 import warnings
-from importlib import metadata
 from typing import Any
 
 from ..adapter import Adapter
@@ -51,6 +50,9 @@ def adapters() -> list[Adapter]:
     """Return the registered adapters, loading their entry points on first use."""
     global _ADAPTERS
     if _ADAPTERS is None:
+        # Imported here, not at ``import normcore``: it costs more than the rest of normcore.
+        from importlib import metadata
+
         found: list[Adapter] = []
         for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
             try:

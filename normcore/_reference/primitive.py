@@ -89,10 +89,12 @@ def normalize(
     *,
     need_stats: bool = False,
 ) -> Normalized:
-    """Reference forward of the normalization primitive (arguments already validated).
+    """The reference forward of the primitive: :meth:`normcore.adapter.Adapter.normalize`'s
+    signature with the adapter first (public as :func:`normcore.adapter.reference_normalize`).
 
-    Always returns the statistics it used; ``need_stats`` (part of the
-    signature every implementation shares) changes nothing here.
+    Array API operations only; statistics accumulate in
+    ``adapter.accumulation_dtype``. Always returns the statistics it used
+    (``need_stats`` changes nothing here).
     """
     acc = adapter.accumulation_dtype(xp, x.dtype)
     xhat, mean, var, _ = _standardize(xp, as_dtype(xp, x, acc), layout)
@@ -113,7 +115,8 @@ def normalize_backward(
     bias: Array | None,
     layout: Layout,
 ) -> Gradients:
-    """Reference backward of :func:`normalize` (arguments already validated).
+    """The reference backward: :meth:`normcore.adapter.Adapter.normalize_backward`'s signature
+    with the adapter first (public as :func:`normcore.adapter.reference_normalize_backward`).
 
     With ``layout.stats`` the statistics are constants and the gradient does
     not flow through them; otherwise it does (the full formula, with

@@ -342,8 +342,8 @@ def _numpy_path(normcore: Any) -> str:
     """Which code the NumPy rows measure: the forced reference path or a kernel set."""
     if normcore.using_reference_path():
         return "the reference path (forced: NORMCORE_REFERENCE_PATH or reference_path())"
-    from normcore.backends.numpy import _kernels
+    from normcore.backends.numpy import adapter
 
-    if _kernels().__name__.endswith("_numba_kernels"):
+    if adapter.kernel_set() == "numba":
         return "numba kernels (NORMCORE_NUMBA=1)"
     return "NumPy kernels"

@@ -14,6 +14,7 @@ __all__ = [
     "format_table",
     "load_backend",
     "log_softmax",
+    "pyplot",
     "require_extras",
     "softmax_cross_entropy",
 ]

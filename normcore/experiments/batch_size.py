@@ -22,10 +22,9 @@ from typing import Any
 import numpy as np
 
 import normcore
-from normcore._plumbing.compat import resolve_creation
+from normcore._plumbing.compat import resolve_creation, to_numpy
 from normcore.optim import Adam
 
-from .._plumbing.compat import to_numpy
 from ._common import Progress, format_table, log_softmax, pyplot, softmax_cross_entropy
 from .rnn_digits import load_digit_sequences
 

@@ -21,9 +21,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 import normcore
-from normcore._plumbing.compat import resolve_creation
+from normcore._plumbing.compat import resolve_creation, to_numpy
 
-from .._plumbing.compat import to_numpy
 from ._common import Progress, format_table, pyplot
 from .batch_size import load_digit_vectors
 

@@ -16,10 +16,9 @@ from typing import Any
 import numpy as np
 
 import normcore
-from normcore._plumbing.compat import device_of, resolve_creation
+from normcore._plumbing.compat import device_of, resolve_creation, to_numpy
 from normcore.optim import Adam
 
-from .._plumbing.compat import to_numpy
 from ._common import pyplot, softmax_cross_entropy
 
 __all__ = ["compare", "load_digit_sequences", "plot_curves", "train"]

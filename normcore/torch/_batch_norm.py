@@ -31,8 +31,8 @@ class _BatchNorm(torch.nn.Module):
         momentum: float | None = 0.1,
         affine: bool = True,
         track_running_stats: bool = True,
-        device=None,
-        dtype=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         *,
         bias: bool = True,
     ) -> None:

@@ -53,8 +53,8 @@ class GroupNorm(torch.nn.Module):
         num_channels: int,
         eps: float = 1e-5,
         affine: bool = True,
-        device=None,
-        dtype=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         *,
         bias: bool = True,
     ) -> None:

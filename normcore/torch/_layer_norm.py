@@ -15,7 +15,15 @@ __all__ = ["LayerNorm", "RMSNorm"]
 class _TrailingNorm(torch.nn.Module):
     """Parameters ``weight`` (and ``bias``) over the trailing axes, shared by both modules."""
 
-    def __init__(self, normalized_shape, eps, elementwise_affine, bias, device, dtype) -> None:
+    def __init__(
+        self,
+        normalized_shape: int | tuple[int, ...],
+        eps: float | None,
+        elementwise_affine: bool,
+        bias: bool,
+        device: torch.device | str | None,
+        dtype: torch.dtype | None,
+    ) -> None:
         super().__init__()
         self.normalized_shape = check_normalized_shape(normalized_shape)
         self.eps = eps if eps is None else check_eps(eps)  # None: RMSNorm's per-dtype default
@@ -72,12 +80,12 @@ class LayerNorm(_TrailingNorm):
 
     def __init__(
         self,
-        normalized_shape,
+        normalized_shape: int | tuple[int, ...],
         eps: float = 1e-5,
         elementwise_affine: bool = True,
         bias: bool = True,
-        device=None,
-        dtype=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(normalized_shape, eps, elementwise_affine, bias, device, dtype)
 
@@ -112,11 +120,11 @@ class RMSNorm(_TrailingNorm):
 
     def __init__(
         self,
-        normalized_shape,
+        normalized_shape: int | tuple[int, ...],
         eps: float | None = None,
         elementwise_affine: bool = True,
-        device=None,
-        dtype=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(normalized_shape, eps, elementwise_affine, False, device, dtype)
 

@@ -1,0 +1,76 @@
+"""normcore's settings: environment variables read once at import, with clear errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import normcore
+from normcore._plumbing import config
+
+
+def _import_normcore(**env: str) -> subprocess.CompletedProcess:
+    code = (
+        "import normcore\n"
+        "from normcore._plumbing.config import settings\n"
+        "print(settings.reference_path, settings.numba, settings.num_threads)"
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("NORMCORE_")}
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**clean, **env}
+    )
+
+
+def test_defaults_without_variables():
+    done = _import_normcore()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False", "None"]
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"NORMCORE_REFERENCE_PATH": "yes"}, ["True", "False", "None"]),
+        ({"NORMCORE_NUMBA": " ON "}, ["False", "True", "None"]),
+        ({"NORMCORE_NUMBA": "0", "NORMCORE_NUM_THREADS": "3"}, ["False", "False", "3"]),
+        ({"NORMCORE_REFERENCE_PATH": ""}, ["False", "False", "None"]),
+    ],
+)
+def test_variables_are_parsed_at_import(env, expected):
+    done = _import_normcore(**env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "accepted"),
+    [
+        ("NORMCORE_NUMBA", "maybe", "one of 1, true, yes, on"),
+        ("NORMCORE_REFERENCE_PATH", "2", "one of 1, true, yes, on"),
+        ("NORMCORE_NUM_THREADS", "0", "a whole number >= 1"),
+        ("NORMCORE_NUM_THREADS", "two", "a whole number >= 1"),
+    ],
+)
+def test_a_value_not_understood_fails_at_import_naming_the_variable(name, value, accepted):
+    done = _import_normcore(**{name: value})
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("ValueError: the environment variable")
+    assert f"{name}={value!r} is not understood" in last and accepted in last
+
+
+def test_from_environment_reads_only_normcores_variables():
+    parsed = config.from_environment({"NORMCORE_NUM_THREADS": "2", "OTHER": "x"})
+    assert parsed == config.Settings(reference_path=False, numba=False, num_threads=2)
+
+
+def test_reference_path_needs_a_bool():
+    with (
+        pytest.raises(TypeError, match=r"enabled must be True or False, got str"),
+        normcore.reference_path("yes"),
+    ):
+        pass
+    assert not normcore.using_reference_path()
