@@ -250,7 +250,7 @@ def rnn(
     True
     """
     call, hidden = _prepare(xs, state0, params, cell, layer_norm, mask, eps, batch_first)
-    outputs, final, *_ = recurrence.forward(call.seq, keep_states=False)
+    outputs, final, _ = recurrence.forward(call.seq, save=False)
     return _stack_outputs(call, outputs, hidden), _public_state(final)
 
 
