@@ -234,6 +234,28 @@ def test_state0_none_means_zeros(backend, rng, cell):
     assert len(_as_tuple(grads.dstate0)) == len(_as_tuple(a["state0"]))
 
 
+@pytest.mark.parametrize("missing", [0, 1], ids=["h", "c"])
+def test_lstm_state_part_none_means_zeros(backend, rng, missing):
+    # Issue #11: (None, c0) / (h0, None), and the same for dfinal_state; the
+    # expected values are the torch reference's with that part zero.
+    data, a = _case(backend, "float64", rng, "lstm", True)
+    state0 = tuple(None if k == missing else s for k, s in enumerate(a["state0"]))
+    dfinal = tuple(None if k == missing else d for k, d in enumerate(a["dfinal"]))
+    zeroed = [tuple(np.zeros_like(s) if k == missing else s for k, s in enumerate(data[key]))
+              for key in ("state0", "dfinal")]  # fmt: skip
+    ref_hs, ref_final, ref_dxs, ref_dstate0, _ = reference(
+        "lstm", True, data["xs"], zeroed[0], data["params"], data["dhs"], zeroed[1]
+    )
+    hs, final = normcore.rnn(a["xs"], state0, a["params"], cell="lstm")
+    grads = normcore.rnn_backward(
+        a["dhs"], a["xs"], state0, a["params"], cell="lstm", dfinal_state=dfinal
+    )
+    assert_close(backend, hs, ref_hs, "float64")
+    for got, want in zip((*final, grads.dxs, *grads.dstate0),
+                         (*ref_final, ref_dxs, *ref_dstate0), strict=True):  # fmt: skip
+        assert_close(backend, got, want, "float64")
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_a_sequence_four_times_longer_than_any_here(rng, cell):
     steps = 4 * 5  # the longest sequence elsewhere in this file has 5 steps

@@ -92,7 +92,9 @@ def _check_state(xs, state, cell, hidden, name) -> tuple | None:
         return None
     labels = ("h", "c") if cell == "lstm" else ("",)
     named = {
-        f"{name}{'.' + lab if lab else ''}": part for lab, part in zip(labels, parts, strict=False)
+        f"{name}{'.' + lab if lab else ''}": part
+        for lab, part in zip(labels, parts, strict=False)
+        if part is not None or cell != "lstm"  # a None part of (h, c) means zeros
     }
     check_arrays(xs, x_name="xs", exact_dtype=True, **named)
     for label, part in named.items():
@@ -102,6 +104,13 @@ def _check_state(xs, state, cell, hidden, name) -> tuple | None:
                 f"got {tuple(part.shape)}"
             )
     return parts
+
+
+def _zeros_for_none(state: tuple | None, zeros: Any, cell: str) -> tuple:
+    """The state with ``zeros`` for None, and for each None part of an LSTM's ``(h, c)``."""
+    if state is None:
+        return (zeros, zeros) if cell == "lstm" else (zeros,)
+    return tuple(zeros if part is None else part for part in state)
 
 
 def _check_mask(xs: Any, mask: Any, batch_first: bool) -> None:
@@ -128,9 +137,8 @@ def _prepare(xs, state0, params, cell, layer_norm, mask, eps, batch_first) -> tu
     _check_mask(xs, mask, batch_first)
     xs_tm = _time_major(xp, xs, batch_first)
     state = _check_state(xs_tm, state0, cell, hidden, "state0")
-    if state is None:
-        zeros = xp.zeros((xs_tm.shape[1], hidden), dtype=xs.dtype, device=device_of(xs))
-        state = (zeros, zeros) if cell == "lstm" else (zeros,)
+    zeros = xp.zeros((xs_tm.shape[1], hidden), dtype=xs.dtype, device=device_of(xs))
+    state = _zeros_for_none(state, zeros, cell)
     mask_tm = _time_major(xp, mask, batch_first)
     if mask_tm is not None:
         # Padded steps compute on zeros, whatever the padding holds: their results
@@ -190,7 +198,8 @@ def rnn(
         ``batch_first``; real floating dtype, any supported library.
     state0 : array, tuple of two arrays, or None
         Initial state: ``h0`` of shape ``(B, H)`` for ``"rnn"``/``"gru"``,
-        ``(h0, c0)`` for ``"lstm"``; None means zeros. xs's library, device, dtype.
+        ``(h0, c0)`` for ``"lstm"``; None means zeros, and so does None for
+        one part of ``(h0, c0)``, e.g. ``(None, c0)``. xs's library, device, dtype.
     params : mapping of str to array
         As created by :func:`rnn_params` (exactly its keys for ``cell`` and
         ``layer_norm``); xs's library, device and dtype.
@@ -250,7 +259,7 @@ def rnn(
     True
     """
     call, hidden = _prepare(xs, state0, params, cell, layer_norm, mask, eps, batch_first)
-    outputs, final, *_ = recurrence.forward(call.seq, keep_states=False)
+    outputs, final, _ = recurrence.forward(call.seq, save=False)
     return _stack_outputs(call, outputs, hidden), _public_state(final)
 
 
@@ -281,8 +290,10 @@ def rnn_backward(
 ) -> RNNGradients:
     """Gradients of :func:`rnn` by backpropagation through time.
 
-    Runs the forward again (keeping the state entering every step, nothing
-    else per step), then walks the steps backwards.
+    Runs the forward again, keeping what each step's backward needs (the
+    state entering the step and a few activations of the cell: memory linear
+    in ``T``), then walks the steps backwards from those without recomputing
+    the cells.
 
     Parameters
     ----------
@@ -293,7 +304,7 @@ def rnn_backward(
         The arguments of the forward call.
     dfinal_state : array or tuple of two arrays, optional
         Gradient with respect to ``final_state`` (structured like it); None
-        means zero.
+        means zero, also for one part of the LSTM's ``(dh, dc)``.
 
     Returns
     -------
@@ -322,8 +333,7 @@ def rnn_backward(
     call, hidden = _prepare(xs, state0, params, cell, layer_norm, mask, eps, batch_first)
     dhs, dfinal = _check_output_grads(call, hidden, dhs, dfinal_state, cell)
     seq, xp = call.seq, call.seq.ctx.xp
-    if dfinal is None:
-        dfinal = tuple(xp.zeros_like(s) for s in seq.state0)
+    dfinal = _zeros_for_none(dfinal, xp.zeros_like(seq.state0[0]), cell)
     if seq.xs.shape[0] == 0:
         dparams = {k: xp.zeros_like(v) for k, v in params.items()}
         dxs = _time_major(xp, xp.zeros_like(seq.xs), batch_first)

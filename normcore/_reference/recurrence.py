@@ -2,10 +2,18 @@
 
 The input projection ``xs @ W_x`` and whatever depends only on it run once
 for all steps; each step adds ``h_{t-1} @ W_h`` and applies the cell
-(:mod:`normcore._reference.cells`). The backward keeps the state entering
-every step (O(T * B * H)), recomputes each step from it in reverse order and
-does the two weight-gradient matmuls once at the end. Inputs here are
-validated and time-major (:mod:`normcore._functional.rnn` does both).
+(:mod:`normcore._reference.cells`). The backward runs the forward once,
+keeping what each step's backward needs (the cell's saved activations and the
+state entering the step: a few ``(B, G*H)`` blocks per step, O(T * B * H)),
+walks the steps in reverse order from those, and does the two
+weight-gradient matmuls once at the end. Inputs here are validated and
+time-major (:mod:`normcore._functional.rnn` does both).
+
+Sequence-sized arrays (the input terms, the output gradients, the mask) are
+split into their steps once, by ``unstack``, never indexed step by step:
+under autograd (PyTorch) the backward of each ``u[t]`` would materialize a
+zero gradient of the whole ``(T, B, G*H)`` array, which made training
+quadratic in ``T``; ``unstack``'s backward is one ``stack``.
 """
 
 from __future__ import annotations
@@ -27,32 +35,49 @@ class Sequence(NamedTuple):
     mask: Any
 
 
-def _mask_column(seq: Sequence, t: int) -> Any:
-    return None if seq.mask is None else seq.mask[t, :, None]
+class Tape(NamedTuple):
+    """What :func:`forward` keeps for the backward (with ``save``)."""
+
+    h_prev: list  # the hidden state entering every step, for the gradient of W_h
+    saved: list  # every step's activations, as its cell's step() saved them
+    ax: Any  # xs @ W_x, for the backward of the input terms
 
 
-def forward(seq: Sequence, keep_states: bool) -> tuple[list, tuple, list, Any, Any]:
-    """Run the sequence; return ``(outputs, final_state, states, u, ax)``.
+def _steps(xp: Any, a: Any) -> list:
+    """The steps of a time-major array, taken at once (see the module docstring)."""
+    return list(xp.unstack(a, axis=0))
 
-    ``states[t]`` (only with ``keep_states``) is the state entering step ``t``;
-    ``ax = xs @ W_x`` and ``u`` is the cell's input term of every step.
+
+def _mask_columns(seq: Sequence) -> list:
+    """Per step, the ``(B, 1)`` mask column (or None without a mask)."""
+    if seq.mask is None:
+        return [None] * seq.xs.shape[0]
+    return _steps(seq.ctx.xp, seq.mask[..., None])
+
+
+def forward(seq: Sequence, save: bool) -> tuple[list, tuple, Tape | None]:
+    """Run the sequence; return ``(outputs, final_state, tape)``.
+
+    ``outputs`` is the list of every step's output; ``tape`` (None without
+    ``save``) what :func:`backward` needs.
     """
     ctx, xp, p = seq.ctx, seq.ctx.xp, seq.ctx.params
     ax = xp.matmul(seq.xs, p["W_x"])
     u = seq.cell.project_inputs(ctx, ax)
-    state, outputs, states = seq.state0, [], []
-    for t in range(seq.xs.shape[0]):
-        if keep_states:
-            states.append(state)
-        new = seq.cell.step(ctx, u[t, ...], xp.matmul(state[0], p["W_h"]), state)
-        m = _mask_column(seq, t)
+    state, outputs = seq.state0, []
+    tape = Tape([], [], ax) if save else None
+    for u_t, m in zip(_steps(xp, u), _mask_columns(seq), strict=True):
+        new, saved = seq.cell.step(ctx, u_t, xp.matmul(state[0], p["W_h"]), state, save)
+        if tape is not None:
+            tape.h_prev.append(state[0])
+            tape.saved.append(saved)
         if m is None:
             outputs.append(new[0])
         else:  # padded steps carry the state and output zeros
             new = tuple(xp.where(m, n, old) for n, old in zip(new, state, strict=True))
             outputs.append(xp.where(m, new[0], xp.zeros_like(new[0])))
         state = new
-    return outputs, state, states, u, ax
+    return outputs, state, tape
 
 
 def backward(seq: Sequence, dhs: Any, dfinal: tuple) -> tuple[Any, tuple, dict]:
@@ -64,18 +89,18 @@ def backward(seq: Sequence, dhs: Any, dfinal: tuple) -> tuple[Any, tuple, dict]:
     """
     ctx, xp, p = seq.ctx, seq.ctx.xp, seq.ctx.params
     steps = seq.xs.shape[0]
-    _, _, states, u, ax = forward(seq, keep_states=True)
+    _, _, tape = forward(seq, save=True)
     w_h_t = xp.permute_dims(p["W_h"], (1, 0))
+    dhs_steps, masks = _steps(xp, dhs), _mask_columns(seq)
     dstate, dus, dahs, step_grads = dfinal, [None] * steps, [None] * steps, {}
     for t in reversed(range(steps)):
-        dnew = (dstate[0] + dhs[t, ...], *dstate[1:])
-        m = _mask_column(seq, t)
+        dnew = (dstate[0] + dhs_steps[t], *dstate[1:])
+        m = masks[t]
         if m is not None:  # a padded step passes the state's gradient straight through
             passed = tuple(xp.where(m, xp.zeros_like(d), d) for d in dstate)
             dnew = tuple(xp.where(m, d, xp.zeros_like(d)) for d in dnew)
-        state = states[t]
-        ah = xp.matmul(state[0], p["W_h"])
-        dus[t], dahs[t], direct, grads = seq.cell.step_backward(ctx, u[t, ...], ah, state, dnew)
+        saved, tape.saved[t] = tape.saved[t], None  # freed as soon as it is used
+        dus[t], dahs[t], direct, grads = seq.cell.step_backward(ctx, saved, dnew)
         for name, g in grads.items():
             step_grads[name] = g if name not in step_grads else step_grads[name] + g
         dh_prev = xp.matmul(dahs[t], w_h_t)
@@ -84,10 +109,10 @@ def backward(seq: Sequence, dhs: Any, dfinal: tuple) -> tuple[Any, tuple, dict]:
             dprev = [d + pass_d for d, pass_d in zip(dprev, passed, strict=True)]
         dstate = tuple(dprev)
 
-    dax, input_grads = seq.cell.project_inputs_backward(ctx, xp.stack(dus), ax)
+    dax, input_grads = seq.cell.project_inputs_backward(ctx, xp.stack(dus), tape.ax)
     dparams = {**step_grads, **input_grads}
     dparams["W_x"] = _weight_grad(xp, seq.xs, dax)
-    dparams["W_h"] = _weight_grad(xp, xp.stack([s[0] for s in states]), xp.stack(dahs))
+    dparams["W_h"] = _weight_grad(xp, xp.stack(tape.h_prev), xp.stack(dahs))
     dxs = xp.matmul(dax, xp.permute_dims(p["W_x"], (1, 0)))
     return dxs, dstate, {k: dparams[k] for k in p}
 
