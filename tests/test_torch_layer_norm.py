@@ -101,12 +101,6 @@ def test_wrong_trailing_shape_is_a_value_error(kind):
         module(torch.ones(2, 4, 3))
 
 
-def test_repr_names_the_arguments():
-    assert (
-        repr(normcore.torch.LayerNorm(4)) == "LayerNorm((4,), eps=1e-05, elementwise_affine=True)"
-    )
-
-
 def test_import_normcore_does_not_import_torch_until_normcore_torch_is_used():
     code = (
         "import sys, normcore; print('torch' in sys.modules); "

@@ -7,7 +7,7 @@ import sys
 import textwrap
 
 import pytest
-from _torch_support import assert_all_close, grads
+from _torch_support import assert_all_close, grads, randomize
 
 import normcore
 
@@ -66,6 +66,11 @@ _FULLGRAPH_SCRIPT = textwrap.dedent(
         (torch.nn.RMSNorm(5), nc.RMSNorm(5), (4, 5)),
         (torch.nn.GroupNorm(1, 3), nc.GroupNorm(1, 3), (4, 3, 5)),
         (torch.nn.BatchNorm2d(3, momentum=None), nc.BatchNorm2d(3, momentum=None), (4, 3, 2, 2)),
+        (
+            torch.nn.InstanceNorm2d(3, affine=True, track_running_stats=True),
+            nc.InstanceNorm2d(3, affine=True, track_running_stats=True),
+            (4, 3, 2, 2),
+        ),
         (torch.nn.LSTM(3, 4), nc.LSTM(3, 4), (5, 2, 3)),
         (torch.nn.GRU(3, 4), nc.GRU(3, 4), (5, 2, 3)),
         (nc.LSTM(3, 4, layer_norm=True), nc.LSTM(3, 4, layer_norm=True), (5, 2, 3)),  # eager
@@ -115,3 +120,184 @@ def test_empty_batch_backpropagates_like_torch_nn(name, args):
     (dx, dweight), (dx_torch, dweight_torch) = grads
     assert dx.shape == dx_torch.shape
     torch.testing.assert_close(dweight, dweight_torch)
+
+
+# --- torch.nn subclassing: what code written for torch.nn sees ------------------------------
+
+_SUBCLASSES = [  # (normcore.torch name, constructor arguments, torch.nn bases it must pass)
+    ("LayerNorm", (3,), [torch.nn.LayerNorm]),
+    ("RMSNorm", (3,), [torch.nn.RMSNorm]),
+    ("GroupNorm", (1, 3), [torch.nn.GroupNorm]),
+    *(
+        (f"BatchNorm{d}", (3,), [getattr(torch.nn, f"BatchNorm{d}"), _batchnorm._BatchNorm])
+        for d in ("1d", "2d", "3d")
+        for _batchnorm in [torch.nn.modules.batchnorm]
+    ),
+    *(
+        (
+            f"InstanceNorm{d}",
+            (3,),
+            [getattr(torch.nn, f"InstanceNorm{d}"), torch.nn.modules.instancenorm._InstanceNorm],
+        )
+        for d in ("1d", "2d", "3d")
+    ),
+]
+_CONSTRUCTORS = [
+    ("LayerNorm", (3,), {}),
+    ("LayerNorm", ((2, 3),), {"elementwise_affine": False}),
+    ("LayerNorm", (3,), {"bias": False}),
+    ("RMSNorm", (3,), {}),
+    ("RMSNorm", (3,), {"eps": 1e-3, "elementwise_affine": False}),
+    ("GroupNorm", (1, 3), {}),
+    ("GroupNorm", (3, 6), {"affine": False}),
+    ("GroupNorm", (1, 3), {"bias": False}),
+    ("BatchNorm1d", (3,), {}),
+    ("BatchNorm2d", (3,), {"momentum": None, "bias": False}),
+    ("BatchNorm3d", (3,), {"affine": False, "track_running_stats": False}),
+    ("InstanceNorm1d", (3,), {}),
+    ("InstanceNorm2d", (3,), {"affine": True, "track_running_stats": True}),
+    ("InstanceNorm3d", (3,), {"track_running_stats": True, "momentum": None}),
+]
+
+
+def _constructor_id(case):
+    name, args, kwargs = case
+    return "-".join([name, *map(str, args), *(f"{k}={v}" for k, v in kwargs.items())])
+
+
+@pytest.mark.parametrize(("name", "args", "bases"), _SUBCLASSES, ids=[c[0] for c in _SUBCLASSES])
+def test_modules_are_instances_of_their_torch_nn_namesakes(name, args, bases):
+    module = getattr(normcore.torch, name)(*args)
+    for base in bases:
+        assert isinstance(module, base), base
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "kwargs"), _CONSTRUCTORS, ids=[_constructor_id(c) for c in _CONSTRUCTORS]
+)
+def test_state_dict_repr_and_reset_parameters_are_torch_nns(name, args, kwargs):
+    ours = getattr(normcore.torch, name)(*args, **kwargs)
+    theirs = getattr(torch.nn, name)(*args, **kwargs)
+    assert repr(ours) == repr(theirs)
+    state, state_theirs = ours.state_dict(), theirs.state_dict()
+    assert list(state) == list(state_theirs)
+    assert state._metadata == state_theirs._metadata  # the state_dict version
+    assert [(n, b is None) for n, b in ours._buffers.items()] == [
+        (n, b is None) for n, b in theirs._buffers.items()
+    ]
+    assert_all_close(dict(state), dict(state_theirs), 0)  # torch's initial values
+    randomize(ours, 7)
+    for buffer in ours.buffers():
+        buffer.add_(3)
+    ours.reset_parameters()
+    assert_all_close(dict(ours.state_dict()), dict(state_theirs), 0)
+    theirs.load_state_dict(ours.state_dict())  # strict, both ways
+    ours.load_state_dict(theirs.state_dict())
+
+
+def test_convert_sync_batchnorm_converts_normcore_and_torch_nn_batch_norms():
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 1),
+        torch.nn.BatchNorm2d(4),
+        normcore.torch.BatchNorm2d(4, momentum=None),
+        torch.nn.Sequential(normcore.torch.BatchNorm2d(4, bias=False), torch.nn.ReLU()),
+        normcore.torch.GroupNorm(2, 4),
+    )
+    model(torch.randn(2, 3, 2, 2))  # running statistics to carry over
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batch_norms = [model[1], model[2], model[3][0]]
+    converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    syncs = [converted[1], converted[2], converted[3][0]]
+    assert all(type(m) is torch.nn.SyncBatchNorm for m in syncs)
+    assert type(converted[4]) is normcore.torch.GroupNorm  # not a batch norm
+    assert syncs[1].momentum is None and syncs[2].bias is None
+    for sync, original in zip(syncs, batch_norms, strict=True):
+        assert sync.weight is original.weight and sync.running_var is original.running_var
+    assert_all_close(dict(converted.state_dict()), before, 0)
+
+
+def test_hooks_run_as_on_torch_nn():
+    def run(module):
+        calls = []
+        module.register_forward_pre_hook(lambda m, args: (args[0] * 2,))
+        module.register_forward_hook(lambda m, args, out: calls.append("forward") or out + 1)
+        module.register_full_backward_hook(lambda m, gin, gout: calls.append("backward"))
+        module.register_state_dict_post_hook(lambda m, sd, prefix, local: calls.append("state"))
+        x = torch.arange(8.0, dtype=torch.float64).reshape(2, 4).requires_grad_()
+        y = module(x)
+        y.square().sum().backward()
+        module.state_dict()
+        return calls, y, x.grad
+
+    ours = run(normcore.torch.BatchNorm1d(4, dtype=torch.float64))
+    theirs = run(torch.nn.BatchNorm1d(4, dtype=torch.float64))
+    assert ours[0] == theirs[0] == ["forward", "backward", "state"]
+    assert_all_close(ours[1:], theirs[1:], 1e-12)
+
+
+@pytest.mark.parametrize("name", ["BatchNorm2d", "InstanceNorm2d"])
+def test_modules_with_a_lock_deepcopy_and_pickle(name):
+    import copy
+    import io
+
+    module = getattr(normcore.torch, name)(3, track_running_stats=True)
+    module(torch.randn(4, 3, 2, 2))
+    buffer = io.BytesIO()
+    torch.save(module, buffer)
+    buffer.seek(0)
+    for clone in (copy.deepcopy(module), torch.load(buffer, weights_only=False)):
+        assert clone._running_lock is not module._running_lock
+        assert_all_close(dict(clone.state_dict()), dict(module.state_dict()), 0)
+        clone(torch.randn(4, 3, 2, 2))  # the fresh lock works
+    assert module._replicate_for_data_parallel()._running_lock is not module._running_lock
+
+
+@pytest.mark.parametrize("name", ["BatchNorm1d", "InstanceNorm1d"])
+def test_concurrent_training_calls_lose_no_running_update(name):
+    """Threads sharing one module: every batch counted, the cumulative average of them all.
+
+    Without the module's lock two threads read the same old statistics and one
+    update is lost (issue #11: 2 runs in 5 lost counts). A tiny switch interval
+    makes the interleaving that loses them likely in every run.
+    """
+    import threading
+
+    threads, per_thread = 8, 50
+    gen = torch.Generator().manual_seed(8)
+    shape = (8, 4) if name == "BatchNorm1d" else (2, 4, 5)
+    if name == "BatchNorm1d":  # momentum=None: the cumulative average of 200 batches
+        batches = [torch.randn(shape, generator=gen, dtype=torch.float64) for _ in range(400)]
+        kwargs, tol = {"momentum": None}, 1e-12  # another order rounds differently
+    else:
+        # torch's instance norm never counts batches and does not move with momentum=None;
+        # one batch 400 times with a small momentum gives one exact result in any order,
+        # and a lost update changes it by about momentum * 0.99**399 = 2e-4.
+        batches = [torch.randn(shape, generator=gen, dtype=torch.float64)] * 400
+        kwargs, tol = {"momentum": 0.01, "track_running_stats": True}, 0
+    shared = getattr(normcore.torch, name)(4, dtype=torch.float64, **kwargs)
+    start = threading.Barrier(threads)
+
+    def work(chunk):
+        start.wait()
+        for x in chunk:
+            shared(x)
+
+    workers = [
+        threading.Thread(target=work, args=(batches[i * per_thread : (i + 1) * per_thread],))
+        for i in range(threads)
+    ]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    finally:
+        sys.setswitchinterval(interval)
+    sequential = getattr(normcore.torch, name)(4, dtype=torch.float64, **kwargs)
+    for x in batches:
+        sequential(x)
+    if name == "BatchNorm1d":
+        assert int(shared.num_batches_tracked) == len(batches)
+    assert_all_close(dict(shared.state_dict()), dict(sequential.state_dict()), tol)

@@ -26,7 +26,13 @@ from ..adapter import Adapter, Gradients, Layout
 from ..typing import Array, Namespace
 from .batch_norm import check_batched
 
-__all__ = ["group_norm", "group_norm_backward", "instance_norm", "instance_norm_backward"]
+__all__ = [
+    "group_norm",
+    "group_norm_backward",
+    "instance_norm",
+    "instance_norm_backward",
+    "instance_norm_forward",
+]
 
 
 class _GroupCall(NamedTuple):
@@ -101,6 +107,28 @@ def _backward(dy, x, num_groups, gain, bias, axis, eps, instance) -> Gradients:
         None if grads.dgain is None else xp.reshape(grads.dgain, channels),
         None if grads.dbias is None else xp.reshape(grads.dbias, channels),
     )
+
+
+def instance_norm_forward(
+    x: Array, gain: Array | None, bias: Array | None, *, axis: int, eps: float
+) -> tuple[Array, Array | None, Array | None]:
+    """:func:`instance_norm` and the statistics it used: ``(y, mean, var)``.
+
+    ``mean`` and the biased ``var`` have one value per example and channel, in
+    the shape of ``x`` with its spatial axes reduced to size 1 (None for an
+    empty ``x``). One pass serves the normalization and a running-statistics
+    update (``normcore.torch.InstanceNorm*d`` with ``track_running_stats``).
+    """
+    call = _prepare(x, None, gain, bias, axis, eps, instance=True)
+    g, xp = call.grouped, call.xp
+    y, mean, var = dispatch.normalize(
+        call.adapter, xp, g(x), g(gain), g(bias), call.layout, need_stats=True
+    )
+    if mean is None:  # an empty x has no statistics
+        return xp.reshape(y, tuple(x.shape)), None, None
+    axis = axis % x.ndim
+    reduced = tuple(1 if a not in (0, axis) else n for a, n in enumerate(x.shape))
+    return xp.reshape(y, tuple(x.shape)), xp.reshape(mean, reduced), xp.reshape(var, reduced)
 
 
 def group_norm(

@@ -2,9 +2,13 @@
 
 ``torch.nn.Module`` subclasses with the constructor arguments, parameters and
 ``state_dict`` keys of their ``torch.nn`` namesakes (``LayerNorm``, ``RMSNorm``,
-``BatchNorm1d/2d/3d``, ``GroupNorm``; ``RNN``, ``LSTM``, ``GRU`` with an extra
-``layer_norm`` flag), whose ``forward`` calls normcore's functional API
-(:func:`normcore.layer_norm`, :func:`normcore.batch_norm`, :func:`normcore.rnn`, ...).
+``BatchNorm1d/2d/3d``, ``GroupNorm``, ``InstanceNorm1d/2d/3d``; ``RNN``,
+``LSTM``, ``GRU`` with an extra ``layer_norm`` flag), whose ``forward`` calls
+normcore's functional API (:func:`normcore.layer_norm`,
+:func:`normcore.batch_norm`, :func:`normcore.rnn`, ...). The normalization
+modules subclass their ``torch.nn`` namesakes (``isinstance`` checks,
+``state_dict`` versioning, ``reset_parameters``, ``extra_repr`` and
+``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` are torch's).
 Checkpoints load in either direction; gradients come from autograd.
 ``import normcore`` alone never imports torch: this package is loaded by
 ``import normcore.torch``, ``from normcore.torch import ...`` or the first
@@ -20,6 +24,7 @@ from normcore._plumbing.registry import adapter_for
 
 from ._batch_norm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from ._group_norm import GroupNorm
+from ._instance_norm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
 from ._layer_norm import LayerNorm, RMSNorm
 from ._rnn import GRU, LSTM, RNN
 
@@ -40,6 +45,9 @@ __all__ = [
     "BatchNorm2d",
     "BatchNorm3d",
     "GroupNorm",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "InstanceNorm3d",
     "LayerNorm",
     "RMSNorm",
 ]

@@ -1,4 +1,12 @@
-"""Drop-ins for ``torch.nn.BatchNorm1d/2d/3d``: normcore's batch norm, torch's running stats."""
+"""Drop-ins for ``torch.nn.BatchNorm1d/2d/3d``: normcore's batch norm, torch's running stats.
+
+Each subclasses its ``torch.nn`` namesake (and so
+``torch.nn.modules.batchnorm._BatchNorm``): torch's ``__init__`` registers the
+parameters and buffers, after normcore has checked the arguments, and
+``state_dict`` versioning, ``reset_parameters``, ``extra_repr``, hooks and
+``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` are torch's. Only
+``forward`` is normcore's.
+"""
 
 from __future__ import annotations
 
@@ -14,15 +22,13 @@ from normcore._plumbing.validation import (
 )
 from normcore._reference.running import RunningStats
 
-from ._affine import affine_parameters, reset_affine
+from ._running_stats import RunningStatsLock
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
 
-class _BatchNorm(torch.nn.Module):
-    """Batch norm over axis 1 with torch's running statistics; subclasses fix the input rank."""
-
-    _ranks: tuple[int, ...] = ()
+class _NormcoreBatchNorm(RunningStatsLock):
+    """normcore's checks and ``forward``, before ``torch.nn.BatchNorm*d`` in the MRO."""
 
     def __init__(
         self,
@@ -36,60 +42,39 @@ class _BatchNorm(torch.nn.Module):
         *,
         bias: bool = True,
     ) -> None:
-        super().__init__()
-        self.num_features = check_positive_int(num_features, "num_features")
-        self.eps = check_eps(eps)
-        self.momentum = check_real(momentum, "momentum", 0.0, 1.0, allow_none=True)
-        self.affine = check_bool(affine, "affine")
-        self.track_running_stats = check_bool(track_running_stats, "track_running_stats")
-        factory = {"device": device, "dtype": dtype}
-        affine_parameters(self, (self.num_features,), affine, bias, factory)
-        if track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(self.num_features, **factory))
-            self.register_buffer("running_var", torch.ones(self.num_features, **factory))
-            self.register_buffer(
-                "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
-            )
-        else:
-            for name in ("running_mean", "running_var", "num_batches_tracked"):
-                self.register_buffer(name, None)
-
-    # torch.nn's state_dict version: 2 has num_batches_tracked, 1 (torch < 0.4.1) did not.
-    _version = 2
-
-    def _load_from_state_dict(
-        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
-    ):
-        # Old checkpoints that torch.nn loads must load here too: a version-1
-        # state has no num_batches_tracked, and torch.nn keeps the module's count.
-        key = prefix + "num_batches_tracked"
-        version = local_metadata.get("version")
-        if self.track_running_stats and (version is None or version < 2) and key not in state_dict:
-            state_dict[key] = self.num_batches_tracked.detach().clone()
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+        super().__init__(  # every argument is checked before torch creates anything
+            check_positive_int(num_features, "num_features"),
+            check_eps(eps),
+            check_real(momentum, "momentum", 0.0, 1.0, allow_none=True),
+            check_bool(affine, "affine"),
+            check_bool(track_running_stats, "track_running_stats"),
+            device,
+            dtype,
+            bias=check_bool(bias, "bias"),
         )
-
-    def reset_running_stats(self) -> None:
-        """Set the running mean to 0, the running variance to 1 and the count to 0."""
-        if self.track_running_stats:
-            self.running_mean.zero_()
-            self.running_var.fill_(1)
-            self.num_batches_tracked.zero_()
-
-    def reset_parameters(self) -> None:
-        """Reset the running statistics, the weight to 1 and the bias to 0."""
-        self.reset_running_stats()
-        reset_affine(self)
+        self._make_running_lock()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalize ``x`` (batch statistics in training, running ones in eval mode)."""
-        if x.dim() not in self._ranks:
-            ranks = " or ".join(f"{r}D" for r in self._ranks)
-            raise ValueError(f"expected {ranks} input (got {x.dim()}D input)")
+        self._check_input_dim(x)  # torch's message: "expected 4D input (got 3D input)"
         check_feature_count(x, 1, self.num_features, "num_features")
+        # As torch.nn: training updates the buffers only with track_running_stats;
+        # eval mode normalizes with them whenever they exist.
+        use_running = self.running_mean is not None and (
+            self.track_running_stats or not self.training
+        )
+        if not (self.training and use_running):
+            return self._step(x, use_running)
+        if torch.compiler.is_compiling():  # a compiled graph runs as one step
+            return self._step(x, use_running)
+        # Read, update and assign the running statistics as one step: two
+        # threads in one module must not both update from the same old values.
+        with self._running_lock:
+            return self._step(x, use_running)
+
+    def _step(self, x: torch.Tensor, use_running: bool) -> torch.Tensor:
         running = None
-        if self.running_mean is not None:
+        if use_running:
             running = RunningStats(self.running_mean, self.running_var, self.num_batches_tracked)
         y, update, _ = batch_norm_forward(
             x,
@@ -111,29 +96,26 @@ class _BatchNorm(torch.nn.Module):
                     buffer.copy_(value)
         return y
 
-    def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={self.affine}, track_running_stats={self.track_running_stats}"
-        )
-
 
 _BATCH_DOC = """Drop-in for ``torch.nn.{name}`` computed by :func:`normcore.batch_norm`.
 
-    Same constructor, ``state_dict`` keys (``weight``, ``bias``,
-    ``running_mean``, ``running_var``, ``num_batches_tracked``) and
-    ``train()``/``eval()`` behaviour: in training the batch's statistics
-    normalize and update the running ones (``momentum`` None: the cumulative
-    average; the running variance is unbiased), in eval mode the running ones
-    normalize. The running update is :class:`normcore.BatchNorm`'s; a batch
-    with NaN or infinite statistics leaves them unchanged with a ``RuntimeWarning``
-    (under ``torch.compile``, where reading the statistics on the host would
-    break the graph, it leaves them unchanged without the warning).
-    One deliberate difference: an empty training batch changes nothing, while
-    ``torch.nn`` counts it in ``num_batches_tracked`` (which, with
-    ``momentum=None``, would give the next batch a smaller weight).
-    Checkpoints without ``num_batches_tracked`` (``state_dict`` version 1, as
-    ``torch.nn`` wrote before torch 0.4.1) load as in ``torch.nn``.
+    A subclass of ``torch.nn.{name}``: same constructor, ``state_dict`` keys
+    and version (``weight``, ``bias``, ``running_mean``, ``running_var``,
+    ``num_batches_tracked``), ``reset_parameters``, ``extra_repr``, hooks and
+    ``train()``/``eval()`` behaviour, and ``isinstance`` checks (including
+    ``torch.nn.modules.batchnorm._BatchNorm``, which
+    ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` looks for) hold. In
+    training the batch's statistics normalize and update the running ones
+    (``momentum`` None: the cumulative average; the running variance is
+    unbiased), in eval mode the running ones normalize. The running update
+    is :class:`normcore.BatchNorm`'s, taken under a per-module lock so that
+    concurrent training calls from several threads lose no update; a batch
+    with NaN or infinite statistics leaves them unchanged with a
+    ``RuntimeWarning`` (under ``torch.compile``, where reading the statistics
+    on the host would break the graph, it leaves them unchanged without the
+    warning). One deliberate difference: an empty training batch changes
+    nothing, while ``torch.nn`` counts it in ``num_batches_tracked`` (which,
+    with ``momentum=None``, would give the next batch a smaller weight).
 
     Parameters
     ----------
@@ -154,6 +136,8 @@ _BATCH_DOC = """Drop-in for ``torch.nn.{name}`` computed by :func:`normcore.batc
     >>> import torch
     >>> import normcore
     >>> bn = normcore.torch.{name}(3)
+    >>> isinstance(bn, torch.nn.{name})
+    True
     >>> bn.load_state_dict(torch.nn.{name}(3).state_dict())
     <All keys matched successfully>
     >>> y = bn(torch.randn({example}))
@@ -162,18 +146,15 @@ _BATCH_DOC = """Drop-in for ``torch.nn.{name}`` computed by :func:`normcore.batc
     """
 
 
-class BatchNorm1d(_BatchNorm):
+class BatchNorm1d(_NormcoreBatchNorm, torch.nn.BatchNorm1d):
     __doc__ = _BATCH_DOC.format(name="BatchNorm1d", shape="(N, C) or (N, C, L)", example="4, 3")
-    _ranks = (2, 3)
 
 
-class BatchNorm2d(_BatchNorm):
+class BatchNorm2d(_NormcoreBatchNorm, torch.nn.BatchNorm2d):
     __doc__ = _BATCH_DOC.format(name="BatchNorm2d", shape="(N, C, H, W)", example="4, 3, 2, 2")
-    _ranks = (4,)
 
 
-class BatchNorm3d(_BatchNorm):
+class BatchNorm3d(_NormcoreBatchNorm, torch.nn.BatchNorm3d):
     __doc__ = _BATCH_DOC.format(
         name="BatchNorm3d", shape="(N, C, D, H, W)", example="4, 3, 2, 2, 2"
     )
-    _ranks = (5,)

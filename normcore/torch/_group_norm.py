@@ -13,13 +13,15 @@ from normcore._plumbing.validation import (
     check_positive_int,
 )
 
-from ._affine import affine_parameters, reset_affine
-
 __all__ = ["GroupNorm"]
 
 
-class GroupNorm(torch.nn.Module):
+class GroupNorm(torch.nn.GroupNorm):
     """Drop-in for ``torch.nn.GroupNorm`` computed by :func:`normcore.group_norm`.
+
+    A subclass of ``torch.nn.GroupNorm``: ``isinstance`` checks, ``state_dict``
+    keys, ``reset_parameters``, ``extra_repr`` and hooks are torch's; the
+    arguments are checked by normcore before anything is created.
 
     Parameters
     ----------
@@ -40,6 +42,8 @@ class GroupNorm(torch.nn.Module):
     >>> import torch
     >>> import normcore
     >>> gn = normcore.torch.GroupNorm(2, 4)
+    >>> isinstance(gn, torch.nn.GroupNorm)
+    True
     >>> gn(torch.arange(8.0).reshape(1, 4, 2)).detach().round(decimals=4)
     tensor([[[-1.3416, -0.4472],
              [ 0.4472,  1.3416],
@@ -58,23 +62,18 @@ class GroupNorm(torch.nn.Module):
         *,
         bias: bool = True,
     ) -> None:
-        super().__init__()
-        self.num_channels = check_positive_int(num_channels, "num_channels")
-        self.num_groups = check_num_groups(num_groups, self.num_channels)
-        self.eps = check_eps(eps)
-        self.affine = check_bool(affine, "affine")
-        affine_parameters(
-            self, (self.num_channels,), affine, bias, {"device": device, "dtype": dtype}
+        num_channels = check_positive_int(num_channels, "num_channels")
+        super().__init__(
+            check_num_groups(num_groups, num_channels),
+            num_channels,
+            check_eps(eps),
+            check_bool(affine, "affine"),
+            device,
+            dtype,
+            bias=check_bool(bias, "bias"),
         )
-
-    def reset_parameters(self) -> None:
-        """Set the weight to 1 and the bias to 0."""
-        reset_affine(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Group-normalize ``x`` of shape ``(N, C, *)``."""
         check_feature_count(x, 1, self.num_channels, "num_channels")
         return group_norm(x, self.num_groups, self.weight, self.bias, eps=self.eps)
-
-    def extra_repr(self) -> str:
-        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"

@@ -1,4 +1,10 @@
-"""Drop-ins for ``torch.nn.LayerNorm`` and ``torch.nn.RMSNorm``, computed by normcore."""
+"""Drop-ins for ``torch.nn.LayerNorm`` and ``torch.nn.RMSNorm``, computed by normcore.
+
+Both subclass their ``torch.nn`` namesake: torch's ``__init__`` registers the
+parameters and buffers (so ``state_dict``, ``reset_parameters``,
+``extra_repr`` and hooks are torch's own), after normcore has checked the
+arguments; only ``forward`` is normcore's.
+"""
 
 from __future__ import annotations
 
@@ -7,52 +13,27 @@ import torch
 from normcore._functional.layer_norm import layer_norm, rms_norm
 from normcore._plumbing.validation import check_bool, check_eps, check_normalized_shape
 
-from ._affine import affine_parameters, reset_affine
-
 __all__ = ["LayerNorm", "RMSNorm"]
 
 
-class _TrailingNorm(torch.nn.Module):
-    """Parameters ``weight`` (and ``bias``) over the trailing axes, shared by both modules."""
-
-    def __init__(
-        self,
-        normalized_shape: int | tuple[int, ...],
-        eps: float | None,
-        elementwise_affine: bool,
-        bias: bool,
-        device: torch.device | str | None,
-        dtype: torch.dtype | None,
-    ) -> None:
-        super().__init__()
-        self.normalized_shape = check_normalized_shape(normalized_shape)
-        self.eps = eps if eps is None else check_eps(eps)  # None: RMSNorm's per-dtype default
-        self.elementwise_affine = check_bool(elementwise_affine, "elementwise_affine")
-        factory = {"device": device, "dtype": dtype}
-        affine_parameters(self, self.normalized_shape, elementwise_affine, bias, factory)
-
-    def reset_parameters(self) -> None:
-        """Set the weight to 1 and the bias to 0."""
-        reset_affine(self)
-
-    def _axes(self, x: torch.Tensor) -> tuple[int, ...]:
-        count = len(self.normalized_shape)
-        got = tuple(x.shape[x.ndim - count :]) if x.ndim >= count else tuple(x.shape)
-        if got != self.normalized_shape:
-            raise ValueError(
-                f"input must end with normalized_shape {self.normalized_shape}, "
-                f"got shape {tuple(x.shape)}"
-            )
-        return tuple(range(-count, 0))
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+def _trailing_axes(module: torch.nn.Module, x: torch.Tensor) -> tuple[int, ...]:
+    """The axes of ``x`` that ``module.normalized_shape`` covers, or a ValueError."""
+    count = len(module.normalized_shape)
+    got = tuple(x.shape[x.ndim - count :]) if x.ndim >= count else tuple(x.shape)
+    if got != tuple(module.normalized_shape):
+        raise ValueError(
+            f"input must end with normalized_shape {tuple(module.normalized_shape)}, "
+            f"got shape {tuple(x.shape)}"
         )
+    return tuple(range(-count, 0))
 
 
-class LayerNorm(_TrailingNorm):
+class LayerNorm(torch.nn.LayerNorm):
     """Drop-in for ``torch.nn.LayerNorm`` computed by :func:`normcore.layer_norm`.
+
+    A subclass of ``torch.nn.LayerNorm``: ``isinstance`` checks, ``state_dict``
+    keys, ``reset_parameters``, ``extra_repr`` and hooks are torch's; the
+    arguments are checked by normcore before anything is created.
 
     Parameters
     ----------
@@ -72,6 +53,8 @@ class LayerNorm(_TrailingNorm):
     >>> import torch
     >>> import normcore
     >>> layer = normcore.torch.LayerNorm(3)
+    >>> isinstance(layer, torch.nn.LayerNorm)
+    True
     >>> layer.load_state_dict(torch.nn.LayerNorm(3).state_dict())
     <All keys matched successfully>
     >>> layer(torch.tensor([[1.0, 2.0, 4.0]])).detach().round(decimals=4)
@@ -87,15 +70,24 @@ class LayerNorm(_TrailingNorm):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(normalized_shape, eps, elementwise_affine, bias, device, dtype)
+        super().__init__(
+            check_normalized_shape(normalized_shape),
+            check_eps(eps),
+            check_bool(elementwise_affine, "elementwise_affine"),
+            check_bool(bias, "bias"),
+            device,
+            dtype,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Layer-normalize ``x`` over its trailing ``normalized_shape`` axes."""
-        return layer_norm(x, self.weight, self.bias, axis=self._axes(x), eps=self.eps)
+        return layer_norm(x, self.weight, self.bias, axis=_trailing_axes(self, x), eps=self.eps)
 
 
-class RMSNorm(_TrailingNorm):
+class RMSNorm(torch.nn.RMSNorm):
     """Drop-in for ``torch.nn.RMSNorm`` computed by :func:`normcore.rms_norm`.
+
+    A subclass of ``torch.nn.RMSNorm``, as :class:`LayerNorm` is of ``torch.nn.LayerNorm``.
 
     Parameters
     ----------
@@ -126,9 +118,15 @@ class RMSNorm(_TrailingNorm):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(normalized_shape, eps, elementwise_affine, False, device, dtype)
+        super().__init__(
+            check_normalized_shape(normalized_shape),
+            None if eps is None else check_eps(eps),  # None: torch's per-dtype default
+            check_bool(elementwise_affine, "elementwise_affine"),
+            device,
+            dtype,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """RMS-normalize ``x`` over its trailing ``normalized_shape`` axes."""
         eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
-        return rms_norm(x, self.weight, axis=self._axes(x), eps=eps)
+        return rms_norm(x, self.weight, axis=_trailing_axes(self, x), eps=eps)
