@@ -212,6 +212,30 @@ class Adapter:
         except metadata.PackageNotFoundError:
             return None
 
+    def namespace(self) -> Namespace:
+        """Return the Array API namespace of this library's arrays; may import the library.
+
+        The default is the namespace array-api-compat gives an array made by
+        the top-level module :attr:`library` (``numpy``, ``torch``, ``cupy``);
+        a library whose top-level module does not create arrays (``jax``:
+        ``jax.numpy`` does) overrides it.
+        """
+        import importlib
+
+        from ._plumbing.compat import resolve_creation
+
+        return resolve_creation(importlib.import_module(self.library))[0]
+
+    def check_dtype(self, xp: Namespace, dtype: DType) -> None:
+        """Raise ``TypeError`` if arrays of ``dtype`` cannot be created as the library is set up.
+
+        Called before parameters or state of ``dtype`` are created (a
+        :class:`~normcore.Module`, initial RNN weights), so that a library that
+        would silently create another dtype (JAX's float64 without
+        ``jax_enable_x64``) fails with a message saying how to fix it. The
+        default accepts every dtype.
+        """
+
     def devices(self) -> list[str]:
         """Return human-readable names of the devices this library can use (``normcore info``)."""
         return []
@@ -222,12 +246,9 @@ class Adapter:
         Called only when the library is installed; may import it. The default
         is the library's default device.
         """
-        import importlib
+        from ._plumbing.compat import device_of
 
-        from ._plumbing.compat import device_of, resolve_creation
-
-        xp = resolve_creation(importlib.import_module(self.library))[0]
-        return [device_of(xp.zeros(1))]
+        return [device_of(self.namespace().zeros(1))]
 
     def is_loaded(self) -> bool:
         """Return whether the adapter's library has been imported by anyone."""

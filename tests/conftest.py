@@ -2,8 +2,8 @@
 
 A test that takes ``backend`` runs on every row of
 :data:`normcore._tools.backends.BACKENDS` (numpy, read-only numpy,
-array_api_strict on a non-default device, torch on the CPU, torch on CUDA and
-CuPy); a row that cannot run here is skipped with its reason ("torch is not
+array_api_strict on a non-default device, torch on the CPU, torch on CUDA,
+CuPy and JAX); a row that cannot run here is skipped with its reason ("torch is not
 installed", "no CUDA device ..."). Backends with an adapter run through both
 the adapters' fast paths and the reference path. A test that also takes
 ``dtype`` runs on every dtype of the backend's row.
@@ -11,6 +11,7 @@ the adapters' fast paths and the reference path. A test that also takes
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import pathlib
@@ -69,11 +70,16 @@ def backend(request, monkeypatch):
 
     On the fast path the NumPy adapter's kernels serve every size: in normal
     use small batch-norm inputs run the reference, which the tests would then
-    check against itself (``test_adapters`` checks that threshold).
+    check against itself (``test_adapters`` checks that threshold). JAX's row
+    runs with ``jax_enable_x64`` on (JAX has float64 only then), for that test
+    only: the rest of the suite sees JAX's default, as users do.
     """
     backend, path = request.param
     monkeypatch.setattr(numpy_adapter, "small_channels", 0)
-    with normcore.reference_path(path == "reference"):
+    with contextlib.ExitStack() as stack:
+        if backend.library == "jax":
+            stack.enter_context(importlib.import_module("jax").enable_x64(True))
+        stack.enter_context(normcore.reference_path(path == "reference"))
         yield backend
 
 

@@ -108,7 +108,10 @@ def test_batch_size_runs_on_torch(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--backend", "jax"], r"unknown backend 'jax'; the registered adapters are: .*numpy"),
+        (
+            ["--backend", "nosuchlib"],
+            r"unknown backend 'nosuchlib'; the registered adapters are: .*numpy",
+        ),
         (["--epochs", "0"], r"--epochs must be >= 1, got 0"),
         (["--seed", "-1"], r"--seed must be >= 0, got -1"),
         (["--hidden", "0"], r"--hidden must be >= 1 and applies to batch-size and rnn, got 0"),

@@ -21,6 +21,7 @@ from .._plumbing.validation import (
     check_arrays,
     check_choice,
     check_correction,
+    compatible_devices,
     normalize_axes,
     normalize_axis,
     resolve_dtype,
@@ -243,7 +244,7 @@ class Moments:
                 f"({library_label(self.mean)}), got {library_label(array)}"
             )
         device = device_of(array)
-        if device_of(self.mean) != device:
+        if not compatible_devices(device_of(self.mean), device):
             raise ValueError(
                 f"{name} is on device {device} but the earlier batches were on device "
                 f"{device_of(self.mean)}"

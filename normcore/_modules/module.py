@@ -32,7 +32,12 @@ from .._plumbing.compat import (
     to_numpy,
     without_grad,
 )
-from .._plumbing.validation import check_arrays, mismatched_keys, prefix_hint
+from .._plumbing.validation import (
+    check_arrays,
+    compatible_devices,
+    mismatched_keys,
+    prefix_hint,
+)
 
 __all__ = ["Module"]
 
@@ -242,7 +247,7 @@ class Module:
                 f"{name} must have this {cls}'s dtype {label}{accepted}, got {dtype}; "
                 f"convert {name} or create the {cls} with dtype=..."
             )
-        if device_of(x) != self._device:
+        if not compatible_devices(device_of(x), self._device):  # a tracer has no device
             raise ValueError(
                 f"this {cls}'s arrays are on device {self._device} but {name} is on device "
                 f"{device_of(x)}; move one of them explicitly with .to() (normcore never "

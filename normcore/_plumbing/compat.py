@@ -106,8 +106,8 @@ def resolve_creation(like: Any = None, device: Any = None, dtype: Any = None) ->
     """Return ``(xp, device, dtype)`` for creating parameter or state arrays.
 
     ``like`` is an array (its library and device are used), an array library
-    module or Array API namespace (``numpy``, ``torch``, ``cupy``,
-    ``array_api_strict``), or None for NumPy. ``device`` overrides the device;
+    module or Array API namespace (``numpy``, ``torch``, ``cupy``, ``jax``,
+    ``jax.numpy``, ``array_api_strict``), or None for NumPy. ``device`` overrides the device;
     ``dtype`` defaults to float32, given as a dtype of that library or as a
     name such as ``"float64"``.
     """
@@ -116,19 +116,43 @@ def resolve_creation(like: Any = None, device: Any = None, dtype: Any = None) ->
 
         like = numpy
     if is_array(like):
-        xp = namespace_of(like)
+        probe = like
         device = device_of(like) if device is None else device
     else:
         zeros = getattr(like, "zeros", None)
         if zeros is None:
+            zeros = getattr(_adapter_namespace(like), "zeros", None)
+        if zeros is None:
             raise TypeError(
-                "like must be an array or an array library (numpy, torch, cupy, ...), "
+                "like must be an array or an array library (numpy, torch, cupy, jax, ...), "
                 f"got {library_label(like)}"
             )
-        xp = namespace_of(zeros(1))
-    from .validation import resolve_dtype  # validation imports this module
+        probe = zeros(1)
+    xp = namespace_of(probe)
+    # validation and registry import this module
+    from .registry import adapter_for
+    from .validation import resolve_dtype
 
-    return xp, device, resolve_dtype(xp, dtype, default=xp.float32)
+    dtype = resolve_dtype(xp, dtype, default=xp.float32)
+    adapter_for(probe).check_dtype(xp, dtype)
+    return xp, device, dtype
+
+
+def _adapter_namespace(module: Any) -> Any:
+    """The namespace that the adapter of the library ``module`` names (``jax`` -> ``jax.numpy``).
+
+    For a library whose top-level module creates no arrays; None when no
+    registered adapter overrides :meth:`~normcore.adapter.Adapter.namespace`
+    for ``module`` (the default asks this function's caller: no loop).
+    """
+    from ..adapter import Adapter
+    from .registry import adapters
+
+    name = getattr(module, "__name__", None)
+    for adapter in adapters():
+        if adapter.library == name and type(adapter).namespace is not Adapter.namespace:
+            return adapter.namespace()
+    return None
 
 
 def without_grad(x: Any) -> Any:

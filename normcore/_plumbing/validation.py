@@ -32,6 +32,7 @@ __all__ = [
     "check_positive_int",
     "check_real",
     "check_shapes",
+    "compatible_devices",
     "matrix_size",
     "mismatched_keys",
     "normalize_axes",
@@ -86,7 +87,7 @@ def check_arrays(
         if x_device is None:
             x_device = device_of(x)
         other_device = device_of(other)
-        if other_device != x_device:
+        if not compatible_devices(other_device, x_device):
             raise ValueError(
                 f"{name} is on device {other_device} but {x_name} is on device {x_device}; "
                 "move one of them explicitly (normcore never moves data between devices)"
@@ -105,6 +106,17 @@ def check_arrays(
                 f"float16 or bfloat16), got {other.dtype}"
             )
     return xp
+
+
+def compatible_devices(a: Any, b: Any) -> bool:
+    """Whether arrays on devices ``a`` and ``b`` may be combined.
+
+    A device of None is a traced array's (a JAX tracer inside ``jit``,
+    ``grad`` or ``vmap`` has no concrete device; array-api-compat reports
+    None): it will live wherever the concrete arrays it meets live, so it is
+    compatible with every device. Two concrete devices must be equal.
+    """
+    return a is None or b is None or a == b
 
 
 def _is_low_precision_with_float32(xp: Any, x_dtype: Any, other_dtype: Any) -> bool:

@@ -122,6 +122,8 @@ class Backend:
             return np.dtype(name)
         if self.library == "cupy":
             return self.module.dtype(name)
+        if self.library == "jax":
+            return getattr(importlib.import_module("jax.numpy"), name)
         return getattr(self.module, name)
 
     # -- conversions ---------------------------------------------------------------
@@ -140,6 +142,13 @@ class Backend:
             torch = self.module
             tensor = torch.asarray(data, dtype=torch.float64, device=self.device_name)
             return tensor.to(self.dtype(dtype))
+        if self.library == "jax":
+            # float64 needs jax_enable_x64 (the test suite's jax fixture turns it on);
+            # without it this would be float32, so refuse rather than test the wrong dtype.
+            out = importlib.import_module("jax.numpy").asarray(data.astype(dtype))
+            if str(out.dtype) != dtype:
+                raise RuntimeError(f"jax made {out.dtype} for {dtype}: enable jax_enable_x64")
+            return out
         return self.module.asarray(data.astype(dtype))
 
     def to_numpy(self, a: Any) -> np.ndarray:
@@ -151,6 +160,8 @@ class Backend:
             return np.asarray(a.to_device(strict.Device("CPU_DEVICE")), dtype=np.float64)
         if self.library == "torch":
             return a.detach().to("cpu", self.module.float64).numpy()
+        if self.library == "jax":
+            return np.asarray(a, dtype=np.float64)
         return self.module.asnumpy(a).astype(np.float64)
 
     def copy(self, a: Any) -> Any:
@@ -189,6 +200,9 @@ BACKENDS: tuple[Backend, ...] = (
         gpu=True,
     ),
     Backend("cupy", "cupy", (*_FLOATS, "float16"), gpu=True),
+    # JAX on its default device (the CPU here). float64 needs jax_enable_x64, which the
+    # test suite's backend fixture turns on for this row only (tests/conftest.py).
+    Backend("jax", "jax", _FLOATS, autograd=True, benchmark=False),
 )
 
 

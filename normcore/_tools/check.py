@@ -10,7 +10,6 @@ normcore's core (:mod:`normcore._tools.oracle`).
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -18,7 +17,7 @@ import numpy as np
 
 from .._functional.batch_norm import batch_norm, batch_norm_backward
 from .._functional.layer_norm import layer_norm, layer_norm_backward, rms_norm, rms_norm_backward
-from .._plumbing.compat import resolve_creation, to_numpy
+from .._plumbing.compat import to_numpy
 from .._plumbing.config import reference_path
 from .._plumbing.registry import adapters
 from . import oracle
@@ -185,14 +184,18 @@ def check_rows(backend: str | None = None) -> Iterator[Row]:
             yield Row(adapter.name, "-", "-", "-", None, None, "SKIP", "library not installed")
             continue
         try:
-            module = importlib.import_module(adapter.library)
-            xp = resolve_creation(module)[0]
+            xp = adapter.namespace()
             devices = adapter.check_devices()
         except Exception as error:  # a broken installation is a failure, not a crash
             yield Row(adapter.name, "-", "-", "-", None, None, "FAIL", f"cannot start: {error}")
             continue
         for device in devices:
             for dtype in DTYPES:
+                try:  # a dtype the library has but is not set up for (JAX's float64)
+                    adapter.check_dtype(xp, getattr(xp, dtype))
+                except TypeError as error:
+                    yield Row(adapter.name, str(device), dtype, "-", None, None, "SKIP", str(error))
+                    continue
                 yield from _check_device(adapter, xp, device, dtype)
 
 

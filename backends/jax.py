@@ -1,0 +1,70 @@
+"""Adapter for JAX arrays: concrete arrays and the tracers of ``jit``, ``grad`` and ``vmap``.
+
+The reference path runs on JAX unchanged: ``jax.numpy`` implements the Array
+API, and every operation of normcore's core is a ``jax.numpy`` call, so
+``jax.jit``, ``jax.grad`` and ``jax.vmap`` trace through it. This adapter adds
+what differs for JAX:
+
+* ownership of tracers as well as concrete arrays (both are ``jax.Array``);
+  a tracer has no device, which the core treats as "wherever the others are";
+* float64 exists only with ``jax_enable_x64``: asking for float64 parameters
+  or state without it is a ``TypeError`` naming the setting, never the silent
+  downcast to float32 that ``jax.numpy`` would make;
+* its devices, for ``normcore info`` and ``normcore check``.
+
+jax is imported only once a JAX array reaches normcore (by then the user has
+imported it) or when ``normcore info``/``check`` ask for its devices.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from normcore.adapter import Adapter
+
+__all__ = ["JaxAdapter", "adapter"]
+
+
+class JaxAdapter(Adapter):
+    """JAX: arrays and tracers on CPU, GPU or TPU devices; the reference path, traceable."""
+
+    name = "jax"
+    library = "jax"
+    install_hint = 'pip install "normcore[jax]" (CPU jax and jaxlib, pinned)'
+
+    def owns(self, x: Any) -> bool:
+        # Tracers (jit, grad, vmap) are instances of jax.Array too, each tracer type
+        # asked once (the registry caches the answer by type).
+        return isinstance(x, sys.modules["jax"].Array)
+
+    def namespace(self) -> Any:
+        """``jax.numpy``, JAX's Array API namespace (the top-level ``jax`` module is not one)."""
+        import jax.numpy
+
+        return jax.numpy
+
+    def devices(self) -> list[str]:
+        import jax
+
+        return [f"{d} ({d.device_kind})" for d in jax.devices()]
+
+    def check_devices(self) -> list[Any]:
+        import jax
+
+        return list(jax.devices())
+
+    def check_dtype(self, xp: Any, dtype: Any) -> None:
+        """float64 needs ``jax_enable_x64``: without it JAX would silently make float32."""
+        import jax
+
+        if xp.finfo(dtype).bits == 64 and not jax.config.read("jax_enable_x64"):
+            raise TypeError(
+                "dtype float64 needs JAX's 64-bit mode, which is off: enable it with "
+                "jax.config.update('jax_enable_x64', True) (or JAX_ENABLE_X64=1) before "
+                "creating arrays, or use dtype float32 (JAX would otherwise silently make "
+                "float32 arrays)"
+            )
+
+
+adapter = JaxAdapter()
