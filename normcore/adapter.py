@@ -255,6 +255,19 @@ class Adapter:
         # A library that failed to import (or was blocked) is None in sys.modules.
         return sys.modules.get(self.library) is not None
 
+    def adopt(self, xp: Namespace, x: Array, other: Any) -> Array | None:
+        """Return ``other``, an array of another library, as a parameter of this library's ``x``.
+
+        Asked when a parameter or given statistic (``gain``, ``bias``, ``mean``,
+        ``var``, ``dy``) passed with ``x`` is not an array of ``x``'s library.
+        Return it as an array of ``x``'s library without computing or copying
+        anything eagerly (dask wraps a NumPy array as a one-chunk dask array),
+        or None to refuse it: the default, so normcore never converts between
+        libraries unless an adapter says the conversion is free and lazy.
+        The result is then checked (dtype, device) like any other argument.
+        """
+        return None
+
     # -- fast paths -------------------------------------------------------------
     def normalize(
         self,
@@ -298,6 +311,22 @@ class Adapter:
         parameter is None). With ``layout.stats`` the statistics are constants;
         otherwise the gradient flows through them. The default returns
         ``NotImplemented``.
+        """
+        return NotImplemented
+
+    def moments(
+        self, xp: Namespace, x: Array, axes: tuple[int, ...]
+    ) -> tuple[int, Array, Array] | NotImplementedType:
+        """``(count, mean, M2)`` of ``x`` over ``axes`` (dimensions kept), or ``NotImplemented``.
+
+        The statistics of :func:`normcore.moments`, :class:`normcore.Moments`
+        and :func:`normcore.population_stats`: ``count`` values per statistic,
+        their ``mean`` and sum of squared deviations ``M2``, in ``x``'s dtype
+        (``x`` is already in the accumulation dtype). For libraries that
+        compute out of core (dask: one tree reduction of per-chunk triples)
+        or have a one-pass kernel. Must return what
+        :func:`normcore._reference.moments.moment_sums` returns; the default
+        returns ``NotImplemented``.
         """
         return NotImplemented
 

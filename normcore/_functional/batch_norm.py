@@ -75,7 +75,7 @@ def prepare_batch_norm(
     Also used by :func:`batch_norm_forward`, which passes running statistics
     as ``mean``/``var``.
     """
-    xp = check_arrays(x, gain=gain, bias=bias, mean=mean, var=var, dy=dy)
+    xp = check_arrays(x, adopt=True, gain=gain, bias=bias, mean=mean, var=var, dy=dy)
     axis = check_batched(x, axis)
     eps = check_eps(eps)
     if dy is not None:
@@ -101,6 +101,8 @@ def prepare_batch_norm(
         )
     stats = None
     if mean is not None:
+        adapter = adapter_for(x)
+        mean, var = dispatch.adopt(adapter, xp, x, mean), dispatch.adopt(adapter, xp, x, var)
         stats = Statistics(
             broadcast_param(xp, mean, (axis,), x.ndim), broadcast_param(xp, var, (axis,), x.ndim)
         )

@@ -43,11 +43,13 @@ class _GroupCall(NamedTuple):
     grouped_shape: tuple[int, ...]  # x with its channel axis split into (groups, size)
     param_shape: tuple[int, ...]  # (groups, size)
     layout: Layout
+    x: Array
 
     def grouped(self, a: Array | None) -> Array | None:
-        """``a`` (x, dy or a parameter) reshaped to the grouped layout."""
+        """``a`` (x, dy or a parameter, adopted into x's library) reshaped to the grouped layout."""
         if a is None:
             return None
+        a = dispatch.adopt(self.adapter, self.xp, self.x, a)
         shape = self.param_shape if a.ndim == 1 else self.grouped_shape
         return self.xp.reshape(a, shape)
 
@@ -63,7 +65,7 @@ def _prepare(
     dy: Array | None = None,
 ) -> _GroupCall:
     """Validate a call; ``instance`` norm has one channel per group (``num_groups`` unused)."""
-    xp = check_arrays(x, gain=gain, bias=bias, dy=dy)
+    xp = check_arrays(x, adopt=True, gain=gain, bias=bias, dy=dy)
     axis = check_batched(x, axis)
     if axis == 0:
         raise ValueError("axis must be the channel axis, not the batch axis 0, got axis=0")
@@ -84,7 +86,7 @@ def _prepare(
     grouped = (*x.shape[:axis], groups, size, *x.shape[axis + 1 :])
     reduce_axes = tuple(a for a in range(1, len(grouped)) if a != axis)
     layout = Layout(reduce_axes, (axis, axis + 1), True, eps)
-    return _GroupCall(adapter_for(x), xp, grouped, (groups, size), layout)
+    return _GroupCall(adapter_for(x), xp, grouped, (groups, size), layout, x)
 
 
 def _forward(x, num_groups, gain, bias, axis, eps, instance) -> Array:

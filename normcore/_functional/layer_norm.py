@@ -38,7 +38,7 @@ def _layout(
     dy: Array | None = None,
 ) -> tuple[Adapter, Namespace, Layout]:
     """Validate a call; return its adapter, namespace and layout."""
-    xp = check_arrays(x, gain=gain, bias=bias, dy=dy)
+    xp = check_arrays(x, adopt=True, gain=gain, bias=bias, dy=dy)
     axes = normalize_axes(axis, x.ndim)
     eps = check_eps(eps)
     expected = tuple(x.shape[a] for a in axes)

@@ -15,18 +15,20 @@ import numbers
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
+from .._plumbing import dispatch
 from .._plumbing.compat import device_of, is_array, library_label, namespace_of, without_grad
 from .._plumbing.registry import adapter_for
 from .._plumbing.validation import (
     check_arrays,
     check_choice,
     check_correction,
+    check_known_sizes,
     compatible_devices,
     normalize_axes,
     normalize_axis,
     resolve_dtype,
 )
-from .._reference.moments import batch_moments, centered_moments, chan_merge
+from .._reference.moments import chan_merge
 from .._reference.primitive import as_dtype
 from ..typing import Array
 
@@ -79,10 +81,13 @@ def moments(
     """
     xp = check_arrays(x)
     axes = tuple(range(x.ndim)) if axis is None else tuple(sorted(normalize_axes(axis, x.ndim)))
+    check_known_sizes(x, axes)
     count = math.prod(x.shape[a] for a in axes)
     correction = check_correction(correction, count, "the number of values reduced")
-    acc = adapter_for(x).accumulation_dtype(xp, x.dtype)
-    mean, _, var = centered_moments(xp, as_dtype(xp, x, acc), axes, correction)
+    adapter = adapter_for(x)
+    acc = adapter.accumulation_dtype(xp, x.dtype)
+    count, mean, m2 = dispatch.moments(adapter, xp, as_dtype(xp, x, acc), axes)
+    var = m2 / (count - correction)
     if not keepdims:
         mean, var = xp.squeeze(mean, axis=axes), xp.squeeze(var, axis=axes)
     return xp.astype(mean, x.dtype), xp.astype(var, x.dtype)
@@ -150,9 +155,45 @@ class Moments:
             raise TypeError(f"axis must be an int, got {library_label(axis)}")
         self.axis = int(axis)
         self._dtype = dtype
-        self.count = 0
-        self.mean: Any = None
-        self.m2: Any = None
+        # A binary counter of partial (count, mean, M2) triples: entry i merges 2**k_i batches
+        # with k_i decreasing. Pushing a batch merges equal-sized neighbours, so N batches form
+        # a balanced tree of depth log2(N), not a chain of N merges: a lazy (dask) graph stays
+        # shallow and the round-off grows with log N. At most log2(N) + 1 triples are held.
+        self._levels: list[tuple[int, tuple[int, Any, Any]]] = []
+        self._folded: tuple[int, Any, Any] | None = (0, None, None)
+
+    @property
+    def count(self) -> int:
+        return self._state()[0]
+
+    @property
+    def mean(self) -> Any:
+        return self._state()[1]
+
+    @property
+    def m2(self) -> Any:
+        return self._state()[2]
+
+    def _push(self, triple: tuple[int, Any, Any]) -> None:
+        batches = 1
+        while self._levels and self._levels[-1][0] == batches:
+            below, partial = self._levels.pop()
+            triple, batches = chan_merge(partial, triple), below + batches
+        self._levels.append((batches, triple))
+        self._folded = None
+
+    def _state(self) -> tuple[int, Any, Any]:
+        """The merge of every batch so far (folded from the counter on first read)."""
+        if self._folded is None:
+            folded = self._levels[-1][1]
+            for _, partial in reversed(self._levels[:-1]):
+                folded = chan_merge(partial, folded)
+            self._folded = folded
+        return self._folded
+
+    def _set_state(self, triple: tuple[int, Any, Any]) -> None:
+        self._levels = [] if triple[0] == 0 else [(1, triple)]
+        self._folded = triple
 
     def update(self, x: Any) -> Moments:
         """Merge the batch ``x`` into the accumulator (in place) and return it.
@@ -192,13 +233,16 @@ class Moments:
         if dtype is None:
             dtype = adapter_for(x).accumulation_dtype(xp, x.dtype)
         self._check_compatible(x, x.shape[axis], name)
+        reduce_axes = tuple(a for a in range(x.ndim) if a != axis)
+        check_known_sizes(x, reduce_axes, name)
         if math.prod(x.shape) == 0:
             return None
-        count, mean, var = batch_moments(xp, as_dtype(xp, without_grad(x), dtype), axis)
+        x = as_dtype(xp, without_grad(x), dtype)
+        count, mean, m2 = dispatch.moments(adapter_for(x), xp, x, reduce_axes)
         shape = (x.shape[axis],)
-        mean, var = xp.reshape(mean, shape), xp.reshape(var, shape)
-        self.count, self.mean, self.m2 = chan_merge(self._state(), (count, mean, var * count))
-        return count, mean, var
+        mean, m2 = xp.reshape(mean, shape), xp.reshape(m2, shape)
+        self._push((count, mean, m2))
+        return count, mean, m2 / count
 
     def merge(self, other: Moments) -> Moments:
         """Return a new accumulator holding both ``self``'s and ``other``'s values.
@@ -209,10 +253,10 @@ class Moments:
         if not isinstance(other, Moments):
             raise TypeError(f"other must be a Moments, got {library_label(other)}")
         merged = Moments(axis=self.axis, dtype=self._dtype)
-        merged.count, merged.mean, merged.m2 = self._state()
+        merged._set_state(self._state())
         if other.mean is not None:
             merged._check_compatible(other.mean, other.mean.shape[0], "other")
-            merged.count, merged.mean, merged.m2 = chan_merge(self._state(), other._state())
+            merged._set_state(chan_merge(self._state(), other._state()))
         return merged
 
     def variance(self, correction: float = 1) -> Any:
@@ -230,9 +274,6 @@ class Moments:
             raise ValueError("variance() needs values, but no batch with values was added yet")
         correction = check_correction(correction, self.count, "the number of values per feature")
         return self.m2 / (self.count - correction)
-
-    def _state(self) -> tuple[int, Any, Any]:
-        return self.count, self.mean, self.m2
 
     def _check_compatible(self, array: Any, features: int, name: str) -> None:
         """``array`` (a batch, or another accumulator's mean) must match the earlier batches."""

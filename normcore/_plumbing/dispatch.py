@@ -8,14 +8,16 @@ for autograd), and zero gradients for the parameters (the sum over no values).
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
+from .._reference import moments as reference_moments
 from .._reference import primitive
-from ..adapter import Gradients, Layout, Normalized
+from ..adapter import Gradients, Layout, Normalized, Statistics
 from ..typing import Array, Namespace
-from .compat import device_of
+from .compat import device_of, namespace_of
 from .config import using_reference_path
 
-__all__ = ["is_empty", "normalize", "normalize_backward"]
+__all__ = ["adopted", "is_empty", "moments", "normalize", "normalize_backward"]
 
 
 def is_empty(x: Array) -> bool:
@@ -27,6 +29,7 @@ def is_empty(x: Array) -> bool:
 # with the adapter first), not repeated here: one contract, one reference implementation.
 def normalize(adapter, xp, x, gain, bias, layout, *, need_stats=False) -> Normalized:
     """Forward of the primitive: ``adapter.normalize``, or the reference when it declines."""
+    gain, bias, layout = adopted(adapter, xp, x, gain, bias, layout)
     if is_empty(x):
         return Normalized(_empty_output(xp, x, gain, bias, layout), None, None)
     if not using_reference_path():
@@ -38,6 +41,8 @@ def normalize(adapter, xp, x, gain, bias, layout, *, need_stats=False) -> Normal
 
 def normalize_backward(adapter, xp, dy, x, gain, bias, layout) -> Gradients:
     """Backward of the primitive: ``adapter.normalize_backward``, or the reference."""
+    gain, bias, layout = adopted(adapter, xp, x, gain, bias, layout)
+    dy = adopt(adapter, xp, x, dy)
     if is_empty(x):
         return _empty_gradients(xp, x, gain, bias, layout)
     if not using_reference_path():
@@ -45,6 +50,36 @@ def normalize_backward(adapter, xp, dy, x, gain, bias, layout) -> Gradients:
         if result is not NotImplemented:
             return result
     return primitive.normalize_backward(adapter, xp, dy, x, gain, bias, layout)
+
+
+def moments(adapter, xp, x, axes) -> tuple[int, Array, Array]:
+    """``(count, mean, M2)`` over ``axes``: ``adapter.moments``, or the reference two passes."""
+    if not is_empty(x) and not using_reference_path():
+        result = adapter.moments(xp, x, axes)
+        if result is not NotImplemented:
+            return result
+    return reference_moments.moment_sums(xp, x, axes)
+
+
+def adopt(adapter, xp, x, other):
+    """``other`` as an array of ``x``'s library: itself, or the adapter's lazy conversion.
+
+    :func:`~normcore._plumbing.validation.check_arrays` has accepted it already.
+    """
+    if other is None or namespace_of(other) is xp:
+        return other
+    return adapter.adopt(xp, x, other)
+
+
+def adopted(adapter, xp, x, gain, bias, layout):
+    """``gain``, ``bias`` and ``layout``'s statistics adopted into ``x``'s library."""
+    gain, bias = adopt(adapter, xp, x, gain), adopt(adapter, xp, x, bias)
+    stats = layout.stats
+    if stats is not None:
+        mean, var = adopt(adapter, xp, x, stats.mean), adopt(adapter, xp, x, stats.var)
+        if mean is not stats.mean or var is not stats.var:
+            layout = replace(layout, stats=Statistics(mean, var))
+    return gain, bias, layout
 
 
 def _empty_output(xp: Namespace, x: Array, gain: Array | None, bias: Array | None, layout: Layout):

@@ -25,6 +25,7 @@ __all__ = [
     "check_gradient_given",
     "check_int",
     "check_keys",
+    "check_known_sizes",
     "check_named_arrays",
     "check_normalized_shape",
     "check_num_groups",
@@ -49,6 +50,7 @@ def check_arrays(
     x_name: str = "x",
     exact_dtype: bool = False,
     others_kind: str | None = None,
+    adopt: bool = False,
     **others: Any,
 ) -> Any:
     """Check ``x`` and the optional arrays in ``others``; return the namespace.
@@ -59,7 +61,10 @@ def check_arrays(
     come with float32 parameters (unless ``exact_dtype``). With
     ``others_kind`` (an Array API dtype kind such as ``"bool"``) the others
     must have a dtype of that kind instead. Keyword names, and ``x_name`` for
-    ``x``, are used in messages.
+    ``x``, are used in messages. With ``adopt`` (for callers that then pass
+    the others through :func:`normcore._plumbing.dispatch.adopt`), an array
+    of another library is accepted where ``x``'s adapter adopts it
+    (:meth:`normcore.adapter.Adapter.adopt`) and checked as adopted.
     """
     if not is_array(x):
         raise TypeError(
@@ -79,11 +84,14 @@ def check_arrays(
         if other is None:
             continue
         if not is_array(other) or namespace_of(other) is not xp:
-            raise TypeError(
-                f"{name} must be an array of the same library as {x_name} "
-                f"({library_label(x)}), got {library_label(other)}; normcore never converts "
-                "between libraries"
-            )
+            adopted = _adopted(xp, x, other) if adopt else None
+            if adopted is None:
+                raise TypeError(
+                    f"{name} must be an array of the same library as {x_name} "
+                    f"({library_label(x)}), got {library_label(other)}; normcore never "
+                    "converts between libraries"
+                )
+            other = adopted
         if x_device is None:
             x_device = device_of(x)
         other_device = device_of(other)
@@ -119,8 +127,33 @@ def compatible_devices(a: Any, b: Any) -> bool:
     return a is None or b is None or a == b
 
 
+def _adopted(xp: Any, x: Any, other: Any) -> Any:
+    """``other`` as an array of ``x``'s library when ``x``'s adapter adopts it, else None.
+
+    (:meth:`normcore.adapter.Adapter.adopt`: dask takes NumPy parameters.)
+    """
+    if not is_array(other):
+        return None
+    from .registry import adapter_for  # the registry imports the plugin API; only needed here
+
+    return adapter_for(x).adopt(xp, x, other)
+
+
 def _is_low_precision_with_float32(xp: Any, x_dtype: Any, other_dtype: Any) -> bool:
     return other_dtype == xp.float32 and xp.finfo(x_dtype).bits < 32
+
+
+def check_known_sizes(x: Any, axes: tuple[int, ...], name: str = "x") -> None:
+    """Refuse unknown sizes (None, or dask's NaN) along ``axes``: statistics need counts."""
+    sizes = [x.shape[a] for a in axes]
+    if all(type(n) is int for n in sizes):
+        return
+    if any(n is None or (isinstance(n, float) and math.isnan(n)) for n in sizes):
+        raise ValueError(
+            f"{name} has unknown sizes along the axes {axes} its statistics are taken over "
+            f"(shape {tuple(x.shape)}); the number of values must be known: for a dask array "
+            "(after boolean indexing, for example) call x.compute_chunk_sizes() first"
+        )
 
 
 def check_eps(eps: Any, name: str = "eps") -> float:

@@ -12,7 +12,7 @@ import math
 
 from ..typing import Array, Namespace
 
-__all__ = ["batch_moments", "centered_moments", "chan_merge"]
+__all__ = ["batch_moments", "centered_moments", "chan_merge", "moment_sums"]
 
 
 def _first_along(x: Array, axes: tuple[int, ...]) -> Array:
@@ -37,6 +37,21 @@ def centered_moments(
     count = math.prod(x.shape[a] for a in axes)
     var = xp.sum(centered * centered, axis=axes, keepdims=True) / (count - correction)
     return shift + offset, centered, var
+
+
+def moment_sums(xp: Namespace, x: Array, axes: tuple[int, ...]) -> tuple[int, Array, Array]:
+    """Return ``(count, mean, M2)`` over ``axes`` with dimensions kept: Chan's merge's triple.
+
+    ``M2`` is the sum of squared deviations from the mean, from the same two
+    shifted passes as :func:`centered_moments`. The reference of
+    :meth:`normcore.adapter.Adapter.moments`.
+    """
+    mean, centered, _ = centered_moments(xp, x, axes)
+    return (
+        math.prod(x.shape[a] for a in axes),
+        mean,
+        xp.sum(centered * centered, axis=axes, keepdims=True),
+    )
 
 
 def batch_moments(xp: Namespace, x: Array, axis: int) -> tuple[int, Array, Array]:

@@ -1,0 +1,299 @@
+"""Adapter for dask arrays: chunk-parallel fast paths and one-pass tree-reduced moments.
+
+Each dask block is an array of another library (NumPy, or CuPy for dask on a
+GPU), and normcore already has fast kernels for those. This adapter builds the
+dask graph; every block is computed by the block library's own adapter
+through normcore's dispatch (its fast kernel, or the reference where that
+declines).
+
+* **Statistics inside one chunk** (layer, RMS, group and instance norm on
+  batch-chunked data: every reduced axis has a single chunk): one task per
+  block, forward and backward. The backward's ``dgain``/``dbias`` are
+  per-block partial sums, added up by a dask reduction afterwards.
+* **Batch statistics across chunks** (batch norm over a chunked batch axis,
+  :func:`normcore.moments`, :class:`normcore.Moments`,
+  :func:`normcore.population_stats`): one tree reduction
+  (``dask.array.reduction``) of per-chunk ``(count, mean, M2)``, each chunk's
+  computed by two passes over that chunk alone and merged by the one Chan
+  merge of :mod:`normcore._reference.moments`. One pass over the data; no
+  chunk is held until a global mean is known. The forward then normalizes each
+  block with those (small) statistics as given statistics: two passes over
+  the data in all, the least a normalization by statistics of the whole array
+  can do.
+* **Given statistics**: one task per block whatever the chunking.
+* Anything else (RMS norm or the backward with statistics across chunks)
+  returns ``NotImplemented``: the reference path runs, as a lazy dask graph
+  over the same chunks (correct, about 6-8 passes). It never rechunks: moving
+  a reduced axis into one chunk costs a full shuffle of the data, which the
+  user can choose with ``x.rechunk({axis: -1})``, after which the first case
+  applies.
+
+Parameters and given statistics may be arrays of the blocks' own library (a
+NumPy ``gain`` with a NumPy-backed dask ``x``): :meth:`DaskAdapter.adopt`
+wraps them as one-chunk dask arrays (nothing is computed). dask is imported
+only once the user has imported it.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import replace
+from typing import Any
+
+from normcore.adapter import Adapter, Gradients, Normalized, Statistics
+
+__all__ = ["DaskAdapter", "adapter"]
+
+
+def _da() -> Any:
+    # Only reached for dask arrays, so dask.array is already imported.
+    return sys.modules["dask.array"]
+
+
+def _in_one_chunk(x: Any, axes: tuple[int, ...]) -> bool:
+    return all(x.numblocks[a] == 1 for a in axes)
+
+
+def _broadcast(a: Any, axes: tuple[int, ...], ndim: int) -> Any:
+    """A dask array whose dimensions follow ``axes`` reshaped to broadcast against ``x``."""
+    if a is None:
+        return None
+    ordered = sorted(axes)
+    a = a.transpose(tuple(axes.index(axis) for axis in ordered))
+    shape = [1] * ndim
+    for dim, axis in enumerate(ordered):
+        shape[axis] = a.shape[dim]
+    return a.reshape(tuple(shape))
+
+
+def _unbroadcast(xp: Any, block: Any, axes: tuple[int, ...]) -> Any:
+    """The inverse of :func:`_broadcast` for one block: dimensions back in ``axes`` order."""
+    if block is None:
+        return None
+    ordered = sorted(axes)
+    block = xp.reshape(block, tuple(block.shape[a] for a in ordered))
+    perm = tuple(ordered.index(axis) for axis in axes)
+    return block if perm == tuple(range(len(perm))) else xp.permute_dims(block, perm)
+
+
+def _with_ndim(a: Any, ndim: int) -> Any:
+    """Given statistics (broadcastable to ``x``) with ``x``'s number of dimensions."""
+    if a is None or a.ndim == ndim:
+        return a
+    return a.reshape((1,) * (ndim - a.ndim) + tuple(a.shape))
+
+
+def _meta(x: Any, dtype: Any) -> Any:
+    return x._meta.astype(dtype)
+
+
+# -- what runs on each block (module level: the distributed scheduler pickles them) ---------
+def _block_layout(layout, mean, var):
+    if var is None:
+        return layout
+    return replace(layout, stats=Statistics(mean, var), correction=0.0)
+
+
+def _normalize_block(x, gain, bias, mean, var, *, layout, need_stats):
+    from normcore._plumbing import dispatch
+    from normcore._plumbing.compat import namespace_of
+    from normcore._plumbing.registry import adapter_for
+
+    xp = namespace_of(x)
+    gain = _unbroadcast(xp, gain, layout.param_axes)
+    bias = _unbroadcast(xp, bias, layout.param_axes)
+    block = _block_layout(layout, mean, var)
+    result = dispatch.normalize(adapter_for(x), xp, x, gain, bias, block, need_stats=need_stats)
+    return tuple(result) if need_stats else result.y
+
+
+def _backward_block(dy, x, gain, bias, mean, var, *, layout):
+    from normcore._plumbing import dispatch
+    from normcore._plumbing.compat import namespace_of
+    from normcore._plumbing.registry import adapter_for
+
+    xp = namespace_of(x)
+    axes = layout.param_axes
+    gain, bias = _unbroadcast(xp, gain, axes), _unbroadcast(xp, bias, axes)
+    block = _block_layout(layout, mean, var)
+    return tuple(dispatch.normalize_backward(adapter_for(x), xp, dy, x, gain, bias, block))
+
+
+def _pick(parts, index):
+    return parts[index]
+
+
+def _pick_partial(parts, index, *, axes, ndim):
+    """A per-block parameter gradient, shaped to broadcast against its block."""
+    from normcore._plumbing.compat import namespace_of
+
+    partial = parts[index]
+    xp = namespace_of(partial)
+    ordered = sorted(axes)
+    perm = tuple(axes.index(axis) for axis in ordered)
+    if perm != tuple(range(len(perm))):
+        partial = xp.permute_dims(partial, perm)
+    shape = [1] * ndim
+    for dim, axis in enumerate(ordered):
+        shape[axis] = partial.shape[dim]
+    return xp.reshape(partial, tuple(shape))
+
+
+def _chunk_moments(x, axis, keepdims=True, computing_meta=False, **kwargs):
+    """``(count, mean, M2)`` of one chunk: two passes over this chunk only."""
+    from normcore._plumbing.compat import namespace_of
+    from normcore._reference.moments import moment_sums
+
+    if computing_meta:
+        return x
+    return moment_sums(namespace_of(x), x, tuple(axis))
+
+
+def _flatten(parts):
+    if isinstance(parts, list):
+        return [triple for part in parts for triple in _flatten(part)]
+    return [parts]
+
+
+def _merge_moments(parts, axis=None, keepdims=True, computing_meta=False, **kwargs):
+    """Merge chunks' ``(count, mean, M2)`` pairwise (a balanced tree) with Chan's update."""
+    from normcore._reference.moments import chan_merge
+
+    if computing_meta:
+        return parts
+    triples = [t for t in _flatten(parts) if t[0] != 0]  # an empty chunk adds nothing
+    if not triples:
+        return _flatten(parts)[0]
+    while len(triples) > 1:
+        merged = [chan_merge(a, b) for a, b in zip(triples[::2], triples[1::2], strict=False)]
+        triples = merged + ([triples[-1]] if len(triples) % 2 else [])
+    return triples[0]
+
+
+def _unknown_sizes_message(x: Any, axes: tuple[int, ...]) -> str:
+    return (
+        f"the statistics of a dask array need the sizes of its chunks along axes {axes}, "
+        f"which are unknown (shape {tuple(x.shape)}, e.g. after boolean indexing); call "
+        "x.compute_chunk_sizes() first, or pass lengths= to x.to_dask_array()"
+    )
+
+
+class DaskAdapter(Adapter):
+    """dask.array: graphs whose blocks run the block library's kernels; tree-reduced moments."""
+
+    name = "dask"
+    library = "dask"
+    install_hint = "pip install 'normcore[dask]'"
+
+    def owns(self, x: Any) -> bool:
+        da = sys.modules.get("dask.array")
+        return da is not None and isinstance(x, da.Array)
+
+    def devices(self) -> list[str]:
+        return ["cpu"]
+
+    def check_devices(self) -> list[Any]:
+        import dask.array
+
+        from normcore._plumbing.compat import device_of
+
+        return [device_of(dask.array.zeros(1))]
+
+    def adopt(self, xp: Any, x: Any, other: Any) -> Any:
+        """An array of the blocks' library (NumPy for NumPy-backed ``x``) as a one-chunk array."""
+        if type(other) is not type(x._meta):
+            return None
+        return _da().from_array(other, chunks=tuple(other.shape) or -1)
+
+    # -- the primitive ----------------------------------------------------------
+    def normalize(self, xp, x, gain, bias, layout, *, need_stats=False):
+        if layout.stats is not None:
+            mean, var = (_with_ndim(s, x.ndim) for s in layout.stats)
+            return self._blockwise(xp, x, gain, bias, mean, var, layout, need_stats)
+        if _in_one_chunk(x, layout.reduce_axes):
+            return self._blockwise(xp, x, gain, bias, None, None, layout, need_stats)
+        if not layout.center:
+            return NotImplemented
+        acc = self.accumulation_dtype(xp, x.dtype)
+        count, mean, m2 = self.moments(
+            xp, x if x.dtype == acc else x.astype(acc), layout.reduce_axes
+        )
+        var = m2 / (count - layout.correction)
+        y = self._blockwise(xp, x, gain, bias, mean, var, layout, need_stats=False).y
+        return Normalized(y, mean, var)
+
+    def _blockwise(self, xp, x, gain, bias, mean, var, layout, need_stats):
+        da = _da()
+        axes = layout.param_axes
+        args = (x, _broadcast(gain, axes, x.ndim), _broadcast(bias, axes, x.ndim), mean, var)
+        layout = replace(layout, stats=None)
+        if not need_stats:
+            y = da.map_blocks(
+                _normalize_block, *args, layout=layout, need_stats=False, dtype=x.dtype,
+                meta=x._meta,
+            )  # fmt: skip
+            return Normalized(y, None, None)
+        parts = da.map_blocks(
+            _normalize_block, *args, layout=layout, need_stats=True, dtype=x.dtype, meta=x._meta
+        )
+        y = parts.map_blocks(_pick, 0, dtype=x.dtype, meta=x._meta)
+        if var is not None:  # given statistics: they are what was used
+            return Normalized(y, mean, var)
+        acc = self.accumulation_dtype(xp, x.dtype)
+        chunks = tuple((1,) if a in layout.reduce_axes else c for a, c in enumerate(parts.chunks))
+        stats = [
+            None
+            if not layout.center and index == 1
+            else parts.map_blocks(_pick, index, chunks=chunks, dtype=acc, meta=_meta(x, acc))
+            for index in (1, 2)
+        ]
+        return Normalized(y, *stats)
+
+    def normalize_backward(self, xp, dy, x, gain, bias, layout):
+        if layout.stats is None and not _in_one_chunk(x, layout.reduce_axes):
+            return NotImplemented
+        da = _da()
+        axes, ndim = layout.param_axes, x.ndim
+        mean = var = None
+        if layout.stats is not None:
+            mean, var = (_with_ndim(s, ndim) for s in layout.stats)
+        parts = da.map_blocks(
+            _backward_block, dy, x, _broadcast(gain, axes, ndim), _broadcast(bias, axes, ndim),
+            mean, var, layout=replace(layout, stats=None), dtype=x.dtype, meta=x._meta,
+        )  # fmt: skip
+        dx = parts.map_blocks(_pick, 0, dtype=x.dtype, meta=x._meta)
+        others = tuple(a for a in range(ndim) if a not in axes)
+        chunks = tuple(c if a in axes else (1,) * len(c) for a, c in enumerate(parts.chunks))
+        ordered = sorted(axes)
+        order = tuple(ordered.index(axis) for axis in axes)
+
+        def total(index, param):
+            if param is None:
+                return None
+            partial = parts.map_blocks(
+                _pick_partial, index, axes=axes, ndim=ndim, chunks=chunks, dtype=param.dtype,
+                meta=_meta(x, param.dtype),
+            )  # fmt: skip
+            summed = partial.sum(axis=others, dtype=param.dtype) if others else partial
+            summed = summed.reshape(tuple(x.shape[a] for a in ordered))
+            return summed if order == tuple(range(len(order))) else summed.transpose(order)
+
+        return Gradients(dx, total(1, gain), total(2, bias))
+
+    # -- statistics -------------------------------------------------------------
+    def moments(self, xp, x, axes):
+        """``(count, mean, M2)`` over ``axes`` as one tree reduction of per-chunk triples."""
+        shape = tuple(x.shape)
+        if any(not isinstance(shape[a], int) for a in axes):
+            raise ValueError(_unknown_sizes_message(x, axes))
+        reduced = _da().reduction(
+            x, _chunk_moments, _merge_moments, combine=_merge_moments, axis=axes,
+            keepdims=True, dtype=x.dtype, concatenate=False, meta=x._meta, name="normcore-moments",
+        )  # fmt: skip
+        mean = reduced.map_blocks(_pick, 1, dtype=x.dtype, meta=x._meta)
+        m2 = reduced.map_blocks(_pick, 2, dtype=x.dtype, meta=x._meta)
+        return math.prod(shape[a] for a in axes), mean, m2
+
+
+adapter = DaskAdapter()
