@@ -115,16 +115,21 @@ def _native_group_norm(torch, x, gain, bias, layout: Layout, need_stats: bool) -
     group is exactly that constant, so the kernel stays exact.
     """
     n, groups, size = x.shape[:3]
-    flat = (n, groups * size, -1)
     gain, bias = (None if p is None else p.reshape(groups * size) for p in (gain, bias))
+    # One row per (n, g): a broadcast over (N, G, 1) runs several times faster
+    # than over the grouped (N, G, 1, 1, 1) view.
+    rows = x.reshape(n, groups, -1)
     mean = var = None
     if need_stats:
-        var, mean = torch.var_mean(x.detach(), dim=layout.reduce_axes, correction=0, keepdim=True)
-        shifted = x - mean
+        var, mean = torch.var_mean(rows.detach(), dim=2, correction=0, keepdim=True)
+        shifted = rows - mean
+        stats_shape = (n, groups) + (1,) * (x.ndim - 2)
+        mean, var = mean.reshape(stats_shape), var.reshape(stats_shape)
     else:
-        shifted = x - _first_values(x, layout.reduce_axes)
+        shifted = rows - _first_values(rows, (2,))
     cudnn = torch.backends.cudnn.enabled
-    y = torch.group_norm(shifted.reshape(flat), groups, gain, bias, layout.eps, cudnn)
+    flat = shifted.reshape(n, groups * size, -1)
+    y = torch.group_norm(flat, groups, gain, bias, layout.eps, cudnn)
     return Normalized(y.reshape(x.shape), mean, var)
 
 
