@@ -331,3 +331,37 @@ def test_double_backward_by_finite_differences(path, name, args, training, shape
         return torch.func.functional_call(module, {"weight": w, "bias": b}, (x,))
 
     assert torch.autograd.gradgradcheck(call, (x, weight, bias))
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "kwargs"),
+    [
+        ("BatchNorm2d", (8,), {}),
+        ("GroupNorm", (4, 8), {}),
+        ("InstanceNorm2d", (8,), {"affine": True, "track_running_stats": True}),
+    ],
+)
+@pytest.mark.parametrize("layout", ["channels_last", "transposed"])
+def test_other_memory_layouts_equal_torch_nn(path, name, args, kwargs, layout):
+    """torch's native kernels take their own branches for channels-last and strided input."""
+    theirs = getattr(torch.nn, name)(*args, dtype=torch.float64, **kwargs)
+    randomize(theirs, 11)
+    ours = getattr(normcore.torch, name)(*args, dtype=torch.float64, **kwargs)
+    ours.load_state_dict(theirs.state_dict())
+    gen = torch.Generator().manual_seed(12)
+    for training in (True, False):
+        if layout == "channels_last":
+            x0 = torch.randn(4, 8, 5, 3, generator=gen, dtype=torch.float64) * 3 + 2
+            x0 = x0.to(memory_format=torch.channels_last)
+        else:
+            x0 = torch.randn(4, 8, 3, 5, generator=gen, dtype=torch.float64).transpose(2, 3)
+        dy = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+        results = []
+        for module in (ours, theirs):
+            module.train(training).zero_grad()
+            x = x0.clone().requires_grad_()
+            y = module(x)
+            y.backward(dy)
+            results.append((y, x.grad, grads(module)))
+        assert_all_close(results[0], results[1], 1e-11)
+        assert_all_close(dict(ours.state_dict()), dict(theirs.state_dict()), 1e-12)
