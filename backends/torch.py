@@ -2,9 +2,12 @@
 
 torch is imported only when a tensor reaches normcore (by then the user has
 imported it). Layer/RMS norm layouts run ``torch.nn.functional``'s native,
-autograd-aware kernels; other layouts run torch's Welford statistics and one
-fused elementwise op. Everything else runs the reference path, which is
-composed of torch operations and therefore differentiable as well.
+autograd-aware kernels. Batch-norm and group-norm (and so instance-norm)
+layouts run torch's native ``batch_norm``/``group_norm`` on shifted input
+(:func:`_native_batch_norm`, :func:`_native_group_norm`); other layouts run
+torch's Welford statistics and one fused elementwise op. Everything else runs
+the reference path, which is composed of torch operations and therefore
+differentiable as well.
 """
 
 from __future__ import annotations
@@ -42,6 +45,94 @@ def _fused(torch, xp, x, gain, bias, layout: Layout) -> Normalized:
     return Normalized(torch.addcmul(shift, centered, scale), mean, var)
 
 
+def _first_values(x, axes: tuple[int, ...]):
+    """``x`` at index 0 of each of ``axes`` (kept with size 1): one value per statistic.
+
+    The shift that keeps torch's native kernels exact: torch's CPU
+    ``batch_norm``/``group_norm`` compute ``x * a + (bias - mean * a)``, which
+    for a constant channel of 1e4 misses ``bias`` by 0.04 in float32. On
+    ``x - x[first]`` a constant channel is exactly 0, so its mean is 0 and
+    the kernel returns exactly ``bias``; the normalization itself is
+    unchanged (it does not depend on a shift of its statistics' values), and
+    the shift is a constant to autograd for the same reason, at every order.
+    What remains of the cancellation is relative to ``|mean - x[first]| /
+    std`` (a few units of the last place for any one value of the data),
+    not to ``|mean| / std``.
+    """
+    index = tuple(slice(0, 1) if a in axes else slice(None) for a in range(x.ndim))
+    return x.detach()[index]
+
+
+def _batch_norm_layout(x, layout: Layout) -> bool:
+    """Statistics per index of axis 1 over every other axis, parameters on axis 1."""
+    return layout.param_axes == (1,) and layout.reduce_axes == (0, *range(2, x.ndim))
+
+
+def _native_batch_norm(torch, x, gain, bias, layout: Layout, need_stats: bool) -> Normalized:
+    """torch's native ``batch_norm`` (and its fused backward) on shifted input.
+
+    Batch statistics: the kernel runs in training mode on ``x - x[0, :, 0...]``
+    (see :func:`_first_values`); when the statistics are needed, fresh zero
+    buffers with ``momentum=1`` receive exactly the batch mean and unbiased
+    variance the kernel computed. Given statistics: ``x - mean`` in eval mode
+    with a zero running mean, so ``mean`` still gets its gradient (the
+    subtraction's); ``var`` must not need one (the kernel gives none).
+    """
+    channels = x.shape[1]
+    shape = (1, channels) + (1,) * (x.ndim - 2)
+    cudnn = torch.backends.cudnn.enabled
+    if layout.stats is not None:
+        mean = layout.stats.mean.to(x.dtype)
+        var = layout.stats.var.to(x.dtype).reshape(channels)
+        zeros = torch.zeros(channels, dtype=x.dtype, device=x.device)
+        y = torch.batch_norm(x - mean, gain, bias, zeros, var, False, 0.0, layout.eps, cudnn)
+        return Normalized(y, mean, layout.stats.var)
+    shift = _first_values(x, layout.reduce_axes)
+    if not need_stats:
+        y = torch.batch_norm(x - shift, gain, bias, None, None, True, 0.0, layout.eps, cudnn)
+        return Normalized(y, None, None)
+    mean, var = (torch.zeros(channels, dtype=x.dtype, device=x.device) for _ in range(2))
+    y = torch.batch_norm(x - shift, gain, bias, mean, var, True, 1.0, layout.eps, cudnn)
+    count = layout.count(tuple(x.shape))  # > 1: batch-norm validation refused one value
+    return Normalized(y, mean.reshape(shape) + shift, var.reshape(shape) * ((count - 1) / count))
+
+
+def _group_norm_layout(x, layout: Layout) -> bool:
+    """Grouped ``(N, G, C // G, *spatial)``: statistics per ``(n, g)``, parameters per channel."""
+    return (
+        x.ndim >= 3
+        and layout.param_axes == (1, 2)
+        and layout.reduce_axes == tuple(range(2, x.ndim))
+    )
+
+
+def _native_group_norm(torch, x, gain, bias, layout: Layout, need_stats: bool) -> Normalized:
+    """torch's native ``group_norm`` on ``x - x[:, :, 0, 0...]`` (see :func:`_first_values`).
+
+    When the statistics are needed (instance norm's running statistics),
+    torch's Welford ``var_mean`` computes them first (without autograd: they
+    are only read) and its mean is the shift; Welford's mean of a constant
+    group is exactly that constant, so the kernel stays exact.
+    """
+    n, groups, size = x.shape[:3]
+    gain, bias = (None if p is None else p.reshape(groups * size) for p in (gain, bias))
+    # One row per (n, g): a broadcast over (N, G, 1) runs several times faster
+    # than over the grouped (N, G, 1, 1, 1) view.
+    rows = x.reshape(n, groups, -1)
+    mean = var = None
+    if need_stats:
+        var, mean = torch.var_mean(rows.detach(), dim=2, correction=0, keepdim=True)
+        shifted = rows - mean
+        stats_shape = (n, groups) + (1,) * (x.ndim - 2)
+        mean, var = mean.reshape(stats_shape), var.reshape(stats_shape)
+    else:
+        shifted = rows - _first_values(rows, (2,))
+    cudnn = torch.backends.cudnn.enabled
+    flat = shifted.reshape(n, groups * size, -1)
+    y = torch.group_norm(flat, groups, gain, bias, layout.eps, cudnn)
+    return Normalized(y.reshape(x.shape), mean, var)
+
+
 class TorchAdapter(Adapter):
     """PyTorch: CPU and CUDA tensors, native kernels where a call maps onto them."""
 
@@ -72,17 +163,20 @@ class TorchAdapter(Adapter):
         ]
 
     def normalize(self, xp, x, gain, bias, layout, *, need_stats=False):
-        """Native kernels for float32/float64: F.layer_norm/rms_norm, else Welford + one fused op.
+        """Native kernels for float32/float64: torch's layer/RMS/batch/group norm, else Welford.
 
         The layer-norm layout (trailing axes, parameters on the same axes) runs
-        ``torch.nn.functional.layer_norm``/``rms_norm``. Every other layout
-        (batch, group, instance norm) runs :func:`_fused`: torch's native
-        ``batch_norm`` and ``group_norm`` CPU kernels (torch 2.13) fold the
-        normalization into ``x * alpha + beta``, so a constant channel of value
+        ``torch.nn.functional.layer_norm``/``rms_norm``. The batch-norm layout
+        (channel axis 1) runs ``torch.batch_norm`` and the group-norm layout
+        (instance norm included) ``torch.group_norm``, both on shifted input:
+        their CPU kernels (torch 2.13) fold the normalization into
+        ``x * alpha + beta``, so on ``x`` itself a constant channel of value
         1e4 normalizes to ``bias`` off by 0.04 in float32, where normcore
-        guarantees exactly ``bias``. float16/bfloat16 stay on the reference
-        path: torch's CPU kernels lose the same exactness there (1e4 in float16
-        normalizes to 0.08, not 0).
+        guarantees exactly ``bias`` (see :func:`_first_values`). Every other
+        layout (channels-last, a degrees-of-freedom correction, given
+        statistics whose variance needs a gradient) runs :func:`_fused`.
+        float16/bfloat16 stay on the reference path: torch's CPU kernels lose
+        the same exactness there (1e4 in float16 normalizes to 0.08, not 0).
         """
         torch = sys.modules["torch"]
         if x.dtype not in (torch.float32, torch.float64):
@@ -104,6 +198,20 @@ class TorchAdapter(Adapter):
             else:
                 y = functional.rms_norm(x, shape, gain, layout.eps)
             return Normalized(y, None, None)
+        if (
+            layout.center
+            and not layout.correction
+            and _batch_norm_layout(x, layout)
+            and (layout.stats is None or not layout.stats.var.requires_grad)
+        ):
+            return _native_batch_norm(torch, x, gain, bias, layout, need_stats)
+        if (
+            layout.center
+            and not layout.correction
+            and layout.stats is None
+            and _group_norm_layout(x, layout)
+        ):
+            return _native_group_norm(torch, x, gain, bias, layout, need_stats)
         return _fused(torch, xp, x, gain, bias, layout)
 
     def normalize_backward(self, xp, dy, x, gain, bias, layout):

@@ -301,3 +301,67 @@ def test_concurrent_training_calls_lose_no_running_update(name):
     if name == "BatchNorm1d":
         assert int(shared.num_batches_tracked) == len(batches)
     assert_all_close(dict(shared.state_dict()), dict(sequential.state_dict()), tol)
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "training", "shape"),
+    [
+        ("BatchNorm2d", (3,), True, (4, 3, 2, 2)),
+        ("BatchNorm2d", (3,), False, (4, 3, 2, 2)),
+        ("BatchNorm1d", (3,), True, (5, 3)),
+        ("GroupNorm", (3, 6), True, (2, 6, 3)),
+        ("InstanceNorm1d", (3,), True, (2, 3, 4)),
+    ],
+)
+def test_double_backward_by_finite_differences(path, name, args, training, shape):
+    """Gradient penalties: the native kernels of the fast path keep second derivatives."""
+    kwargs = {"affine": True} if name.startswith("Instance") else {}
+    module = getattr(normcore.torch, name)(*args, dtype=torch.float64, **kwargs)
+    randomize(module, 9)
+    if name.startswith("BatchNorm"):
+        with torch.no_grad():
+            module.running_var.uniform_(0.5, 2.0)
+            module.running_mean.normal_()
+    module.train(training)
+    gen = torch.Generator().manual_seed(10)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64).requires_grad_()
+    weight, bias = module.weight, module.bias
+
+    def call(x, w, b):  # parameters as inputs, so the check covers their derivatives too
+        return torch.func.functional_call(module, {"weight": w, "bias": b}, (x,))
+
+    assert torch.autograd.gradgradcheck(call, (x, weight, bias))
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "kwargs"),
+    [
+        ("BatchNorm2d", (8,), {}),
+        ("GroupNorm", (4, 8), {}),
+        ("InstanceNorm2d", (8,), {"affine": True, "track_running_stats": True}),
+    ],
+)
+@pytest.mark.parametrize("layout", ["channels_last", "transposed"])
+def test_other_memory_layouts_equal_torch_nn(path, name, args, kwargs, layout):
+    """torch's native kernels take their own branches for channels-last and strided input."""
+    theirs = getattr(torch.nn, name)(*args, dtype=torch.float64, **kwargs)
+    randomize(theirs, 11)
+    ours = getattr(normcore.torch, name)(*args, dtype=torch.float64, **kwargs)
+    ours.load_state_dict(theirs.state_dict())
+    gen = torch.Generator().manual_seed(12)
+    for training in (True, False):
+        if layout == "channels_last":
+            x0 = torch.randn(4, 8, 5, 3, generator=gen, dtype=torch.float64) * 3 + 2
+            x0 = x0.to(memory_format=torch.channels_last)
+        else:
+            x0 = torch.randn(4, 8, 3, 5, generator=gen, dtype=torch.float64).transpose(2, 3)
+        dy = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+        results = []
+        for module in (ours, theirs):
+            module.train(training).zero_grad()
+            x = x0.clone().requires_grad_()
+            y = module(x)
+            y.backward(dy)
+            results.append((y, x.grad, grads(module)))
+        assert_all_close(results[0], results[1], 1e-11)
+        assert_all_close(dict(ours.state_dict()), dict(theirs.state_dict()), 1e-12)
