@@ -63,11 +63,6 @@ class Context(NamedTuple):
         )
         return g.dx, {gain: g.dgain, bias: g.dbias}
 
-    def blocks(self, a: Any, count: int) -> list[Any]:
-        """Split the last axis of ``a`` into ``count`` blocks of ``hidden`` units."""
-        h = self.hidden
-        return [a[..., k * h : (k + 1) * h] for k in range(count)]
-
     def sum_rows(self, a: Any) -> Any:
         """Sum over every axis but the last (the gradient of a broadcast bias)."""
         return self.xp.sum(a, axis=tuple(range(a.ndim - 1)))
