@@ -340,3 +340,55 @@ def rnn_backward(
         return RNNGradients(dxs, _public_state(dfinal), dparams)
     dxs, dstate0, dparams = recurrence.backward(seq, dhs, dfinal)
     return RNNGradients(_time_major(xp, dxs, batch_first), _public_state(dstate0), dparams)
+
+
+def stacked_rnn(
+    xs: Any,
+    states0: list,
+    layer_params: list,
+    *,
+    cell: str,
+    layer_norm: bool,
+    eps: float,
+    bidirectional: bool,
+    batch_first: bool = False,
+    between: Any = None,
+) -> tuple[Any, list]:
+    """Several layers, each in one or both directions: :func:`rnn` once per layer and direction.
+
+    The one place where layers and directions are composed (``normcore.torch``'s
+    modules call it; autograd differentiates it). ``layer_params[k]`` and
+    ``states0[k]`` (a state or None) belong to layer ``k // D``, direction
+    ``k % D`` (``D`` = 2 with ``bidirectional``, the reverse direction second),
+    torch's order. The reverse direction runs :func:`rnn` on the time-reversed
+    sequence and reverses its outputs back; a layer's output is its directions'
+    outputs concatenated on the last axis, and ``between`` (if given) maps it
+    before the next layer (dropout). Returns ``(hs, finals)``, ``finals`` in the
+    order of ``states0``.
+    """
+    xp = check_arrays(xs, x_name="xs")
+    directions = 2 if bidirectional else 1
+    time_axis = 1 if batch_first else 0
+    layers = len(layer_params) // directions
+    finals: list = []
+    layer_input = xs
+    for layer in range(layers):
+        if layer and between is not None:
+            layer_input = between(layer_input)
+        outputs = []
+        for direction in range(directions):
+            k = layer * directions + direction
+            x = xp.flip(layer_input, axis=time_axis) if direction else layer_input
+            hs, final = rnn(
+                x,
+                states0[k],
+                layer_params[k],
+                cell=cell,
+                layer_norm=layer_norm,
+                eps=eps,
+                batch_first=batch_first,
+            )
+            outputs.append(xp.flip(hs, axis=time_axis) if direction else hs)
+            finals.append(final)
+        layer_input = outputs[0] if directions == 1 else xp.concat(outputs, axis=-1)
+    return layer_input, finals
