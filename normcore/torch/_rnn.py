@@ -23,7 +23,12 @@ from typing import Any
 import torch
 
 from normcore._functional.rnn import stacked_rnn
-from normcore._functional.rnn_params import params_from_torch_layout, torch_keys, torch_shapes
+from normcore._functional.rnn_params import (
+    layer_torch_keys,
+    params_from_torch_layout,
+    torch_keys,
+    torch_shapes,
+)
 from normcore._plumbing.validation import (
     check_bool,
     check_choice,
@@ -33,28 +38,6 @@ from normcore._plumbing.validation import (
 )
 
 __all__ = ["GRU", "LSTM", "RNN"]
-
-
-def _suffix(layer: int, reverse: bool) -> str:
-    return f"_l{layer}" + ("_reverse" if reverse else "")
-
-
-def _layer_keys(cell: str, layer_norm: bool, bias: bool, layer: int, reverse: bool) -> dict:
-    """``{key of layer 0's torch layout: this layer and direction's key}`` (torch.nn's names).
-
-    Weights and biases take torch's suffix (``weight_ih_l1_reverse``); the layer
-    norms' ``ln_`` keys take it too except in layer 0's forward direction, whose
-    keys stay those of a one-layer module. ``bias=False`` drops the biases.
-    """
-    suffix = _suffix(layer, reverse)
-    keys = {}
-    for key in torch_keys(cell, layer_norm):
-        if key.endswith("_l0"):
-            if bias or not key.startswith("bias"):
-                keys[key] = key[: -len("_l0")] + suffix
-        else:
-            keys[key] = key if suffix == "_l0" else key + suffix
-    return keys
 
 
 class _Recurrent(torch.nn.Module):
@@ -93,7 +76,7 @@ class _Recurrent(torch.nn.Module):
             size = self.input_size if layer == 0 else self.hidden_size * directions
             shapes = torch_shapes(self._cell, size, self.hidden_size, layer_norm)
             for reverse in (False, True)[:directions]:
-                keys = _layer_keys(self._cell, layer_norm, self.bias, layer, reverse)
+                keys = layer_torch_keys(self._cell, layer_norm, self.bias, layer, reverse)
                 for key, name in keys.items():
                     empty = torch.empty(shapes[key], **factory)
                     self.register_parameter(name, torch.nn.Parameter(empty))
