@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from .._plumbing.compat import device_of, library_label
+from .._plumbing.compat import device_of, library_label, namespace_of
 from .._plumbing.registry import adapter_for
 from .._plumbing.validation import (
     check_arrays,
@@ -342,6 +342,63 @@ def rnn_backward(
     return RNNGradients(_time_major(xp, dxs, batch_first), _public_state(dstate0), dparams)
 
 
+class _Stack(NamedTuple):
+    """A stacked call's options: what every layer and direction's call shares."""
+
+    cell: str
+    layer_norm: bool
+    eps: float
+    directions: int
+    time_axis: int
+    mask: Any
+
+    def run(self, x: Any, state0: Any, params: Any, direction: int) -> tuple[Any, Any]:
+        """:func:`rnn` of one layer in one direction (the reverse on the reversed sequence)."""
+        xp = namespace_of(x)
+        flip = direction == 1
+        hs, final = rnn(
+            xp.flip(x, axis=self.time_axis) if flip else x,
+            state0,
+            params,
+            **self.options(),
+        )
+        return (xp.flip(hs, axis=self.time_axis) if flip else hs), final
+
+    def run_backward(self, dhs, x, state0, params, dfinal, direction) -> RNNGradients:
+        """:func:`rnn_backward` of :meth:`run`."""
+        xp = namespace_of(x)
+        flip = direction == 1
+        g = rnn_backward(
+            xp.flip(dhs, axis=self.time_axis) if flip else dhs,
+            xp.flip(x, axis=self.time_axis) if flip else x,
+            state0,
+            params,
+            dfinal_state=dfinal,
+            **self.options(),
+        )
+        dxs = xp.flip(g.dxs, axis=self.time_axis) if flip else g.dxs
+        return RNNGradients(dxs, g.dstate0, g.dparams)
+
+    def options(self) -> dict:
+        return {
+            "cell": self.cell,
+            "layer_norm": self.layer_norm,
+            "eps": self.eps,
+            "mask": self.mask,
+            "batch_first": self.time_axis == 1,
+        }
+
+
+def _stack(cell, layer_norm, eps, bidirectional, batch_first, mask) -> _Stack:
+    if bidirectional and mask is not None:
+        raise ValueError(
+            "mask with bidirectional=True is not supported: the reverse direction would "
+            "have to reverse each sequence within its own length; run sequences of one "
+            "length together instead"
+        )
+    return _Stack(cell, layer_norm, eps, 2 if bidirectional else 1, int(batch_first), mask)
+
+
 def stacked_rnn(
     xs: Any,
     states0: list,
@@ -352,43 +409,87 @@ def stacked_rnn(
     eps: float,
     bidirectional: bool,
     batch_first: bool = False,
+    mask: Any = None,
     between: Any = None,
+    keep_inputs: bool = False,
 ) -> tuple[Any, list]:
     """Several layers, each in one or both directions: :func:`rnn` once per layer and direction.
 
     The one place where layers and directions are composed (``normcore.torch``'s
-    modules call it; autograd differentiates it). ``layer_params[k]`` and
+    modules call it, autograd differentiating it; normcore's stacked modules
+    call it and :func:`stacked_rnn_backward`). ``layer_params[k]`` and
     ``states0[k]`` (a state or None) belong to layer ``k // D``, direction
     ``k % D`` (``D`` = 2 with ``bidirectional``, the reverse direction second),
     torch's order. The reverse direction runs :func:`rnn` on the time-reversed
     sequence and reverses its outputs back; a layer's output is its directions'
     outputs concatenated on the last axis, and ``between`` (if given) maps it
     before the next layer (dropout). Returns ``(hs, finals)``, ``finals`` in the
-    order of ``states0``.
+    order of ``states0`` (and, with ``keep_inputs``, every layer's input third).
     """
+    stack = _stack(cell, layer_norm, eps, bidirectional, batch_first, mask)
     xp = check_arrays(xs, x_name="xs")
-    directions = 2 if bidirectional else 1
-    time_axis = 1 if batch_first else 0
-    layers = len(layer_params) // directions
+    layers = len(layer_params) // stack.directions
     finals: list = []
+    inputs: list = []
     layer_input = xs
     for layer in range(layers):
         if layer and between is not None:
             layer_input = between(layer_input)
+        inputs.append(layer_input)
         outputs = []
-        for direction in range(directions):
-            k = layer * directions + direction
-            x = xp.flip(layer_input, axis=time_axis) if direction else layer_input
-            hs, final = rnn(
-                x,
-                states0[k],
-                layer_params[k],
-                cell=cell,
-                layer_norm=layer_norm,
-                eps=eps,
-                batch_first=batch_first,
-            )
-            outputs.append(xp.flip(hs, axis=time_axis) if direction else hs)
+        for direction in range(stack.directions):
+            k = layer * stack.directions + direction
+            hs, final = stack.run(layer_input, states0[k], layer_params[k], direction)
+            outputs.append(hs)
             finals.append(final)
-        layer_input = outputs[0] if directions == 1 else xp.concat(outputs, axis=-1)
+        layer_input = outputs[0] if len(outputs) == 1 else xp.concat(outputs, axis=-1)
+    if keep_inputs:
+        return layer_input, finals, inputs
     return layer_input, finals
+
+
+def stacked_rnn_backward(
+    dhs: Any,
+    xs: Any,
+    states0: list,
+    layer_params: list,
+    *,
+    cell: str,
+    layer_norm: bool,
+    eps: float,
+    bidirectional: bool,
+    batch_first: bool = False,
+    mask: Any = None,
+    dfinals: list | None = None,
+) -> tuple[Any, list, list]:
+    """Gradients of :func:`stacked_rnn` (without ``between``): ``(dxs, dstates0, dparams)``.
+
+    Runs the stack's forward once for every layer's input, then
+    :func:`rnn_backward` for each layer and direction from the top layer down;
+    a layer's input gradient, summed over its directions, is the output
+    gradient of the layer below. ``dstates0``/``dparams`` are in the order of
+    ``states0``; ``dfinals`` (None, or a list with None entries) in it too.
+    """
+    stack = _stack(cell, layer_norm, eps, bidirectional, batch_first, mask)
+    _, _, inputs = stacked_rnn(
+        xs, states0, layer_params, cell=cell, layer_norm=layer_norm, eps=eps,
+        bidirectional=bidirectional, batch_first=batch_first, mask=mask, keep_inputs=True,
+    )  # fmt: skip
+    count = len(layer_params)
+    dfinals = [None] * count if dfinals is None else dfinals
+    dstates0: list = [None] * count
+    dparams: list = [None] * count
+    hidden = dhs.shape[-1] // stack.directions
+    dout = dhs
+    for layer in reversed(range(len(inputs))):
+        dx_total = None
+        for direction in range(stack.directions):
+            k = layer * stack.directions + direction
+            d = dout[..., direction * hidden : (direction + 1) * hidden]
+            g = stack.run_backward(
+                d, inputs[layer], states0[k], layer_params[k], dfinals[k], direction
+            )
+            dstates0[k], dparams[k] = g.dstate0, g.dparams
+            dx_total = g.dxs if dx_total is None else dx_total + g.dxs
+        dout = dx_total
+    return dout, dstates0, dparams
