@@ -163,6 +163,8 @@ STACKS = {
     "2-layers": {"num_layers": 2},
     "bidirectional": {"bidirectional": True},
     "2-layers-bidirectional": {"num_layers": 2, "bidirectional": True},
+    "relu": {"nonlinearity": "relu"},
+    "relu-2-layers-bidirectional": {"nonlinearity": "relu", "num_layers": 2, "bidirectional": True},
 }
 
 
@@ -173,6 +175,8 @@ def test_stacked_object_equals_torch_nn(rng, cell, stack, batch_first):
     """Forward, input/state gradients and weight gradients of torch.nn, float64."""
     torch = pytest.importorskip("torch")
     kwargs = STACKS[stack]
+    if "nonlinearity" in kwargs and cell != "rnn":
+        pytest.skip("nonlinearity is torch.nn.RNN's option only")
     name = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}[cell]
     theirs = getattr(torch.nn, name)(I, H, batch_first=batch_first, dtype=torch.float64, **kwargs)
     with torch.no_grad():
@@ -199,16 +203,18 @@ def test_stacked_object_equals_torch_nn(rng, cell, stack, batch_first):
 
     def per_layer(arrays):
         states = [tuple(a[k] for a in arrays) for k in range(count)]
-        return [s if cell == "lstm" else s[0] for s in states]
+        states = [s if cell == "lstm" else s[0] for s in states]
+        return states if count > 1 else states[0]  # one layer: the one-layer API
 
     hs, finals = ours(xs, per_layer(hx))
+    finals = finals if count > 1 else [finals]
     np.testing.assert_allclose(hs, out.detach().numpy(), rtol=1e-12, atol=1e-12)
     for k, got in enumerate(finals):
         for g, want in zip(_tuple(got), finals_t, strict=True):
             np.testing.assert_allclose(g, want[k].detach().numpy(), rtol=1e-12, atol=1e-12)
     dxs = ours.backward(dhs, per_layer(dfinal))
     np.testing.assert_allclose(dxs, x_t.grad.numpy(), rtol=1e-12, atol=1e-12)
-    for k, got in enumerate(ours.dstate0):
+    for k, got in enumerate(ours.dstate0 if count > 1 else [ours.dstate0]):
         for g, h_t in zip(_tuple(got), hx_t, strict=True):
             np.testing.assert_allclose(g, h_t.grad[k].numpy(), rtol=1e-12, atol=1e-12)
     # Weight gradients: ours are those of torch's layout, transposed; b takes bias_ih's.

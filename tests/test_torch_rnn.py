@@ -168,8 +168,8 @@ def test_normcore_objects_and_modules_share_their_state():
 def test_unsupported_configurations_are_value_errors():
     with pytest.raises(ValueError, match=r"supports proj_size=0 only \(no projection\), got 2"):
         normcore.torch.LSTM(3, 4, proj_size=2)
-    with pytest.raises(ValueError, match=r"supports nonlinearity='tanh' only, got 'relu'"):
-        normcore.torch.RNN(3, 4, nonlinearity="relu")
+    with pytest.raises(ValueError, match=r"^nonlinearity must be one of \('tanh', 'relu'\)"):
+        normcore.torch.RNN(3, 4, nonlinearity="gelu")
     with pytest.raises(TypeError, match=r"^nonlinearity must be a str, one of .* got int"):
         normcore.torch.RNN(3, 4, nonlinearity=1)
 
@@ -186,10 +186,15 @@ OPTIONS = {
 
 
 @pytest.mark.parametrize("layout", ["hx", "no-hx", "unbatched"])
-@pytest.mark.parametrize("options", list(OPTIONS))
+@pytest.mark.parametrize("options", [*OPTIONS, "relu", "relu-2-layers-bidirectional"])
 @pytest.mark.parametrize("cell", sorted(CELLS))
 def test_layers_and_directions_equal_torch(cell, options, layout):
-    kwargs = OPTIONS[options]
+    if options.startswith("relu"):
+        if cell != "rnn":
+            pytest.skip("nonlinearity is torch.nn.RNN's option only")
+        kwargs = {"nonlinearity": "relu", **OPTIONS.get(options[len("relu-") :], {})}
+    else:
+        kwargs = OPTIONS[options]
     ours, theirs = _pair(cell, torch.float64, 12, **kwargs)
     assert list(ours.state_dict()) == list(theirs.state_dict())
     assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]

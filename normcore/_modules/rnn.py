@@ -20,7 +20,13 @@ from .._functional.rnn_params import (
     rnn_params_to_torch,
 )
 from .._plumbing.compat import to_device
-from .._plumbing.validation import check_bool, check_eps, check_feature_count, check_positive_int
+from .._plumbing.validation import (
+    check_bool,
+    check_choice,
+    check_eps,
+    check_feature_count,
+    check_positive_int,
+)
 from .module import Module
 
 __all__ = ["GRU", "LSTM", "RNN"]
@@ -99,6 +105,7 @@ class _Recurrent(Module):
             "layer_norm": self.layer_norm,
             "eps": self.eps,
             "batch_first": self.batch_first,
+            "nonlinearity": getattr(self, "nonlinearity", "tanh"),
         }
 
     @property
@@ -291,7 +298,7 @@ _DOC = """{title}
     seed : int, default 0
         Seed of the initial values (see :func:`normcore.rnn_params`); layer and
         direction ``k`` (torch's order) uses ``seed + k``.
-
+{extra}
     Attributes
     ----------
     W_x, W_h, ...
@@ -336,12 +343,20 @@ _DOC = """{title}
 
 class RNN(_Recurrent):
     _cell = "rnn"
+
+    def __init__(self, input_size: int, hidden_size: int, *, nonlinearity: str = "tanh",
+                 **kwargs: Any) -> None:  # fmt: skip
+        self.nonlinearity = check_choice(nonlinearity, ("tanh", "relu"), "nonlinearity")
+        super().__init__(input_size, hidden_size, **kwargs)
+
     __doc__ = _DOC.format(
         title="Tanh RNN layer, layer-normalized by default (Ba, Kiros & Hinton, eq. 4).",
         cell="rnn",
         name="RNN",
         torch_name="``RNN``",
         state_example=">>> layer.dstate0.shape\n    (2, 4)",
+        extra="    nonlinearity : {'tanh', 'relu'}, default 'tanh'\n"
+        "        ``relu`` instead of ``tanh`` (keyword only; ``torch.nn.RNN``'s option).\n",
     )
 
 
@@ -353,6 +368,7 @@ class LSTM(_Recurrent):
         name="LSTM",
         torch_name="``LSTM``",
         state_example=">>> [d.shape for d in layer.dstate0]  # (dh0, dc0)\n    [(2, 4), (2, 4)]",
+        extra="",
     )
 
 
@@ -364,4 +380,5 @@ class GRU(_Recurrent):
         name="GRU",
         torch_name="``GRU``",
         state_example=">>> layer.dstate0.shape\n    (2, 4)",
+        extra="",
     )

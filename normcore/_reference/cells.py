@@ -45,6 +45,7 @@ class Context(NamedTuple):
     layer_norm: bool
     eps: float
     hidden: int
+    nonlinearity: str = "tanh"  # of the plain/LN RNN cell: "tanh" or "relu"
 
     def _layout(self, a: Any) -> Layout:
         last = (a.ndim - 1,)
@@ -95,8 +96,11 @@ def _merge(*parts: dict) -> dict:
     return merged
 
 
-class TanhRNN:
-    """``h_t = tanh(a_t)`` (plain, ``a_t + b``) or ``tanh(LN(a_t; gain, bias))`` (eq. 4)."""
+class ElmanRNN:
+    """``h_t = tanh(a_t)`` (plain, ``a_t + b``) or ``tanh(LN(a_t; gain, bias))`` (eq. 4).
+
+    With ``ctx.nonlinearity == "relu"``, ``relu`` instead of ``tanh``.
+    """
 
     gates = 1  # one block: the pre-activation
 
@@ -107,14 +111,24 @@ class TanhRNN:
         return du, ({} if ctx.layer_norm else {"b": ctx.sum_rows(du)})
 
     def step(self, ctx: Context, u: Any, ah: Any, state: tuple, save: bool) -> tuple:
+        xp = ctx.xp
         a = u + ah
-        h = ctx.xp.tanh(ctx.ln(a, "gain", "bias") if ctx.layer_norm else a)
+        pre = ctx.ln(a, "gain", "bias") if ctx.layer_norm else a
+        if ctx.nonlinearity == "tanh":
+            h = xp.tanh(pre)
+        else:  # relu; NaN stays NaN, as torch.relu
+            h = xp.where(pre < 0, xp.zeros_like(pre), pre)
         # The backward needs h, and a for the layer norm's backward.
         return (h,), ((a if ctx.layer_norm else None, h) if save else None)
 
     def step_backward(self, ctx: Context, saved: tuple, dnew: tuple) -> tuple:
+        xp = ctx.xp
         a, h = saved
-        da = dnew[0] * (1 - h * h)
+        dh = dnew[0]
+        if ctx.nonlinearity == "tanh":
+            da = dh * (1 - h * h)
+        else:  # relu: the gradient passes where the output is positive (torch's at 0)
+            da = xp.where(h > 0, dh, xp.zeros_like(dh))
         grads: dict = {}
         if ctx.layer_norm:
             da, grads = ctx.ln_backward(da, a, "gain", "bias")
@@ -254,4 +268,4 @@ class GRU:
         return du, dah, (dh * keep,), grads
 
 
-CELL_IMPLEMENTATIONS = {"rnn": TanhRNN(), "lstm": LSTM(), "gru": GRU()}
+CELL_IMPLEMENTATIONS = {"rnn": ElmanRNN(), "lstm": LSTM(), "gru": GRU()}

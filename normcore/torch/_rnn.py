@@ -1,7 +1,7 @@
 """PyTorch recurrent modules: drop-ins for torch.nn.RNN/LSTM/GRU, optionally layer-normalized.
 
 Any number of layers, one or two directions, with or without biases, dropout
-between layers; ``tanh`` for the RNN. Each layer and direction is one
+between layers; ``tanh`` or ``relu`` for the RNN. Each layer and direction is one
 :func:`normcore.rnn` call, composed by ``normcore._functional.rnn.stacked_rnn``
 (autograd differentiates it). With ``layer_norm=False`` (the default) the
 modules are interchangeable with their ``torch.nn`` namesakes: constructor,
@@ -170,6 +170,7 @@ class _Recurrent(torch.nn.Module):
             cell=self._cell,
             layer_norm=self.layer_norm,
             eps=self.eps,
+            nonlinearity=getattr(self, "nonlinearity", "tanh"),
             bidirectional=self.bidirectional,
             batch_first=self.batch_first,
             between=between,
@@ -267,9 +268,10 @@ _DOC = """{title}
 
 class RNN(_Recurrent):
     __doc__ = _DOC.format(
-        title="Drop-in for a tanh ``torch.nn.RNN``, computed by :func:`normcore.rnn`.",
+        title="Drop-in for ``torch.nn.RNN``, computed by :func:`normcore.rnn`.",
         name="RNN",
-        extra="\n    nonlinearity : {'tanh'}, default 'tanh'\n        Only tanh is supported.",
+        extra="\n    nonlinearity : {'tanh', 'relu'}, default 'tanh'\n"
+        "        The cell's nonlinearity (with layer norm too: ``relu(LN(a))``).",
         proj="",
         state="h_n",
         keys="['weight_ih_l0', 'weight_hh_l0', 'ln_gain', 'ln_bias']",
@@ -292,11 +294,7 @@ class RNN(_Recurrent):
         layer_norm: bool = False,
         eps: float = 1e-5,
     ) -> None:
-        if check_choice(nonlinearity, ("tanh", "relu"), "nonlinearity") != "tanh":
-            raise ValueError(
-                f"normcore.torch.RNN supports nonlinearity='tanh' only, got {nonlinearity!r}"
-            )
-        self.nonlinearity = nonlinearity
+        self.nonlinearity = check_choice(nonlinearity, ("tanh", "relu"), "nonlinearity")
         super().__init__(
             input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
             device, dtype, layer_norm, eps,
