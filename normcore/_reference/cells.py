@@ -26,7 +26,6 @@ cell names and parameter layouts used elsewhere (``normcore._functional.rnn_para
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, NamedTuple
 
@@ -82,10 +81,10 @@ def sigmoid(xp: Any, a: Any) -> Any:
     return 1 / (1 + xp.exp(xp.clip(-a, None, _exp_cap(xp, a.dtype))))
 
 
-@functools.lru_cache(maxsize=32)
 def _exp_cap(xp: Any, dtype: Any) -> float:
     # The largest argument whose exp is finite, rounded down: 88 for float32,
-    # 709 for float64, 11 for float16.
+    # 709 for float64, 11 for float16. (Not lru_cached: torch.compile warns on
+    # that; finfo is cached by the libraries.)
     return float(int(math.log(float(xp.finfo(dtype).max))))
 
 
