@@ -258,9 +258,18 @@ class _Recurrent(Module):
         self.load_state_dict(params)
 
     def __repr__(self) -> str:
+        extra = "".join(
+            f", {name}={value!r}"
+            for name, value, default in (
+                ("num_layers", self.num_layers, 1),
+                ("bidirectional", self.bidirectional, False),
+                ("nonlinearity", getattr(self, "nonlinearity", "tanh"), "tanh"),
+            )
+            if value != default
+        )
         return (
             f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
-            f"layer_norm={self.layer_norm}, batch_first={self.batch_first}; "
+            f"layer_norm={self.layer_norm}, batch_first={self.batch_first}{extra}; "
             f"{self._placement()})"
         )
 
