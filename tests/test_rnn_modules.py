@@ -239,6 +239,10 @@ def test_stacked_object_refuses_mask_with_both_directions_and_bad_states():
     with pytest.raises(TypeError, match=r"state0 .* must be None or a list of 2 states"):
         layer(xs, np.zeros((B, H)))
     assert sorted(layer.parameters())[:3] == ["W_h", "W_h_l0_reverse", "W_x"]
+    state = layer.to_torch_state_dict()
+    del state["weight_hh_l0_reverse"]
+    with pytest.raises(ValueError, match=r"missing \['weight_hh_l0_reverse'\], unexpected \[\]"):
+        layer.load_torch_state_dict(state)
 
 
 def test_stacked_object_with_a_mask_equals_each_sequence_alone(rng):

@@ -25,6 +25,7 @@ from .._plumbing.validation import (
     check_choice,
     check_eps,
     check_feature_count,
+    check_keys,
     check_positive_int,
 )
 from .module import Module
@@ -247,12 +248,16 @@ class _Recurrent(Module):
         Values are converted to the module's library, device and dtype;
         validation and atomicity as for :meth:`load_state_dict`.
         """
+        layer_keys = [
+            layer_torch_keys(self._cell, self.layer_norm, True, layer, reverse)
+            for layer, reverse in self._layers
+        ]
+        if self._stacked:  # one layer: rnn_params_from_torch checks the keys itself
+            expected = [key for keys in layer_keys for key in keys.values()]
+            check_keys(state, expected, "state", f"of a {self!r}")
         params = {}
-        for layer, reverse in self._layers:
-            keys = layer_torch_keys(self._cell, self.layer_norm, True, layer, reverse)
-            part = {k: state[t] for k, t in keys.items() if t in state}
-            if len(self._layers) == 1:
-                part = state  # one layer: let rnn_params_from_torch name any unexpected key
+        for (layer, reverse), keys in zip(self._layers, layer_keys, strict=True):
+            part = {k: state[t] for k, t in keys.items()} if self._stacked else state
             converted = rnn_params_from_torch(part, self._cell, self.layer_norm)
             params.update({n + layer_suffix(layer, reverse): v for n, v in converted.items()})
         self.load_state_dict(params)
