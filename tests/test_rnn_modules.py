@@ -157,3 +157,103 @@ def test_recurrent_constructor_errors():
         normcore.RNN(2.0, H)
     with pytest.raises(RuntimeError, match=r"LSTM.backward needs a forward call"):
         normcore.LSTM(I, H).backward(np.zeros((T, B, H), np.float32))
+
+
+STACKS = {
+    "2-layers": {"num_layers": 2},
+    "bidirectional": {"bidirectional": True},
+    "2-layers-bidirectional": {"num_layers": 2, "bidirectional": True},
+    "relu": {"nonlinearity": "relu"},
+    "relu-2-layers-bidirectional": {"nonlinearity": "relu", "num_layers": 2, "bidirectional": True},
+}
+
+
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time-major", "batch-first"])
+@pytest.mark.parametrize("stack", list(STACKS))
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_stacked_object_equals_torch_nn(rng, cell, stack, batch_first):
+    """Forward, input/state gradients and weight gradients of torch.nn, float64."""
+    torch = pytest.importorskip("torch")
+    kwargs = STACKS[stack]
+    if "nonlinearity" in kwargs and cell != "rnn":
+        pytest.skip("nonlinearity is torch.nn.RNN's option only")
+    name = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}[cell]
+    theirs = getattr(torch.nn, name)(I, H, batch_first=batch_first, dtype=torch.float64, **kwargs)
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.copy_(torch.as_tensor(rng.normal(size=tuple(p.shape))))
+    ours = CELLS[cell](I, H, layer_norm=False, batch_first=batch_first, dtype="float64", **kwargs)
+    ours.load_torch_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})
+    count = kwargs.get("num_layers", 1) * (2 if kwargs.get("bidirectional") else 1)
+    parts = 2 if cell == "lstm" else 1
+    shape = (B, T, I) if batch_first else (T, B, I)
+    xs = rng.normal(size=shape)
+    out_shape = (*shape[:2], H * (2 if kwargs.get("bidirectional") else 1))
+    dhs = rng.normal(size=out_shape)
+    hx = [rng.normal(size=(count, B, H)) for _ in range(parts)]
+    dfinal = [rng.normal(size=(count, B, H)) for _ in range(parts)]
+
+    x_t = torch.tensor(xs, requires_grad=True)
+    hx_t = [torch.tensor(h, requires_grad=True) for h in hx]
+    out, final = theirs(x_t, tuple(hx_t) if cell == "lstm" else hx_t[0])
+    finals_t = final if cell == "lstm" else (final,)
+    loss = (out * torch.tensor(dhs)).sum()
+    loss = loss + sum((f * torch.tensor(d)).sum() for f, d in zip(finals_t, dfinal, strict=True))
+    loss.backward()
+
+    def per_layer(arrays):
+        states = [tuple(a[k] for a in arrays) for k in range(count)]
+        states = [s if cell == "lstm" else s[0] for s in states]
+        return states if count > 1 else states[0]  # one layer: the one-layer API
+
+    hs, finals = ours(xs, per_layer(hx))
+    finals = finals if count > 1 else [finals]
+    np.testing.assert_allclose(hs, out.detach().numpy(), rtol=1e-12, atol=1e-12)
+    for k, got in enumerate(finals):
+        for g, want in zip(_tuple(got), finals_t, strict=True):
+            np.testing.assert_allclose(g, want[k].detach().numpy(), rtol=1e-12, atol=1e-12)
+    dxs = ours.backward(dhs, per_layer(dfinal))
+    np.testing.assert_allclose(dxs, x_t.grad.numpy(), rtol=1e-12, atol=1e-12)
+    for k, got in enumerate(ours.dstate0 if count > 1 else [ours.dstate0]):
+        for g, h_t in zip(_tuple(got), hx_t, strict=True):
+            np.testing.assert_allclose(g, h_t.grad[k].numpy(), rtol=1e-12, atol=1e-12)
+    # Weight gradients: ours are those of torch's layout, transposed; b takes bias_ih's.
+    ours_grads = ours.grads()
+    for key, p in theirs.named_parameters():
+        suffix = key.split("_", 2)[2]  # l0, l1_reverse, ...
+        suffix = "" if suffix == "l0" else "_" + suffix
+        base = {"weight_ih": "W_x", "weight_hh": "W_h"}.get(key.rsplit("_l", 1)[0])
+        if base is None:  # a bias
+            base = ("b_x" if "ih" in key else "b_h") if cell == "gru" else "b"
+            want = p.grad.numpy()
+        else:
+            want = p.grad.numpy().T
+        np.testing.assert_allclose(ours_grads[base + suffix], want, rtol=1e-12, atol=1e-12)
+
+
+def test_stacked_object_refuses_mask_with_both_directions_and_bad_states():
+    layer = normcore.GRU(I, H, bidirectional=True, dtype="float64")
+    xs = np.zeros((T, B, I))
+    with pytest.raises(ValueError, match=r"mask with bidirectional=True is not supported"):
+        layer(xs, mask=np.ones((T, B), bool))
+    with pytest.raises(TypeError, match=r"state0 .* must be None or a list of 2 states"):
+        layer(xs, np.zeros((B, H)))
+    assert sorted(layer.parameters())[:3] == ["W_h", "W_h_l0_reverse", "W_x"]
+    state = layer.to_torch_state_dict()
+    del state["weight_hh_l0_reverse"]
+    with pytest.raises(ValueError, match=r"missing \['weight_hh_l0_reverse'\], unexpected \[\]"):
+        layer.load_torch_state_dict(state)
+
+
+def test_stacked_object_with_a_mask_equals_each_sequence_alone(rng):
+    layer = normcore.LSTM(I, H, num_layers=2, dtype="float64", seed=4)
+    xs = rng.normal(size=(T, 2, I))
+    mask = np.ones((T, 2), bool)
+    mask[2:, 1] = False  # the second sequence has 2 steps
+    hs, finals = layer(xs, None, mask)
+    short, short_finals = layer(xs[:2, 1:], None)  # alone, unpadded
+    np.testing.assert_allclose(hs[:2, 1:], short, rtol=1e-12, atol=1e-12)
+    assert not np.any(hs[2:, 1])
+    for got, want in zip(finals, short_finals, strict=True):
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g[1:], w, rtol=1e-12, atol=1e-12)

@@ -165,23 +165,78 @@ def test_normcore_objects_and_modules_share_their_state():
     plain.load_torch_state_dict(torch.nn.GRU(3, 4).state_dict())  # torch.nn keys
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"num_layers": 2}, r"supports num_layers=1 only .* got num_layers=2"),
-        ({"bidirectional": True}, r"supports bidirectional=False only"),
-        ({"bias": False}, r"supports bias=True only"),
-        ({"dropout": 0.5}, r"supports dropout=0.0 only"),
-        ({"proj_size": 2}, r"supports proj_size=0 only \(no projection\), got 2"),
-    ],
-)
-def test_unsupported_configurations_are_value_errors(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        normcore.torch.LSTM(3, 4, **kwargs)
-    with pytest.raises(ValueError, match=r"supports nonlinearity='tanh' only, got 'relu'"):
-        normcore.torch.RNN(3, 4, nonlinearity="relu")
+def test_unsupported_configurations_are_value_errors():
+    with pytest.raises(ValueError, match=r"supports proj_size=0 only \(no projection\), got 2"):
+        normcore.torch.LSTM(3, 4, proj_size=2)
+    with pytest.raises(ValueError, match=r"^nonlinearity must be one of \('tanh', 'relu'\)"):
+        normcore.torch.RNN(3, 4, nonlinearity="gelu")
     with pytest.raises(TypeError, match=r"^nonlinearity must be a str, one of .* got int"):
         normcore.torch.RNN(3, 4, nonlinearity=1)
+
+
+OPTIONS = {
+    "2-layers": {"num_layers": 2},
+    "bidirectional": {"bidirectional": True},
+    "2-layers-bidirectional": {"num_layers": 2, "bidirectional": True},
+    "no-bias": {"bias": False},
+    "3-layers-bidirectional-no-bias-batch-first": {
+        "num_layers": 3, "bidirectional": True, "bias": False, "batch_first": True,
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("layout", ["hx", "no-hx", "unbatched"])
+@pytest.mark.parametrize("options", [*OPTIONS, "relu", "relu-2-layers-bidirectional"])
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_layers_and_directions_equal_torch(cell, options, layout):
+    if options.startswith("relu"):
+        if cell != "rnn":
+            pytest.skip("nonlinearity is torch.nn.RNN's option only")
+        kwargs = {"nonlinearity": "relu", **OPTIONS.get(options[len("relu-") :], {})}
+    else:
+        kwargs = OPTIONS[options]
+    ours, theirs = _pair(cell, torch.float64, 12, **kwargs)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+    count = kwargs.get("num_layers", 1) * (2 if kwargs.get("bidirectional") else 1)
+    results = []
+    for module in (ours, theirs):
+        gen = torch.Generator().manual_seed(13)
+        shape = (5, 3) if layout == "unbatched" else (2, 5, 3) if module.batch_first else (5, 2, 3)
+        x = torch.randn(shape, generator=gen, dtype=torch.float64, requires_grad=True)
+        hx_shape = (count, 4) if layout == "unbatched" else (count, 2, 4)
+        hx = None if layout == "no-hx" else _initial_state(cell, hx_shape, torch.float64, gen)
+        output, final = module(x, hx)
+        _loss(output, final, gen).backward()
+        hx_grads = None if hx is None else tuple(h.grad for h in _leaves(hx))
+        results.append((output, final, x.grad, hx_grads, grads(module)))
+    assert_all_close(results[0], results[1], 1e-12)
+
+
+def test_dropout_between_layers_draws_as_torch_does():
+    # torch.nn draws one dropout mask per layer output but the last, in training
+    # mode only; with the same seed the masks, hence outputs, are the same.
+    ours, theirs = _pair("gru", torch.float64, 14, num_layers=3, dropout=0.5)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    for training in (True, False):
+        outs = []
+        for module in (ours, theirs):
+            module.train(training)
+            torch.manual_seed(15)
+            outs.append(module(x))
+        assert_all_close(outs[0], outs[1], 1e-12)
+    ours.train()
+    torch.manual_seed(16)
+    assert not torch.equal(ours(x)[0], ours.eval()(x)[0])
+
+
+def test_layer_norm_keys_of_every_layer_and_direction():
+    module = normcore.torch.LSTM(3, 4, num_layers=2, bidirectional=True, layer_norm=True)
+    keys = list(module.state_dict())
+    assert keys[:6] == ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0",
+                        "ln_gain_x", "ln_bias_x"]  # fmt: skip
+    assert "ln_gain_c_l0_reverse" in keys and "ln_bias_h_l1" in keys
+    assert module.weight_ih_l1.shape == (16, 8)  # layer 1 takes both directions' outputs
 
 
 @pytest.mark.parametrize(
@@ -205,7 +260,13 @@ def test_recurrent_argument_types_are_checked(kwargs, error, message):
     ("cell", "x_shape", "hx", "error", "message"),
     [
         ("gru", (5, 2, 3, 1), None, ValueError, r"^GRU: expected input to be 2D or 3D, got 4D"),
-        ("gru", (5, 2, 3), torch.zeros(2, 2, 4), ValueError, r"^hx must have shape \(1, batch"),
+        (
+            "gru",
+            (5, 2, 3),
+            torch.zeros(2, 2, 4),
+            ValueError,
+            r"^hx must have shape \(D \* num_layers, batch, hidden_size\) with D \* num_layers = 1",
+        ),
         ("lstm", (5, 2, 3), torch.zeros(1, 2, 4), TypeError, r"^hx for LSTM must be a tuple"),
         ("rnn", (5, 2, 4), None, ValueError, r"^RNN: input.size\(-1\) must be input_size=3, got 4"),
         (
@@ -215,7 +276,7 @@ def test_recurrent_argument_types_are_checked(kwargs, error, message):
             TypeError,
             r"^hx for LSTM must be a tuple \(h_0, c_0\), got a tuple of length 3$",
         ),
-        ("rnn", (5, 3), torch.zeros(1, 2, 4), ValueError, r"^hx must have shape \(1, hidden"),
+        ("rnn", (5, 3), torch.zeros(1, 2, 4), ValueError, r"^hx must have shape \(D \* num"),
     ],
 )
 def test_recurrent_bad_input(cell, x_shape, hx, error, message):

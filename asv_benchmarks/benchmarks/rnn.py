@@ -32,3 +32,40 @@ class LayerNormRNN(Benchmark):
                 return rnn_backward(dhs, xs, state0, params, cell=cell, layer_norm=True)
 
         return forward, backward
+
+
+class TorchRecurrentTraining(Benchmark):
+    """Forward + backward by autograd of ``normcore.torch.LSTM/GRU`` vs ``torch.nn``'s.
+
+    ``impl``: ``torch.nn`` (the native module), ``plain`` (normcore's loop on the
+    same cell) or ``layer_norm`` (the LN cell). Over ``T`` the ratio to
+    ``torch.nn`` must stay flat: the cost per step does not grow with the
+    sequence (the steps are taken once, by ``unstack``). ``forward`` times the
+    forward alone, ``backward`` forward + backward.
+    """
+
+    param_names = ["backend", "impl", "cell", "steps"]
+    params = [["torch-cpu"], ["torch.nn", "plain", "layer_norm"], CELLS, [50, 400]]
+    timeout = 600
+
+    def calls(self, be, impl, cell, steps):
+        import torch
+
+        import normcore.torch  # the drop-ins are not imported by `import normcore`
+
+        name = {"lstm": "LSTM", "gru": "GRU"}[cell]
+        if impl == "torch.nn":
+            module = getattr(torch.nn, name)(D, HIDDEN)
+        else:
+            module = getattr(normcore.torch, name)(D, HIDDEN, layer_norm=impl == "layer_norm")
+        x = torch.as_tensor(random((steps, B, D), "float32", seed=0)).requires_grad_()
+
+        def forward():
+            with torch.no_grad():
+                return module(x)
+
+        def backward():
+            output, _ = module(x)
+            output.sum().backward()
+
+        return forward, backward

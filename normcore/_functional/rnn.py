@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from .._plumbing.compat import device_of, library_label
+from .._plumbing.compat import device_of, library_label, namespace_of
 from .._plumbing.registry import adapter_for
 from .._plumbing.validation import (
     check_arrays,
@@ -25,6 +25,8 @@ from .._reference import recurrence
 from .._reference.cells import CELL_IMPLEMENTATIONS, Context
 from ..typing import Array
 from .rnn_params import CELLS, param_names, param_shapes
+
+NONLINEARITIES = ("tanh", "relu")  # of cell="rnn"
 
 __all__ = ["RNNGradients", "rnn", "rnn_backward"]
 
@@ -123,10 +125,16 @@ def _check_mask(xs: Any, mask: Any, batch_first: bool) -> None:
         raise ValueError(f"mask must have shape {layout} = {expected}, got {tuple(mask.shape)}")
 
 
-def _prepare(xs, state0, params, cell, layer_norm, mask, eps, batch_first) -> tuple:
+def _prepare(xs, state0, params, cell, layer_norm, mask, eps, batch_first, nonlinearity):
     """Validate a call; return ``(_Call, hidden)`` without computing anything."""
     check_choice(cell, CELLS, "cell")
     check_bool(layer_norm, "layer_norm")
+    check_choice(nonlinearity, NONLINEARITIES, "nonlinearity")
+    if nonlinearity != "tanh" and cell != "rnn":
+        raise ValueError(
+            f"nonlinearity={nonlinearity!r} is for cell='rnn' only (the gated cells' "
+            f"nonlinearities are fixed), got cell={cell!r}"
+        )
     check_bool(batch_first, "batch_first")
     eps = check_eps(eps)
     xp = check_arrays(xs, x_name="xs")
@@ -144,7 +152,7 @@ def _prepare(xs, state0, params, cell, layer_norm, mask, eps, batch_first) -> tu
         # Padded steps compute on zeros, whatever the padding holds: their results
         # are discarded, and a NaN there would turn 0 * NaN into NaN gradients.
         xs_tm = xp.where(mask_tm[..., None], xs_tm, xp.zeros_like(xs_tm))
-    ctx = Context(xp, adapter_for(xs), params, layer_norm, eps, hidden)
+    ctx = Context(xp, adapter_for(xs), params, layer_norm, eps, hidden, nonlinearity)
     seq = recurrence.Sequence(ctx, CELL_IMPLEMENTATIONS[cell], xs_tm, state, mask_tm)
     return _Call(seq, batch_first), hidden
 
@@ -172,6 +180,7 @@ def rnn(
     mask: Array | None = None,
     eps: float = 1e-5,
     batch_first: bool = False,
+    nonlinearity: str = "tanh",
 ) -> tuple[Array, Array | tuple[Array, Array]]:
     """Run a (layer-normalized) tanh RNN, LSTM or GRU over a batch of sequences.
 
@@ -214,6 +223,9 @@ def rnn(
         Added to the variance in every layer norm.
     batch_first : bool, default False
         Batch-major ``xs``, ``mask`` and outputs.
+    nonlinearity : {"tanh", "relu"}, default "tanh"
+        For ``cell="rnn"``: ``h_t = relu(...)`` instead of ``tanh(...)``
+        (``torch.nn.RNN``'s option); the gated cells take "tanh" only.
 
     Returns
     -------
@@ -258,7 +270,9 @@ def rnn(
     >>> bool(np.array_equal(hs[-1], h))
     True
     """
-    call, hidden = _prepare(xs, state0, params, cell, layer_norm, mask, eps, batch_first)
+    call, hidden = _prepare(
+        xs, state0, params, cell, layer_norm, mask, eps, batch_first, nonlinearity
+    )
     outputs, final, _ = recurrence.forward(call.seq, save=False)
     return _stack_outputs(call, outputs, hidden), _public_state(final)
 
@@ -287,6 +301,7 @@ def rnn_backward(
     eps: float = 1e-5,
     dfinal_state: Array | tuple[Array, Array] | None = None,
     batch_first: bool = False,
+    nonlinearity: str = "tanh",
 ) -> RNNGradients:
     """Gradients of :func:`rnn` by backpropagation through time.
 
@@ -300,7 +315,7 @@ def rnn_backward(
     dhs : array
         Gradient of the loss with respect to ``hs``, same shape and dtype.
         Entries at masked steps are ignored (those outputs are constant 0).
-    xs, state0, params, cell, layer_norm, mask, eps, batch_first
+    xs, state0, params, cell, layer_norm, mask, eps, batch_first, nonlinearity
         The arguments of the forward call.
     dfinal_state : array or tuple of two arrays, optional
         Gradient with respect to ``final_state`` (structured like it); None
@@ -330,7 +345,9 @@ def rnn_backward(
     >>> grads.dxs.shape, grads.dstate0.shape, sorted(grads.dparams)
     ((5, 2, 3), (2, 4), ['W_h', 'W_x', 'bias_h', 'bias_hn', 'bias_x', 'bias_xn', 'gain_h', 'gain_hn', 'gain_x', 'gain_xn'])
     """  # noqa: E501
-    call, hidden = _prepare(xs, state0, params, cell, layer_norm, mask, eps, batch_first)
+    call, hidden = _prepare(
+        xs, state0, params, cell, layer_norm, mask, eps, batch_first, nonlinearity
+    )
     dhs, dfinal = _check_output_grads(call, hidden, dhs, dfinal_state, cell)
     seq, xp = call.seq, call.seq.ctx.xp
     dfinal = _zeros_for_none(dfinal, xp.zeros_like(seq.state0[0]), cell)
@@ -340,3 +357,162 @@ def rnn_backward(
         return RNNGradients(dxs, _public_state(dfinal), dparams)
     dxs, dstate0, dparams = recurrence.backward(seq, dhs, dfinal)
     return RNNGradients(_time_major(xp, dxs, batch_first), _public_state(dstate0), dparams)
+
+
+class _Stack(NamedTuple):
+    """A stacked call's options: what every layer and direction's call shares."""
+
+    cell: str
+    layer_norm: bool
+    eps: float
+    directions: int
+    time_axis: int
+    mask: Any
+    nonlinearity: str
+
+    def run(self, x: Any, state0: Any, params: Any, direction: int) -> tuple[Any, Any]:
+        """:func:`rnn` of one layer in one direction (the reverse on the reversed sequence)."""
+        xp = namespace_of(x)
+        flip = direction == 1
+        hs, final = rnn(
+            xp.flip(x, axis=self.time_axis) if flip else x,
+            state0,
+            params,
+            **self.options(),
+        )
+        return (xp.flip(hs, axis=self.time_axis) if flip else hs), final
+
+    def run_backward(self, dhs, x, state0, params, dfinal, direction) -> RNNGradients:
+        """:func:`rnn_backward` of :meth:`run`."""
+        xp = namespace_of(x)
+        flip = direction == 1
+        g = rnn_backward(
+            xp.flip(dhs, axis=self.time_axis) if flip else dhs,
+            xp.flip(x, axis=self.time_axis) if flip else x,
+            state0,
+            params,
+            dfinal_state=dfinal,
+            **self.options(),
+        )
+        dxs = xp.flip(g.dxs, axis=self.time_axis) if flip else g.dxs
+        return RNNGradients(dxs, g.dstate0, g.dparams)
+
+    def options(self) -> dict:
+        return {
+            "cell": self.cell,
+            "layer_norm": self.layer_norm,
+            "eps": self.eps,
+            "mask": self.mask,
+            "batch_first": self.time_axis == 1,
+            "nonlinearity": self.nonlinearity,
+        }
+
+
+def _stack(cell, layer_norm, eps, bidirectional, batch_first, mask, nonlinearity) -> _Stack:
+    if bidirectional and mask is not None:
+        raise ValueError(
+            "mask with bidirectional=True is not supported: the reverse direction would "
+            "have to reverse each sequence within its own length; run sequences of one "
+            "length together instead"
+        )
+    directions = 2 if bidirectional else 1
+    return _Stack(cell, layer_norm, eps, directions, int(batch_first), mask, nonlinearity)
+
+
+def stacked_rnn(
+    xs: Any,
+    states0: list,
+    layer_params: list,
+    *,
+    cell: str,
+    layer_norm: bool,
+    eps: float,
+    bidirectional: bool,
+    batch_first: bool = False,
+    mask: Any = None,
+    nonlinearity: str = "tanh",
+    between: Any = None,
+    keep_inputs: bool = False,
+) -> tuple[Any, list]:
+    """Several layers, each in one or both directions: :func:`rnn` once per layer and direction.
+
+    The one place where layers and directions are composed (``normcore.torch``'s
+    modules call it, autograd differentiating it; normcore's stacked modules
+    call it and :func:`stacked_rnn_backward`). ``layer_params[k]`` and
+    ``states0[k]`` (a state or None) belong to layer ``k // D``, direction
+    ``k % D`` (``D`` = 2 with ``bidirectional``, the reverse direction second),
+    torch's order. The reverse direction runs :func:`rnn` on the time-reversed
+    sequence and reverses its outputs back; a layer's output is its directions'
+    outputs concatenated on the last axis, and ``between`` (if given) maps it
+    before the next layer (dropout). Returns ``(hs, finals)``, ``finals`` in the
+    order of ``states0`` (and, with ``keep_inputs``, every layer's input third).
+    """
+    stack = _stack(cell, layer_norm, eps, bidirectional, batch_first, mask, nonlinearity)
+    xp = check_arrays(xs, x_name="xs")
+    layers = len(layer_params) // stack.directions
+    finals: list = []
+    inputs: list = []
+    layer_input = xs
+    for layer in range(layers):
+        if layer and between is not None:
+            layer_input = between(layer_input)
+        inputs.append(layer_input)
+        outputs = []
+        for direction in range(stack.directions):
+            k = layer * stack.directions + direction
+            hs, final = stack.run(layer_input, states0[k], layer_params[k], direction)
+            outputs.append(hs)
+            finals.append(final)
+        layer_input = outputs[0] if len(outputs) == 1 else xp.concat(outputs, axis=-1)
+    if keep_inputs:
+        return layer_input, finals, inputs
+    return layer_input, finals
+
+
+def stacked_rnn_backward(
+    dhs: Any,
+    xs: Any,
+    states0: list,
+    layer_params: list,
+    *,
+    cell: str,
+    layer_norm: bool,
+    eps: float,
+    bidirectional: bool,
+    batch_first: bool = False,
+    mask: Any = None,
+    nonlinearity: str = "tanh",
+    dfinals: list | None = None,
+) -> tuple[Any, list, list]:
+    """Gradients of :func:`stacked_rnn` (without ``between``): ``(dxs, dstates0, dparams)``.
+
+    Runs the stack's forward once for every layer's input, then
+    :func:`rnn_backward` for each layer and direction from the top layer down;
+    a layer's input gradient, summed over its directions, is the output
+    gradient of the layer below. ``dstates0``/``dparams`` are in the order of
+    ``states0``; ``dfinals`` (None, or a list with None entries) in it too.
+    """
+    stack = _stack(cell, layer_norm, eps, bidirectional, batch_first, mask, nonlinearity)
+    _, _, inputs = stacked_rnn(
+        xs, states0, layer_params, cell=cell, layer_norm=layer_norm, eps=eps,
+        bidirectional=bidirectional, batch_first=batch_first, mask=mask,
+        nonlinearity=nonlinearity, keep_inputs=True,
+    )  # fmt: skip
+    count = len(layer_params)
+    dfinals = [None] * count if dfinals is None else dfinals
+    dstates0: list = [None] * count
+    dparams: list = [None] * count
+    hidden = dhs.shape[-1] // stack.directions
+    dout = dhs
+    for layer in reversed(range(len(inputs))):
+        dx_total = None
+        for direction in range(stack.directions):
+            k = layer * stack.directions + direction
+            d = dout[..., direction * hidden : (direction + 1) * hidden]
+            g = stack.run_backward(
+                d, inputs[layer], states0[k], layer_params[k], dfinals[k], direction
+            )
+            dstates0[k], dparams[k] = g.dstate0, g.dparams
+            dx_total = g.dxs if dx_total is None else dx_total + g.dxs
+        dout = dx_total
+    return dout, dstates0, dparams

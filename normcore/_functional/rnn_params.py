@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 __all__ = [
     "CELLS",
     "GATES",
+    "layer_suffix",
+    "layer_torch_keys",
     "param_names",
     "param_shapes",
     "params_from_torch_layout",
@@ -214,6 +216,34 @@ def torch_keys(cell: str, layer_norm: bool) -> tuple[str, ...]:
     biased = any(k in shapes for k in ("b", "b_x"))
     weights = TORCH_KEYS if biased else TORCH_KEYS[:2]
     return (*weights, *torch_names(cell, layer_norm).values())
+
+
+def layer_suffix(layer: int, reverse: bool) -> str:
+    """The name suffix of a stacked layer's parameters: ``""`` for layer 0 forward.
+
+    Otherwise torch's, ``_l1``, ``_l0_reverse``, ...: normcore's stacked modules
+    name their parameters ``W_x_l1``, and ``normcore.torch``'s layer norms
+    ``ln_gain_x_l1``.
+    """
+    return "" if layer == 0 and not reverse else f"_l{layer}" + ("_reverse" if reverse else "")
+
+
+def layer_torch_keys(cell: str, layer_norm: bool, bias: bool, layer: int, reverse: bool) -> dict:
+    """``{key of the one-layer torch layout: the key in layer and direction}``.
+
+    Weights and biases take torch.nn's suffix (``weight_ih_l1_reverse``), the
+    layer norms' ``ln_`` keys :func:`layer_suffix`; ``bias=False`` drops the
+    ``bias_ih``/``bias_hh`` keys.
+    """
+    torch_suffix = f"_l{layer}" + ("_reverse" if reverse else "")
+    keys = {}
+    for key in torch_keys(cell, layer_norm):
+        if key in TORCH_KEYS:
+            if bias or not key.startswith("bias"):
+                keys[key] = key[: -len("_l0")] + torch_suffix
+        else:
+            keys[key] = key + layer_suffix(layer, reverse)
+    return keys
 
 
 def params_from_torch_layout(

@@ -11,10 +11,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .._functional.rnn import rnn, rnn_backward
-from .._functional.rnn_params import rnn_params, rnn_params_from_torch, rnn_params_to_torch
+from .._functional.rnn import rnn, rnn_backward, stacked_rnn, stacked_rnn_backward
+from .._functional.rnn_params import (
+    layer_suffix,
+    layer_torch_keys,
+    rnn_params,
+    rnn_params_from_torch,
+    rnn_params_to_torch,
+)
 from .._plumbing.compat import to_device
-from .._plumbing.validation import check_bool, check_eps, check_feature_count, check_positive_int
+from .._plumbing.validation import (
+    check_bool,
+    check_choice,
+    check_eps,
+    check_feature_count,
+    check_keys,
+    check_positive_int,
+)
 from .module import Module
 
 __all__ = ["GRU", "LSTM", "RNN"]
@@ -34,6 +47,8 @@ class _Recurrent(Module):
         *,
         layer_norm: bool = True,
         batch_first: bool = False,
+        num_layers: int = 1,
+        bidirectional: bool = False,
         eps: float = 1e-5,
         like: Any = None,
         device: Any = None,
@@ -44,27 +59,46 @@ class _Recurrent(Module):
         hidden_size = check_positive_int(hidden_size, "hidden_size")
         layer_norm = check_bool(layer_norm, "layer_norm")
         batch_first = check_bool(batch_first, "batch_first")
+        num_layers = check_positive_int(num_layers, "num_layers")
+        bidirectional = check_bool(bidirectional, "bidirectional")
         eps = check_eps(eps)
-        params = rnn_params(
-            self._cell,
-            input_size,
-            hidden_size,
-            layer_norm=layer_norm,
-            like=like,
-            device=device,
-            dtype=dtype,
-            seed=seed,
-        )
+        directions = 2 if bidirectional else 1
+        # (layer, reverse) of every layer and direction, torch's order
+        self._layers = [
+            (k // directions, k % directions == 1) for k in range(num_layers * directions)
+        ]
+        params = {}
+        for k, (layer, reverse) in enumerate(self._layers):
+            size = input_size if layer == 0 else hidden_size * directions
+            part = rnn_params(
+                self._cell,
+                size,
+                hidden_size,
+                layer_norm=layer_norm,
+                like=like,
+                device=device,
+                dtype=dtype,
+                seed=seed + k,  # layer 0's forward direction: the one-layer module's values
+            )
+            params.update({n + layer_suffix(layer, reverse): v for n, v in part.items()})
         super().__init__(like=like, device=device, dtype=dtype)
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.layer_norm = layer_norm
         self.batch_first = batch_first
+        self.num_layers = num_layers
+        self.bidirectional = bidirectional
         self.eps = eps
         self._parameter_names = tuple(params)
+        self._base_names = tuple(part)  # rnn_params' names, each layer and direction's
         for name, value in params.items():
             setattr(self, name, value)
         self._dstate0: Any = None
+
+    def _stack_options(self) -> dict[str, Any]:
+        options = self._options()
+        del options["cell"]
+        return {"cell": self._cell, **options, "bidirectional": self.bidirectional}
 
     def _options(self) -> dict[str, Any]:
         return {
@@ -72,7 +106,37 @@ class _Recurrent(Module):
             "layer_norm": self.layer_norm,
             "eps": self.eps,
             "batch_first": self.batch_first,
+            "nonlinearity": getattr(self, "nonlinearity", "tanh"),
         }
+
+    @property
+    def _stacked(self) -> bool:
+        return len(self._layers) > 1
+
+    def _layer_params(self, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The parameters of every layer and direction, under :func:`normcore.rnn_params`' names."""
+        names = self._base_names
+        return [
+            {n: params[n + layer_suffix(layer, reverse)] for n in names}
+            for layer, reverse in self._layers
+        ]
+
+    def _states(self, states: Any, name: str) -> list:
+        if states is None:
+            return [None] * len(self._layers)
+        if not isinstance(states, list) or len(states) != len(self._layers):
+            got = (
+                f"a list of length {len(states)}"
+                if isinstance(states, list)
+                else (type(states).__name__)
+            )
+            raise TypeError(
+                f"{name} of a module with {self.num_layers} layer(s) and "
+                f"{2 if self.bidirectional else 1} direction(s) must be None or a list of "
+                f"{len(self._layers)} states (one per layer and direction, torch's order), "
+                f"got {got}"
+            )
+        return states
 
     def __call__(self, xs: Any, state0: Any = None, mask: Any = None) -> tuple[Any, Any]:
         """Run the sequences ``xs``; return ``(hs, final_state)`` as :func:`normcore.rnn`.
@@ -96,7 +160,13 @@ class _Recurrent(Module):
         if xs.ndim == 3:
             check_feature_count(xs, -1, self.input_size, "input_size", x_name="xs")
         params = self.parameters()
-        hs, final = rnn(xs, state0, params, mask=mask, **self._options())
+        if self._stacked:
+            states0 = self._states(state0, "state0")
+            hs, final = stacked_rnn(
+                xs, states0, self._layer_params(params), mask=mask, **self._stack_options()
+            )
+        else:
+            hs, final = rnn(xs, state0, params, mask=mask, **self._options())
         self._saved = (xs, state0, params, mask)
         return hs, final
 
@@ -115,6 +185,18 @@ class _Recurrent(Module):
             Gradient with respect to ``final_state``; None means zero.
         """
         xs, state0, params, mask = self._require_saved()
+        if self._stacked:
+            dfinals = self._states(dfinal_state, "dfinal_state")
+            dxs, dstates0, dparams = stacked_rnn_backward(
+                dhs, xs, self._states(state0, "state0"), self._layer_params(params),
+                mask=mask, dfinals=dfinals, **self._stack_options(),
+            )  # fmt: skip
+            grads = {}
+            for (layer, reverse), part in zip(self._layers, dparams, strict=True):
+                grads.update({n + layer_suffix(layer, reverse): g for n, g in part.items()})
+            self._grads = {n: grads[n] for n in self._parameter_names}
+            self._dstate0 = dstates0
+            return dxs
         grads = rnn_backward(
             dhs, xs, state0, params, mask=mask, dfinal_state=dfinal_state, **self._options()
         )
@@ -151,7 +233,14 @@ class _Recurrent(Module):
         See :func:`normcore.rnn_params_to_torch`; the values are new arrays of
         the module's library (convert with ``torch.as_tensor`` if needed).
         """
-        return rnn_params_to_torch(self.parameters(), self._cell, self.layer_norm)
+        state = {}
+        for (layer, reverse), part in zip(
+            self._layers, self._layer_params(self.parameters()), strict=True
+        ):
+            keys = layer_torch_keys(self._cell, self.layer_norm, True, layer, reverse)
+            converted = rnn_params_to_torch(part, self._cell, self.layer_norm)
+            state.update({keys[k]: v for k, v in converted.items()})
+        return state
 
     def load_torch_state_dict(self, state: Mapping[str, Any]) -> None:
         """Load a ``torch.nn`` (``layer_norm=False``) or ``normcore.torch`` module's state dict.
@@ -159,13 +248,33 @@ class _Recurrent(Module):
         Values are converted to the module's library, device and dtype;
         validation and atomicity as for :meth:`load_state_dict`.
         """
-        params = rnn_params_from_torch(state, self._cell, self.layer_norm)
+        layer_keys = [
+            layer_torch_keys(self._cell, self.layer_norm, True, layer, reverse)
+            for layer, reverse in self._layers
+        ]
+        if self._stacked:  # one layer: rnn_params_from_torch checks the keys itself
+            expected = [key for keys in layer_keys for key in keys.values()]
+            check_keys(state, expected, "state", f"of a {self!r}")
+        params = {}
+        for (layer, reverse), keys in zip(self._layers, layer_keys, strict=True):
+            part = {k: state[t] for k, t in keys.items()} if self._stacked else state
+            converted = rnn_params_from_torch(part, self._cell, self.layer_norm)
+            params.update({n + layer_suffix(layer, reverse): v for n, v in converted.items()})
         self.load_state_dict(params)
 
     def __repr__(self) -> str:
+        extra = "".join(
+            f", {name}={value!r}"
+            for name, value, default in (
+                ("num_layers", self.num_layers, 1),
+                ("bidirectional", self.bidirectional, False),
+                ("nonlinearity", getattr(self, "nonlinearity", "tanh"), "tanh"),
+            )
+            if value != default
+        )
         return (
             f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
-            f"layer_norm={self.layer_norm}, batch_first={self.batch_first}; "
+            f"layer_norm={self.layer_norm}, batch_first={self.batch_first}{extra}; "
             f"{self._placement()})"
         )
 
@@ -190,19 +299,35 @@ _DOC = """{title}
         ({torch_name} of ``torch.nn``).
     batch_first : bool, default False
         Inputs, masks and outputs are ``(B, T, ...)`` instead of ``(T, B, ...)``.
+    num_layers : int, default 1
+        Stacked layers; layer ``k > 0`` takes layer ``k - 1``'s outputs.
+    bidirectional : bool, default False
+        A second direction per layer over the reversed sequence; outputs are
+        the two directions concatenated (``2 * H`` features). Not with a mask.
     eps : float, default 1e-5
         Added to the variance in every layer norm.
     like, device, dtype
         Library, device and dtype of the parameters (see :class:`normcore.Module`);
         NumPy float32 by default.
     seed : int, default 0
-        Seed of the initial values (see :func:`normcore.rnn_params`).
-
+        Seed of the initial values (see :func:`normcore.rnn_params`); layer and
+        direction ``k`` (torch's order) uses ``seed + k``.
+{extra}
     Attributes
     ----------
     W_x, W_h, ...
         The parameters, named as by :func:`normcore.rnn_params` for ``"{cell}"``
-        (also the keys of ``parameters()`` and ``state_dict()``).
+        (also the keys of ``parameters()`` and ``state_dict()``); layers and
+        directions other than layer 0's forward add torch's suffix
+        (``W_x_l1``, ``W_x_l0_reverse``).
+
+    Notes
+    -----
+    With more than one layer or direction, ``state0``, the final state,
+    ``dfinal_state`` and :attr:`dstate0` are lists with one state per layer
+    and direction, in ``torch.nn``'s order (layer 0 forward, layer 0
+    reverse, layer 1 forward, ...); each layer and direction is one
+    :func:`normcore.rnn` call (its backward one :func:`normcore.rnn_backward`).
 
     Raises
     ------
@@ -232,12 +357,20 @@ _DOC = """{title}
 
 class RNN(_Recurrent):
     _cell = "rnn"
+
+    def __init__(self, input_size: int, hidden_size: int, *, nonlinearity: str = "tanh",
+                 **kwargs: Any) -> None:  # fmt: skip
+        self.nonlinearity = check_choice(nonlinearity, ("tanh", "relu"), "nonlinearity")
+        super().__init__(input_size, hidden_size, **kwargs)
+
     __doc__ = _DOC.format(
         title="Tanh RNN layer, layer-normalized by default (Ba, Kiros & Hinton, eq. 4).",
         cell="rnn",
         name="RNN",
         torch_name="``RNN``",
         state_example=">>> layer.dstate0.shape\n    (2, 4)",
+        extra="    nonlinearity : {'tanh', 'relu'}, default 'tanh'\n"
+        "        ``relu`` instead of ``tanh`` (keyword only; ``torch.nn.RNN``'s option).\n",
     )
 
 
@@ -249,6 +382,7 @@ class LSTM(_Recurrent):
         name="LSTM",
         torch_name="``LSTM``",
         state_example=">>> [d.shape for d in layer.dstate0]  # (dh0, dc0)\n    [(2, 4), (2, 4)]",
+        extra="",
     )
 
 
@@ -260,4 +394,5 @@ class GRU(_Recurrent):
         name="GRU",
         torch_name="``GRU``",
         state_example=">>> layer.dstate0.shape\n    (2, 4)",
+        extra="",
     )

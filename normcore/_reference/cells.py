@@ -26,7 +26,6 @@ cell names and parameter layouts used elsewhere (``normcore._functional.rnn_para
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, NamedTuple
 
@@ -45,6 +44,7 @@ class Context(NamedTuple):
     layer_norm: bool
     eps: float
     hidden: int
+    nonlinearity: str = "tanh"  # of the plain/LN RNN cell: "tanh" or "relu"
 
     def _layout(self, a: Any) -> Layout:
         last = (a.ndim - 1,)
@@ -62,11 +62,6 @@ class Context(NamedTuple):
             self.adapter, self.xp, dy, a, p[gain], p[bias], self._layout(a)
         )
         return g.dx, {gain: g.dgain, bias: g.dbias}
-
-    def blocks(self, a: Any, count: int) -> list[Any]:
-        """Split the last axis of ``a`` into ``count`` blocks of ``hidden`` units."""
-        h = self.hidden
-        return [a[..., k * h : (k + 1) * h] for k in range(count)]
 
     def sum_rows(self, a: Any) -> Any:
         """Sum over every axis but the last (the gradient of a broadcast bias)."""
@@ -86,10 +81,10 @@ def sigmoid(xp: Any, a: Any) -> Any:
     return 1 / (1 + xp.exp(xp.clip(-a, None, _exp_cap(xp, a.dtype))))
 
 
-@functools.lru_cache(maxsize=32)
 def _exp_cap(xp: Any, dtype: Any) -> float:
     # The largest argument whose exp is finite, rounded down: 88 for float32,
-    # 709 for float64, 11 for float16.
+    # 709 for float64, 11 for float16. (Not lru_cached: torch.compile warns on
+    # that; finfo is cached by the libraries.)
     return float(int(math.log(float(xp.finfo(dtype).max))))
 
 
@@ -100,8 +95,11 @@ def _merge(*parts: dict) -> dict:
     return merged
 
 
-class TanhRNN:
-    """``h_t = tanh(a_t)`` (plain, ``a_t + b``) or ``tanh(LN(a_t; gain, bias))`` (eq. 4)."""
+class ElmanRNN:
+    """``h_t = tanh(a_t)`` (plain, ``a_t + b``) or ``tanh(LN(a_t; gain, bias))`` (eq. 4).
+
+    With ``ctx.nonlinearity == "relu"``, ``relu`` instead of ``tanh``.
+    """
 
     gates = 1  # one block: the pre-activation
 
@@ -112,14 +110,24 @@ class TanhRNN:
         return du, ({} if ctx.layer_norm else {"b": ctx.sum_rows(du)})
 
     def step(self, ctx: Context, u: Any, ah: Any, state: tuple, save: bool) -> tuple:
+        xp = ctx.xp
         a = u + ah
-        h = ctx.xp.tanh(ctx.ln(a, "gain", "bias") if ctx.layer_norm else a)
+        pre = ctx.ln(a, "gain", "bias") if ctx.layer_norm else a
+        if ctx.nonlinearity == "tanh":
+            h = xp.tanh(pre)
+        else:  # relu; NaN stays NaN, as torch.relu
+            h = xp.where(pre < 0, xp.zeros_like(pre), pre)
         # The backward needs h, and a for the layer norm's backward.
         return (h,), ((a if ctx.layer_norm else None, h) if save else None)
 
     def step_backward(self, ctx: Context, saved: tuple, dnew: tuple) -> tuple:
+        xp = ctx.xp
         a, h = saved
-        da = dnew[0] * (1 - h * h)
+        dh = dnew[0]
+        if ctx.nonlinearity == "tanh":
+            da = dh * (1 - h * h)
+        else:  # relu: the gradient passes where the output is positive (torch's at 0)
+            da = xp.where(h > 0, dh, xp.zeros_like(dh))
         grads: dict = {}
         if ctx.layer_norm:
             da, grads = ctx.ln_backward(da, a, "gain", "bias")
@@ -259,4 +267,4 @@ class GRU:
         return du, dah, (dh * keep,), grads
 
 
-CELL_IMPLEMENTATIONS = {"rnn": TanhRNN(), "lstm": LSTM(), "gru": GRU()}
+CELL_IMPLEMENTATIONS = {"rnn": ElmanRNN(), "lstm": LSTM(), "gru": GRU()}

@@ -1,13 +1,17 @@
 """PyTorch recurrent modules: drop-ins for torch.nn.RNN/LSTM/GRU, optionally layer-normalized.
 
-One layer, one direction, ``tanh`` for the RNN: the configurations
-:func:`normcore.rnn` computes. With ``layer_norm=False`` (the default) the
+Any number of layers, one or two directions, with or without biases, dropout
+between layers; ``tanh`` or ``relu`` for the RNN. Each layer and direction is one
+:func:`normcore.rnn` call, composed by ``normcore._functional.rnn.stacked_rnn``
+(autograd differentiates it). With ``layer_norm=False`` (the default) the
 modules are interchangeable with their ``torch.nn`` namesakes: constructor,
 ``state_dict`` keys (``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``,
-``bias_hh_l0``), ``forward(input, hx)`` and its return structure. With
-``layer_norm=True`` the cells are Ba et al.'s layer-normalized ones and the
-layer norms' gains and biases are extra parameters named ``ln_<name>`` after
-:func:`normcore.rnn_params` (``ln_gain_x``, ...).
+``bias_hh_l0``, ``weight_ih_l0_reverse``, ..., ``weight_ih_l1``, ...),
+``forward(input, hx)`` and its return structure. With ``layer_norm=True`` the
+cells are Ba et al.'s layer-normalized ones and the layer norms' gains and
+biases are extra parameters named ``ln_<name>`` after :func:`normcore.rnn_params`
+(``ln_gain_x``, ...), with torch's suffix (``ln_gain_x_l1``,
+``ln_gain_x_l0_reverse``) everywhere but in layer 0's forward direction.
 """
 
 from __future__ import annotations
@@ -18,8 +22,13 @@ from typing import Any
 
 import torch
 
-from normcore._functional.rnn import rnn
-from normcore._functional.rnn_params import params_from_torch_layout, torch_keys, torch_shapes
+from normcore._functional.rnn import stacked_rnn
+from normcore._functional.rnn_params import (
+    layer_torch_keys,
+    params_from_torch_layout,
+    torch_keys,
+    torch_shapes,
+)
 from normcore._plumbing.validation import (
     check_bool,
     check_choice,
@@ -51,29 +60,27 @@ class _Recurrent(torch.nn.Module):
         eps: float,
     ) -> None:
         super().__init__()
-        name = type(self).__name__
-        unsupported = {  # checked as torch would take them, then refused unless supported
-            "num_layers": (check_positive_int(num_layers, "num_layers"), 1),
-            "bias": (check_bool(bias, "bias"), True),
-            "dropout": (check_real(dropout, "dropout", 0.0, 1.0), 0.0),
-            "bidirectional": (check_bool(bidirectional, "bidirectional"), False),
-        }
-        for arg, (value, supported) in unsupported.items():
-            if value != supported:
-                raise ValueError(
-                    f"normcore.torch.{name} supports {arg}={supported!r} only (one layer, one "
-                    f"direction, with biases), got {arg}={value!r}; stack modules for more layers"
-                )
         self.input_size = check_positive_int(input_size, "input_size")
         self.hidden_size = check_positive_int(hidden_size, "hidden_size")
+        self.num_layers = check_positive_int(num_layers, "num_layers")
+        self.bias = check_bool(bias, "bias")
         self.batch_first = check_bool(batch_first, "batch_first")
+        self.dropout = float(check_real(dropout, "dropout", 0.0, 1.0))
+        self.bidirectional = check_bool(bidirectional, "bidirectional")
         self.layer_norm = check_bool(layer_norm, "layer_norm")
         self.eps = check_eps(eps)
-        self.num_layers, self.bias, self.dropout, self.bidirectional = 1, True, 0.0, False
-        shapes = torch_shapes(self._cell, self.input_size, self.hidden_size, layer_norm)
+        directions = 2 if self.bidirectional else 1
         factory = {"device": device, "dtype": dtype}
-        for key, shape in shapes.items():
-            self.register_parameter(key, torch.nn.Parameter(torch.empty(shape, **factory)))
+        self._keys = []  # per (layer, direction), torch's order: {layout key: attribute}
+        for layer in range(self.num_layers):
+            size = self.input_size if layer == 0 else self.hidden_size * directions
+            shapes = torch_shapes(self._cell, size, self.hidden_size, layer_norm)
+            for reverse in (False, True)[:directions]:
+                keys = layer_torch_keys(self._cell, layer_norm, self.bias, layer, reverse)
+                for key, name in keys.items():
+                    empty = torch.empty(shapes[key], **factory)
+                    self.register_parameter(name, torch.nn.Parameter(empty))
+                self._keys.append(keys)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -87,9 +94,17 @@ class _Recurrent(torch.nn.Module):
             else:
                 torch.nn.init.uniform_(p, -bound, bound)
 
-    def _params(self) -> dict[str, torch.Tensor]:
-        state = {key: getattr(self, key) for key in torch_keys(self._cell, self.layer_norm)}
-        return params_from_torch_layout(state, self._cell, self.layer_norm, copy=False)
+    def _params(self) -> list[dict[str, torch.Tensor]]:
+        """normcore params of every layer and direction (views of the parameters)."""
+        result = []
+        for keys in self._keys:
+            state = {key: getattr(self, name) for key, name in keys.items()}
+            for key in torch_keys(self._cell, self.layer_norm):
+                if key not in state:  # bias=False: a bias that stays zero
+                    w = state["weight_ih_l0"]
+                    state[key] = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+            result.append(params_from_torch_layout(state, self._cell, self.layer_norm, copy=False))
+        return result
 
     def forward(self, input: torch.Tensor, hx: Any = None) -> tuple[torch.Tensor, Any]:
         """Run the sequences; return ``(output, h_n)`` (``(output, (h_n, c_n))`` for the LSTM).
@@ -100,8 +115,17 @@ class _Recurrent(torch.nn.Module):
             ``(L, N, input_size)`` (``(N, L, input_size)`` with ``batch_first``),
             or ``(L, input_size)`` for one unbatched sequence.
         hx : torch.Tensor or tuple of two, optional
-            Initial state ``(1, N, hidden_size)`` (``(1, hidden_size)`` unbatched);
-            ``(h_0, c_0)`` for the LSTM. None: zeros.
+            Initial state ``(D * num_layers, N, hidden_size)``
+            (``(D * num_layers, hidden_size)`` unbatched; ``D`` is 2 when
+            bidirectional, else 1); ``(h_0, c_0)`` for the LSTM. None: zeros.
+
+        Returns
+        -------
+        output : torch.Tensor
+            The last layer's outputs, ``(L, N, D * hidden_size)`` (the
+            directions concatenated; batch-first or unbatched like ``input``).
+        h_n : torch.Tensor or tuple of two
+            The final states, shaped like ``hx``.
 
         Raises
         ------
@@ -110,7 +134,7 @@ class _Recurrent(torch.nn.Module):
             :func:`normcore.rnn` instead) or a wrong ``hx`` structure.
         ValueError
             For an input that is not 2-D or 3-D, an ``hx`` whose first axis is
-            not 1, and everything :func:`normcore.rnn` rejects.
+            not ``D * num_layers``, and everything :func:`normcore.rnn` rejects.
         """
         name = type(self).__name__
         if isinstance(input, torch.nn.utils.rnn.PackedSequence):
@@ -132,23 +156,34 @@ class _Recurrent(torch.nn.Module):
         batched = input.dim() == 3
         if not batched:
             input = input.unsqueeze(0 if self.batch_first else 1)
-        state0 = None if hx is None else self._state0(hx, batched)
-        hs, final = rnn(
+        states0 = [None] * len(self._keys) if hx is None else self._states0(hx, batched)
+        between = None
+        if self.dropout and self.training:
+
+            def between(a: torch.Tensor) -> torch.Tensor:
+                return torch.nn.functional.dropout(a, self.dropout, training=True)
+
+        hs, finals = stacked_rnn(
             input,
-            state0,
+            states0,
             self._params(),
             cell=self._cell,
             layer_norm=self.layer_norm,
             eps=self.eps,
+            nonlinearity=getattr(self, "nonlinearity", "tanh"),
+            bidirectional=self.bidirectional,
             batch_first=self.batch_first,
+            between=between,
         )
-        finals = tuple(f.unsqueeze(0) for f in (final if isinstance(final, tuple) else (final,)))
+        parts = [f if isinstance(f, tuple) else (f,) for f in finals]
+        stacked = tuple(torch.stack(part) for part in zip(*parts, strict=True))
         if not batched:
             hs = hs.squeeze(0 if self.batch_first else 1)
-            finals = tuple(f.squeeze(1) for f in finals)
-        return hs, finals if self._cell == "lstm" else finals[0]
+            stacked = tuple(f.squeeze(1) for f in stacked)
+        return hs, stacked if self._cell == "lstm" else stacked[0]
 
-    def _state0(self, hx: Any, batched: bool) -> Any:
+    def _states0(self, hx: Any, batched: bool) -> list:
+        """Split ``hx`` into the state of every layer and direction (validated)."""
         lstm = self._cell == "lstm"
         parts = hx if lstm and isinstance(hx, tuple | list) and len(hx) == 2 else None
         if lstm and parts is None:
@@ -158,26 +193,37 @@ class _Recurrent(torch.nn.Module):
             raise TypeError(f"hx for LSTM must be a tuple (h_0, c_0), got {got}")
         if not lstm and not isinstance(hx, torch.Tensor):
             raise TypeError(f"hx must be a torch.Tensor, got {type(hx).__name__}")
+        count = len(self._keys)
         states = []
         for label, part in zip(("h_0", "c_0") if lstm else ("hx",), parts or (hx,), strict=True):
             ndim = 3 if batched else 2
-            if not isinstance(part, torch.Tensor) or part.dim() != ndim or part.shape[0] != 1:
-                shape = "(1, batch, hidden_size)" if batched else "(1, hidden_size)"
+            if not isinstance(part, torch.Tensor) or part.dim() != ndim or part.shape[0] != count:
+                shape = (
+                    "(D * num_layers, batch, hidden_size)"
+                    if batched
+                    else ("(D * num_layers, hidden_size)")
+                )
                 got = tuple(part.shape) if isinstance(part, torch.Tensor) else type(part).__name__
                 raise ValueError(
-                    f"{label} must have shape {shape} (one layer, one direction), got {got}"
+                    f"{label} must have shape {shape} with D * num_layers = {count}, got {got}"
                 )
-            states.append(part[0] if batched else part)
-        return tuple(states) if lstm else states[0]
+            states.append(part if batched else part.unsqueeze(1))
+        return [tuple(s[k] for s in states) if lstm else states[0][k] for k in range(count)]
 
     def flatten_parameters(self) -> None:
         """Do nothing: there is no cuDNN weight buffer to compact (kept for torch.nn code)."""
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.input_size}, {self.hidden_size}, batch_first={self.batch_first}, "
-            f"layer_norm={self.layer_norm}"
-        )
+        text = f"{self.input_size}, {self.hidden_size}"
+        if self.num_layers != 1:
+            text += f", num_layers={self.num_layers}"
+        if not self.bias:
+            text += ", bias=False"
+        if self.dropout:
+            text += f", dropout={self.dropout}"
+        if self.bidirectional:
+            text += ", bidirectional=True"
+        return f"{text}, batch_first={self.batch_first}, layer_norm={self.layer_norm}"
 
 
 _DOC = """{title}
@@ -186,15 +232,18 @@ _DOC = """{title}
     ----------
     input_size, hidden_size : int
     num_layers : int, default 1
-        Only 1 is supported.{extra}
+        Stacked layers; layer ``k > 0`` takes layer ``k - 1``'s outputs.{extra}
     bias : bool, default True
-        Only True is supported.
+        False: no ``bias_ih``/``bias_hh`` parameters (the layer norms keep
+        their own biases).
     batch_first : bool, default False
         ``(N, L, ...)`` inputs and outputs instead of ``(L, N, ...)``.
     dropout : float, default 0
-        Only 0 (one layer has no dropout between layers).
+        Dropout probability on the outputs of every layer but the last, in
+        training mode.
     bidirectional : bool, default False
-        Only False is supported.{proj}
+        A second direction per layer, over the reversed sequence; outputs
+        are the two directions concatenated.{proj}
     device, dtype : optional
         Of the parameters.
     layer_norm : bool, default False
@@ -219,9 +268,10 @@ _DOC = """{title}
 
 class RNN(_Recurrent):
     __doc__ = _DOC.format(
-        title="Drop-in for a one-layer tanh ``torch.nn.RNN``, computed by :func:`normcore.rnn`.",
+        title="Drop-in for ``torch.nn.RNN``, computed by :func:`normcore.rnn`.",
         name="RNN",
-        extra="\n    nonlinearity : {'tanh'}, default 'tanh'\n        Only tanh is supported.",
+        extra="\n    nonlinearity : {'tanh', 'relu'}, default 'tanh'\n"
+        "        The cell's nonlinearity (with layer norm too: ``relu(LN(a))``).",
         proj="",
         state="h_n",
         keys="['weight_ih_l0', 'weight_hh_l0', 'ln_gain', 'ln_bias']",
@@ -244,11 +294,7 @@ class RNN(_Recurrent):
         layer_norm: bool = False,
         eps: float = 1e-5,
     ) -> None:
-        if check_choice(nonlinearity, ("tanh", "relu"), "nonlinearity") != "tanh":
-            raise ValueError(
-                f"normcore.torch.RNN supports nonlinearity='tanh' only, got {nonlinearity!r}"
-            )
-        self.nonlinearity = nonlinearity
+        self.nonlinearity = check_choice(nonlinearity, ("tanh", "relu"), "nonlinearity")
         super().__init__(
             input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
             device, dtype, layer_norm, eps,
@@ -289,7 +335,7 @@ class _Gated(_Recurrent):
 
 class LSTM(_Gated):
     __doc__ = _DOC.format(
-        title="Drop-in for a one-layer ``torch.nn.LSTM``, computed by :func:`normcore.rnn`.",
+        title="Drop-in for ``torch.nn.LSTM``, computed by :func:`normcore.rnn`.",
         name="LSTM",
         extra="",
         proj="\n    proj_size : int, default 0\n        Only 0 (no projection).",
@@ -302,7 +348,7 @@ class LSTM(_Gated):
 
 class GRU(_Gated):
     __doc__ = _DOC.format(
-        title="Drop-in for a one-layer ``torch.nn.GRU``, computed by :func:`normcore.rnn`.",
+        title="Drop-in for ``torch.nn.GRU``, computed by :func:`normcore.rnn`.",
         name="GRU",
         extra="",
         proj="\n    proj_size : int, default 0\n        Only 0 (no projection).",
