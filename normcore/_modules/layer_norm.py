@@ -62,6 +62,7 @@ class _Normalization(Module):
         eps = check_eps(self._default_eps if eps is None else eps)
         affine = check_bool(affine, "affine")
         super().__init__(like=like, device=device, dtype=dtype)
+        self._check_eps(eps)
         self.normalized_shape = shape
         self.axis = axis
         self.eps = eps

@@ -20,6 +20,7 @@ __all__ = [
     "check_choice",
     "check_correction",
     "check_eps",
+    "check_eps_in",
     "check_feature_count",
     "check_gradient",
     "check_gradient_given",
@@ -120,6 +121,42 @@ def check_eps(eps: Any, name: str = "eps") -> float:
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a finite number > 0, got {eps!r}")
     return value
+
+
+# (namespace name, dtype) -> (smallest normal, largest finite) as Python floats
+_EPS_RANGE: dict[tuple[str, Any], tuple[float, float]] = {}
+
+
+def check_eps_in(eps: float, xp: Any, dtype: Any, name: str = "eps", added: float = 1.0) -> None:
+    """Check that ``eps * added`` is a usable value of ``dtype``, the dtype it is added in.
+
+    ``dtype`` is the computation (accumulation) dtype: float32 for float16 and
+    bfloat16 data. ``eps`` is refused below the dtype's smallest *normal*
+    number (there it is 0 or a subnormal, which fast paths that flush
+    subnormals to zero treat as 0, so backends would disagree; a constant row
+    would give NaN) and above its largest finite number. ``added`` is the
+    factor applied before adding (weight norm adds ``eps / n``).
+    """
+    key = (getattr(xp, "__name__", ""), dtype)
+    try:
+        smallest, largest = _EPS_RANGE[key]
+    except KeyError:  # finfo once per dtype: this runs on every call
+        info = xp.finfo(dtype)
+        smallest = float(getattr(info, "smallest_normal", None) or info.tiny)
+        largest = float(info.max)
+        _EPS_RANGE[key] = (smallest, largest)
+    value = eps * added
+    if smallest <= value <= largest:
+        return
+    label = str(dtype).rsplit(".", 1)[-1].removesuffix("'>")
+    low = value < smallest
+    given = f"{name}={eps!r}" + (f" divided by {1 / added:g}" if added != 1.0 else "")
+    bound = (smallest if low else largest) / added
+    raise ValueError(
+        f"{given} is {'below the smallest normal' if low else 'above the largest'} {label} "
+        f"number, and {label} is the dtype it is added in (x's statistics are computed in "
+        f"{label}); use {name} {'>=' if low else '<='} {bound:.4g}"
+    )
 
 
 def normalize_axis(axis: Any, ndim: int, name: str = "axis") -> int:
