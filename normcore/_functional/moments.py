@@ -19,8 +19,10 @@ from .._plumbing.compat import device_of, is_array, library_label, namespace_of,
 from .._plumbing.registry import adapter_for
 from .._plumbing.validation import (
     check_arrays,
+    check_bool,
     check_choice,
     check_correction,
+    check_dtype_name,
     normalize_axes,
     normalize_axis,
     resolve_dtype,
@@ -63,6 +65,8 @@ def moments(
 
     Raises
     ------
+    TypeError
+        If ``x`` is not a real floating-point array or ``keepdims`` is not a bool.
     ValueError
         If ``correction`` is negative or leaves no degrees of freedom
         (``count - correction <= 0``), or ``axis`` is invalid.
@@ -77,6 +81,7 @@ def moments(
     (2.0, 1.0)
     """
     xp = check_arrays(x)
+    keepdims = check_bool(keepdims, "keepdims")
     axes = tuple(range(x.ndim)) if axis is None else tuple(sorted(normalize_axes(axis, x.ndim)))
     count = math.prod(x.shape[a] for a in axes)
     correction = check_correction(correction, count, "the number of values reduced")
@@ -148,7 +153,7 @@ class Moments:
         if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
             raise TypeError(f"axis must be an int, got {library_label(axis)}")
         self.axis = int(axis)
-        self._dtype = dtype
+        self._dtype = check_dtype_name(dtype)
         self.count = 0
         self.mean: Any = None
         self.m2: Any = None

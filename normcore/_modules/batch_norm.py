@@ -101,6 +101,17 @@ class BatchNorm(Module):
     instead; the state is unchanged either way. (This check reads one scalar
     back from the device per training call.)
 
+    *Threads.* Training calls from several threads each update the running
+    statistics exactly once, in some sequential order (the update is computed
+    with no lock held and installed under the module's lock if the statistics
+    it started from are still current, computed again otherwise). Pair each
+    ``backward`` with its forward in one thread: it uses the last forward's
+    saved values.
+
+    *float16/bfloat16 state.* The running update is computed in float32 and
+    rounded once; an update that would store an infinity is skipped with a
+    ``RuntimeWarning``, like a non-finite batch.
+
     *PyTorch interop.* :meth:`state_dict`/:meth:`load_state_dict` use
     normcore's names (``gain``); :meth:`to_torch_state_dict` and
     :meth:`load_torch_state_dict` use ``torch.nn.BatchNorm*d``'s (``weight``).

@@ -18,6 +18,7 @@ from .._functional.layer_norm import (
 from .._plumbing.validation import (
     check_bool,
     check_eps,
+    check_int,
     check_normalized_shape,
     normalize_axes,
 )
@@ -31,6 +32,9 @@ __all__ = ["LayerNorm", "RMSNorm"]
 def _check_axis_count(axis: Any, shape: tuple[int, ...]) -> Any:
     if axis is None:
         return tuple(range(-len(shape), 0))
+    items = axis if isinstance(axis, tuple | list) else (axis,)
+    for item in items:  # the types now; the range once the input's rank is known
+        check_int(item, "axis")
     count = len(axis) if isinstance(axis, tuple | list) else 1
     if count != len(shape):
         raise ValueError(

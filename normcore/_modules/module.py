@@ -44,6 +44,7 @@ from .._plumbing.validation import (
     check_arrays,
     check_bool,
     check_eps_in,
+    check_mapping,
     mismatched_keys,
     prefix_hint,
 )
@@ -68,6 +69,21 @@ class Module:
         a ``cupy.cuda.Device`` for CuPy); default: ``like``'s, or the library's default.
     dtype : dtype or str, optional
         Real floating dtype of the parameters; default float32.
+
+    Attributes
+    ----------
+    training : bool
+        The mode :meth:`train` and :meth:`eval` set (True for a new module);
+        layers that behave differently in training (:class:`normcore.BatchNorm`) use it
+        as the default of each call's ``training=``.
+
+    Notes
+    -----
+    *Threads.* Updates of a module's arrays (a training call's running
+    update, :meth:`load_state_dict`, :meth:`to`) are serialized: concurrent
+    calls leave the state of some sequential order. A forward/backward pair is
+    not: :meth:`backward` uses what the last forward saved, whichever thread
+    called it.
     """
 
     _parameter_names: tuple[str, ...] = ()
@@ -203,10 +219,13 @@ class Module:
 
         Raises
         ------
+        TypeError
+            If ``state`` is not a mapping, or a value is not an array of real numbers.
         ValueError
             If keys are missing or unexpected, or a value has the wrong shape
             or an invalid value for its entry (see the subclass).
         """
+        check_mapping(state, "state_dict", "a mapping of names to arrays (from state_dict())")
         current = self.state_dict()
         missing, extra = mismatched_keys(state, current)
         if missing or extra:

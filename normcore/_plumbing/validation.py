@@ -19,6 +19,7 @@ __all__ = [
     "check_bool",
     "check_choice",
     "check_correction",
+    "check_dtype_name",
     "check_eps",
     "check_eps_in",
     "check_feature_count",
@@ -26,6 +27,7 @@ __all__ = [
     "check_gradient_given",
     "check_int",
     "check_keys",
+    "check_mapping",
     "check_named_arrays",
     "check_normalized_shape",
     "check_num_groups",
@@ -181,6 +183,16 @@ def normalize_axes(axis: Any, ndim: int, name: str = "axis") -> tuple[int, ...]:
         if not axis:
             raise ValueError(f"{name} must name at least one axis, got {axis!r}")
         axes = tuple(normalize_axis(a, ndim, name) for a in axis)
+    elif isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        hint = (
+            f" ({name}=None, every axis, is not supported: name the axes, e.g. "
+            f"{name}=tuple(range(1, x.ndim)) for all but the batch axis)"
+            if axis is None
+            else ""
+        )
+        raise TypeError(
+            f"{name} must be an int or a tuple of ints, got {library_label(axis)}{hint}"
+        )
     else:
         axes = (normalize_axis(axis, ndim, name),)
     if len(set(axes)) != len(axes):
@@ -357,6 +369,30 @@ def resolve_dtype(xp: Any, dtype: Any, name: str = "dtype", default: Any = None)
     if not _is_real_floating_dtype(xp, dtype):
         raise TypeError(f"{name} must be a real floating-point dtype, got {dtype}")
     return dtype
+
+
+_FLOATING_NAMES = ("float16", "bfloat16", "float32", "float64")
+
+
+def check_dtype_name(dtype: Any, name: str = "dtype") -> Any:
+    """Refuse, before the library is known, a dtype name that is no real floating dtype.
+
+    Dtype objects are checked later by :func:`resolve_dtype` against the
+    namespace of the data; a string can be checked at once.
+    """
+    if isinstance(dtype, str) and dtype not in _FLOATING_NAMES:
+        raise TypeError(
+            f"{name} must be a real floating-point dtype or its name, one of {_FLOATING_NAMES}, "
+            f"got {dtype!r}"
+        )
+    return dtype
+
+
+def check_mapping(value: Any, name: str, what: str = "a mapping of names to arrays") -> None:
+    """Refuse a ``value`` that is not a mapping (a string, None, a list of pairs)."""
+    if not isinstance(value, Mapping):
+        hint = " (make it one with dict(...))" if isinstance(value, list | tuple) else ""
+        raise TypeError(f"{name} must be {what}, got {library_label(value)}{hint}")
 
 
 def _is_real_floating_dtype(xp: Any, dtype: Any) -> bool:

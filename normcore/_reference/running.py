@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from .._plumbing.compat import namespace_of, without_grad
+from .._plumbing.compat import has_no_values, namespace_of, without_grad
 from ..typing import Array, DType, Namespace
 
 __all__ = ["CONVENTIONS", "RunningStats", "running_update"]
@@ -54,10 +54,13 @@ def running_update(
     ``on_skip`` (default: a ``RuntimeWarning``), which reads the result on the
     host; otherwise by returning the old values again, selected on the device
     without a report (no host synchronization, and traceable by
-    ``torch.compile``). Either way the running statistics stay finite, so a
-    layer always accepts its own ``state_dict()`` back.
+    ``torch.compile``; always so for torch ``meta`` tensors, which hold no
+    values). Either way the running statistics stay finite, so a layer always
+    accepts its own ``state_dict()`` back.
     """
     xp = namespace_of(running.mean)
+    if has_no_values(running.mean):  # torch's meta tensors: nothing to read, shapes only
+        synchronous = False
     shape = tuple(running.mean.shape)
     dtype = running.mean.dtype
     work = xp.float32 if xp.finfo(dtype).bits < 32 else dtype  # float16: blend in float32
