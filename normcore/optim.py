@@ -30,10 +30,11 @@ from none there). Call :meth:`Optimizer.reset_state` to start afresh.
 *Threads.* Concurrent :meth:`Optimizer.step` calls are applied one after the
 other (some sequential order): a step computes its new values from the
 parameters and state it read, then, under the optimizer's lock, replaces them
-only if no other step (and no replacement of a parameter) came in between, and
-otherwise computes them again. No lock is held while the arithmetic runs;
-the target's own item assignment (or ``setattr`` on a Module) runs under it.
-The lock is left out of pickles and copies.
+only if no other step of this optimizer came in between, and otherwise
+computes them again. No lock is held while the arithmetic runs; the target's
+own item assignment (or ``setattr`` on a Module) runs under it. Not
+synchronized: replacing parameters from another thread while it steps, or two
+optimizers stepping one target. The lock is left out of pickles and copies.
 """
 
 from __future__ import annotations
@@ -129,13 +130,12 @@ class Optimizer:
     def _parameters(self) -> Mapping[str, Any]:
         return self._targets.parameters() if self._is_module else self._targets
 
-    def _checked_grads(self, grads: Any) -> dict[str, Any]:
-        params = self._parameters()
+    def _checked_grads(self, grads: Any, params: Mapping[str, Any]) -> dict[str, Any]:
         if grads is None:
             if not self._is_module:
                 raise TypeError("step() on a mapping of parameters needs grads, got None")
             grads = self._targets.grads()
-            if not grads and self._parameters():
+            if not grads and params:
                 raise ValueError(
                     f"step() found no gradients in the {type(self._targets).__name__}: call its "
                     "backward() first (or pass grads)"
@@ -202,18 +202,16 @@ class Optimizer:
         while True:
             # Computed with no lock held (library code may warn, and a warning
             # hook is user code), committed under the lock only if no other step
-            # and no replacement of a parameter came in between; otherwise again.
-            params = dict(self._parameters())
-            checked = self._checked_grads(grads)
-            steps, states = self.steps, {name: self.state.get(name) for name in params}
+            # of this optimizer came in between; otherwise computed again. (Only
+            # its own steps are compared: a target's parameters() may build new
+            # objects on every call, and identity would then never match.)
+            with self._lock:  # a snapshot no commit is halfway through
+                params = dict(self._parameters())
+                steps, states = self.steps, {name: self.state.get(name) for name in params}
+            checked = self._checked_grads(grads, params)
             updated, buffers = self._new_values(params, checked, states)
             with self._lock:
-                now = self._parameters()
-                if (
-                    self.steps == steps
-                    and all(self.state.get(k) is v for k, v in states.items())
-                    and all(now.get(k) is v for k, v in params.items())
-                ):
+                if self.steps == steps and all(self.state.get(k) is v for k, v in states.items()):
                     self._commit(updated, buffers)
                     return
 

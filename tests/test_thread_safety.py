@@ -164,3 +164,24 @@ def test_locks_survive_copies_and_pickles(rng, duplicate):
     assert opt_twin._lock is not opt._lock
     opt_twin.step({"w": np.ones(3)})
     assert opt_twin.steps == 2 and opt.steps == 1
+
+
+class _FreshViews:
+    """A duck-typed target whose parameters() builds new array objects on every call."""
+
+    def __init__(self):
+        self.w = np.zeros(4)
+
+    def parameters(self):
+        return {"w": self.w.view()}
+
+    def grads(self):
+        return {"w": np.ones(4)}
+
+
+def test_a_target_returning_new_objects_each_time_still_steps():
+    target = _FreshViews()
+    opt = SGD(target, lr=0.5)
+    _in_threads(lambda i: [opt.step() for _ in range(5)], threads=4)
+    assert opt.steps == 20
+    np.testing.assert_array_equal(target.w, np.full(4, -10.0))

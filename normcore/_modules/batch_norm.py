@@ -223,7 +223,8 @@ class BatchNorm(Module):
         newer statistics. So every update is applied once, in some sequential order.
         """
         while True:
-            running = self._running()
+            with self._lock:  # a snapshot no assignment is halfway through
+                running = self._running()
             skipped: list[str] = []
             update = running_update(
                 running, *moments, self.momentum, self.convention, on_skip=skipped.append
