@@ -161,27 +161,23 @@ class Optimizer:
     def _check_state_fits(self, name: str, param: Any) -> None:
         """Refuse state left by an earlier parameter under ``name`` that ``param`` cannot use."""
         for key, buffer in self.state.get(name, {}).items():
-            if not is_array(buffer):
+            # the cheap tests first: this runs for every buffer of every step
+            if type(buffer) is int or _fits(buffer, param) or not is_array(buffer):
                 continue
-            found = [
-                (what, mine, theirs)
-                for what, mine, theirs in (
-                    ("library", library_label(buffer), library_label(param)),
-                    ("shape", tuple(buffer.shape), tuple(param.shape)),
-                    ("dtype", buffer.dtype, param.dtype),
-                )
-                if mine != theirs
-            ]
-            if not found and device_of(buffer) != device_of(param):
-                found = [("device", device_of(buffer), device_of(param))]
-            if found:
-                what, mine, theirs = found[0]
-                raise ValueError(
-                    f"parameter {name!r} has {what} {theirs} but the optimizer's state for it "
-                    f"({key!r}, from earlier steps) has {what} {mine}: the parameter was "
-                    f"replaced by another one; call reset_state({name!r}) to start its state "
-                    "afresh, or create a new optimizer"
-                )
+            same_library = namespace_of(buffer) is namespace_of(param)  # torch Parameter: torch
+            for what, same, mine, theirs in (
+                ("library", same_library, library_label(buffer), library_label(param)),
+                ("shape", None, tuple(buffer.shape), tuple(param.shape)),
+                ("dtype", None, buffer.dtype, param.dtype),
+                ("device", None, device_of(buffer), device_of(param)),
+            ):
+                if not (mine == theirs if same is None else same):
+                    raise ValueError(
+                        f"parameter {name!r} has {what} {theirs} but the optimizer's state for "
+                        f"it ({key!r}, from earlier steps) has {what} {mine}: the parameter was "
+                        f"replaced by another one; call reset_state({name!r}) to start its "
+                        "state afresh, or create a new optimizer"
+                    )
 
     def step(self, grads: Mapping[str, Any] | None = None) -> None:
         """Apply one update.
@@ -249,6 +245,18 @@ class Optimizer:
     ) -> tuple[Any, dict[str, Any]]:
         """Return the new parameter and its new buffers, given the old ones (never modified)."""
         raise NotImplementedError
+
+
+def _fits(buffer: Any, param: Any) -> bool:
+    """Whether ``buffer`` has ``param``'s array type, shape, dtype and device."""
+    if type(buffer) is not type(param) or buffer.shape != param.shape:
+        return False
+    if buffer.dtype != param.dtype:
+        return False
+    here, there = getattr(buffer, "device", None), getattr(param, "device", None)
+    if here is None or there is None:  # no device attribute: ask array_api_compat
+        return device_of(buffer) == device_of(param)
+    return here == there
 
 
 def _at_least_1d(a: Any) -> Any:
