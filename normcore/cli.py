@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="normcore",
         description="Layer, RMS and batch normalization on NumPy, CuPy and PyTorch.",
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"normcore {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     info = commands.add_parser("info", help="show version, adapters, libraries and devices")
     info.set_defaults(run=_info)

@@ -16,17 +16,43 @@ gradient is checked against its parameter (key, library, device, dtype,
 shape) and every new value is computed before anything is assigned, so a step
 that raises changes nothing. The update rules
 are PyTorch's (``torch.optim.SGD`` without dampening or Nesterov,
-``torch.optim.Adam`` without weight decay).
+``torch.optim.Adam`` without weight decay). Parameters may be 0-d, as in
+``torch.optim``.
+
+*Replaced parameters.* State (momentum buffers, Adam's moments and step
+count) is kept per parameter name. If the array under a name is replaced by
+one of another shape, dtype, library or device, its state belongs to a
+parameter that no longer exists: :meth:`Optimizer.step` raises a ValueError
+naming it rather than broadcast or mix the old state into the new parameter
+(``torch.optim`` keeps state per parameter object, so a new parameter starts
+from none there). Call :meth:`Optimizer.reset_state` to start afresh.
+
+*Threads.* Concurrent :meth:`Optimizer.step` calls are applied one after the
+other (some sequential order): a step computes its new values from the
+parameters and state it read, then, under the optimizer's lock, replaces them
+only if no other step of this optimizer came in between, and otherwise
+computes them again. No lock is held while the arithmetic runs; the target's
+own item assignment (or ``setattr`` on a Module) runs under it. Not
+synchronized: replacing parameters from another thread while it steps, or two
+optimizers stepping one target. The lock is left out of pickles and copies.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import threading
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-from ._plumbing.compat import library_label, namespace_of, requiring_grad_like, without_grad
+from ._plumbing.compat import (
+    device_of,
+    is_array,
+    library_label,
+    namespace_of,
+    requiring_grad_like,
+    without_grad,
+)
 from ._plumbing.validation import check_arrays, check_gradient_given, check_keys
 
 __all__ = ["SGD", "Adam", "Optimizer"]
@@ -68,17 +94,48 @@ class Optimizer:
         self.lr = _check_rate(lr, "lr")
         self.state: dict[str, dict[str, Any]] = {}  # per-parameter buffers, by name
         self.steps = 0
+        self._lock = threading.Lock()  # one step at a time (see the module docstring)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        del state["_lock"]  # a lock cannot be pickled; every copy gets its own
+        return state
+
+    def __setstate__(self, state: Mapping[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def reset_state(self, name: str | None = None) -> None:
+        """Forget the state of parameter ``name`` (every parameter's with None).
+
+        For a parameter replaced by another one (another shape, for example):
+        its next step starts from no momentum, as a new parameter's first.
+
+        Raises
+        ------
+        KeyError
+            If ``name`` is neither a parameter nor in :attr:`state`.
+        """
+        with self._lock:
+            if name is None:
+                self.state.clear()
+                return
+            if name not in self.state and name not in self._parameters():
+                raise KeyError(
+                    f"reset_state: {name!r} is not a parameter of this optimizer "
+                    f"(parameters: {sorted(self._parameters(), key=str)})"
+                )
+            self.state.pop(name, None)
 
     def _parameters(self) -> Mapping[str, Any]:
         return self._targets.parameters() if self._is_module else self._targets
 
-    def _checked_grads(self, grads: Any) -> dict[str, Any]:
-        params = self._parameters()
+    def _checked_grads(self, grads: Any, params: Mapping[str, Any]) -> dict[str, Any]:
         if grads is None:
             if not self._is_module:
                 raise TypeError("step() on a mapping of parameters needs grads, got None")
             grads = self._targets.grads()
-            if not grads and self._parameters():
+            if not grads and params:
                 raise ValueError(
                     f"step() found no gradients in the {type(self._targets).__name__}: call its "
                     "backward() first (or pass grads)"
@@ -87,14 +144,40 @@ class Optimizer:
         for name, param in params.items():
             grad = grads[name]
             check_gradient_given(grad, f"grads[{name!r}]")
+            # 0-d parameters are fine (as in torch.optim); check_arrays wants >= 1 dimension.
             check_arrays(
-                param, x_name=f"parameter {name!r}", exact_dtype=True, **{f"grads[{name!r}]": grad}
+                _at_least_1d(param),
+                x_name=f"parameter {name!r}",
+                exact_dtype=True,
+                **{f"grads[{name!r}]": _at_least_1d(grad)},
             )
             if tuple(grad.shape) != tuple(param.shape):
                 raise ValueError(
                     f"grads[{name!r}] must have shape {tuple(param.shape)}, got {tuple(grad.shape)}"
                 )
+            self._check_state_fits(name, param)
         return dict(grads)
+
+    def _check_state_fits(self, name: str, param: Any) -> None:
+        """Refuse state left by an earlier parameter under ``name`` that ``param`` cannot use."""
+        for key, buffer in self.state.get(name, {}).items():
+            # the cheap tests first: this runs for every buffer of every step
+            if type(buffer) is int or _fits(buffer, param) or not is_array(buffer):
+                continue
+            same_library = namespace_of(buffer) is namespace_of(param)  # torch Parameter: torch
+            for what, same, mine, theirs in (
+                ("library", same_library, library_label(buffer), library_label(param)),
+                ("shape", None, tuple(buffer.shape), tuple(param.shape)),
+                ("dtype", None, buffer.dtype, param.dtype),
+                ("device", None, device_of(buffer), device_of(param)),
+            ):
+                if not (mine == theirs if same is None else same):
+                    raise ValueError(
+                        f"parameter {name!r} has {what} {theirs} but the optimizer's state for "
+                        f"it ({key!r}, from earlier steps) has {what} {mine}: the parameter was "
+                        f"replaced by another one; call reset_state({name!r}) to start its "
+                        "state afresh, or create a new optimizer"
+                    )
 
     def step(self, grads: Mapping[str, Any] | None = None) -> None:
         """Apply one update.
@@ -112,19 +195,44 @@ class Optimizer:
             library, device, dtype or shape than its parameter. Nothing is
             updated then: parameters, ``state`` and ``steps`` stay as they were.
         """
-        grads = self._checked_grads(grads)
-        steps = self.steps + 1
-        # Everything new goes into locals first: assigned only once every update succeeded.
+        while True:
+            # Computed with no lock held (library code may warn, and a warning
+            # hook is user code), committed under the lock only if no other step
+            # of this optimizer came in between; otherwise computed again. (Only
+            # its own steps are compared: a target's parameters() may build new
+            # objects on every call, and identity would then never match.)
+            with self._lock:  # a snapshot no commit is halfway through
+                params = dict(self._parameters())
+                steps, states = self.steps, {name: self.state.get(name) for name in params}
+            checked = self._checked_grads(grads, params)
+            updated, buffers = self._new_values(params, checked, states)
+            with self._lock:
+                if self.steps == steps and all(self.state.get(k) is v for k, v in states.items()):
+                    self._commit(updated, buffers)
+                    return
+
+    def _new_values(
+        self, params: Mapping[str, Any], grads: Mapping[str, Any], states: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        """The new parameters and buffers (nothing assigned: a step that raises changes nothing)."""
         updated: dict[str, Any] = {}
         buffers: dict[str, dict[str, Any]] = {}
-        for name, param in self._parameters().items():
+        for name, param in params.items():
             # The update is no part of any autograd graph (like torch.optim's,
             # under no_grad): a trainable torch parameter stays a leaf.
-            new, buffers[name] = self._update(
-                without_grad(param), without_grad(grads[name]), self.state.get(name, {}), steps
+            new, found = self._update(
+                without_grad(param), without_grad(grads[name]), states[name] or {}
             )
+            if param.ndim == 0:  # NumPy's 0-d arithmetic gives scalars: keep arrays
+                xp = namespace_of(param)
+                new = xp.asarray(new)
+                found = {k: v if isinstance(v, int) else xp.asarray(v) for k, v in found.items()}
+            buffers[name] = found
             updated[name] = requiring_grad_like(new, param)
-        self.steps = steps
+        return updated, buffers
+
+    def _commit(self, updated: Mapping[str, Any], buffers: Mapping[str, dict[str, Any]]) -> None:
+        self.steps += 1
         self.state.update({name: found for name, found in buffers.items() if found})
         for name, value in updated.items():
             if self._is_module:
@@ -133,10 +241,29 @@ class Optimizer:
                 self._targets[name] = value
 
     def _update(
-        self, param: Any, grad: Any, buffers: Mapping[str, Any], step: int
+        self, param: Any, grad: Any, buffers: Mapping[str, Any]
     ) -> tuple[Any, dict[str, Any]]:
         """Return the new parameter and its new buffers, given the old ones (never modified)."""
         raise NotImplementedError
+
+
+def _fits(buffer: Any, param: Any) -> bool:
+    """Whether ``buffer`` has ``param``'s array type, shape, dtype and device."""
+    if type(buffer) is not type(param) or buffer.shape != param.shape:
+        return False
+    if buffer.dtype != param.dtype:
+        return False
+    here, there = getattr(buffer, "device", None), getattr(param, "device", None)
+    if here is None or there is None:  # no device attribute: ask array_api_compat
+        return device_of(buffer) == device_of(param)
+    return here == there
+
+
+def _at_least_1d(a: Any) -> Any:
+    """A 0-d array as a 1-element view (for the checks); anything else as it is."""
+    if is_array(a) and a.ndim == 0:
+        return namespace_of(a).reshape(a, (1,))
+    return a
 
 
 class SGD(Optimizer):
@@ -170,7 +297,7 @@ class SGD(Optimizer):
         self.momentum = _check_rate(momentum, "momentum", upper=1.0)
 
     def _update(
-        self, param: Any, grad: Any, buffers: Mapping[str, Any], step: int
+        self, param: Any, grad: Any, buffers: Mapping[str, Any]
     ) -> tuple[Any, dict[str, Any]]:
         if not self.momentum:
             return param - self.lr * grad, {}
@@ -186,7 +313,9 @@ class Adam(Optimizer):
     """Adam (Kingma & Ba, 2015) with PyTorch's arithmetic.
 
     ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g^2``,
-    ``param -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``.
+    ``param -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``, with
+    ``t`` the parameter's own step count (``state[name]["step"]``, as in
+    ``torch.optim.Adam``).
 
     Parameters
     ----------
@@ -224,15 +353,19 @@ class Adam(Optimizer):
         self.eps = _check_rate(eps, "eps")
 
     def _update(
-        self, param: Any, grad: Any, buffers: Mapping[str, Any], step: int
+        self, param: Any, grad: Any, buffers: Mapping[str, Any]
     ) -> tuple[Any, dict[str, Any]]:
         xp = namespace_of(param)
         beta1, beta2 = self.betas
         m, v = buffers.get("exp_avg"), buffers.get("exp_avg_sq")
+        # Per parameter (as torch.optim's state["step"]): a parameter added or
+        # reset later gets the bias correction of its own first step.
+        step = buffers.get("step", 0) + 1
         # The first step starts from zero moments: beta * 0 drops out, no zeros needed.
         m = (1 - beta1) * grad if m is None else beta1 * m + (1 - beta1) * grad
         v = (1 - beta2) * (grad * grad) if v is None else beta2 * v + (1 - beta2) * (grad * grad)
         correction1 = 1 - beta1**step
         correction2 = 1 - beta2**step
         denom = xp.sqrt(v) / math.sqrt(correction2) + self.eps
-        return param - (self.lr / correction1) * (m / denom), {"exp_avg": m, "exp_avg_sq": v}
+        new = param - (self.lr / correction1) * (m / denom)
+        return new, {"exp_avg": m, "exp_avg_sq": v, "step": step}

@@ -209,7 +209,7 @@ def test_failed_call_leaves_state_unchanged(backend, rng, make_x, error, message
     _assert_unchanged(bn, before)
 
 
-@pytest.mark.parametrize("training", ["False", 0, None])
+@pytest.mark.parametrize("training", ["False", 0, 1.0])
 def test_training_must_be_a_bool(backend, rng, training):
     bn = _make(backend, "float32", 3)
     bn(backend.asarray(rng.normal(size=(6, 3)), "float32"))
@@ -418,3 +418,66 @@ def test_a_whole_models_torch_state_dict_gets_a_hint():
     bn.load_torch_state_dict(
         {k.removeprefix(prefix): v for k, v in model.state_dict().items() if k.startswith(prefix)}
     )
+
+
+def test_train_and_eval_set_the_default_of_each_call(backend, rng):
+    bn = _make(backend, "float64", 3, momentum=0.5)
+    x = backend.asarray(rng.normal(2.0, 1.0, size=(8, 3)), "float64")
+    assert bn.training is True
+    assert bn.eval() is bn and bn.training is False
+    y = bn(x)  # inference: running statistics (0 and 1), nothing tracked
+    assert int(backend.to_numpy(bn.num_batches_tracked)) == 0
+    expected = backend.to_numpy(x) / np.sqrt(1.0 + bn.eps)
+    assert_close(backend, y, expected, "float64")
+    bn(x, training=True)  # an explicit training= still wins
+    assert int(backend.to_numpy(bn.num_batches_tracked)) == 1
+    assert bn.train() is bn and bn.training is True
+    bn(x)
+    assert int(backend.to_numpy(bn.num_batches_tracked)) == 2
+    bn.train(False)
+    assert bn.training is False
+    with pytest.raises(TypeError, match=r"^mode must be True or False, got str"):
+        bn.train("no")
+
+
+def test_the_batch_of_one_advice_works(backend):
+    """The message advises .eval(): that exists and then normalizes a batch of one."""
+    bn = _make(backend, "float64", 3)
+    one = backend.asarray(np.ones((1, 3)), "float64")
+    with pytest.raises(ValueError, match=r"training=False or \.eval\(\)"):
+        bn(one)
+    assert bn.eval()(one).shape == (1, 3)
+
+
+def test_the_mode_survives_copies_and_old_pickles(rng):
+    import copy
+    import pickle
+
+    bn = normcore.BatchNorm(3).eval()
+    assert copy.deepcopy(bn).training is False
+    assert pickle.loads(pickle.dumps(bn)).training is False
+    state = bn.__getstate__()
+    del state["training"]  # as pickled before modules had a mode
+    old = normcore.BatchNorm.__new__(normcore.BatchNorm)
+    old.__setstate__(state)
+    assert old.training is True
+    old(rng.normal(size=(4, 3)).astype(np.float32))
+    assert int(old.num_batches_tracked) == 1
+
+
+def test_torch_meta_tensors_give_shapes_like_torch_nn():
+    """meta tensors hold no values: the running update stays on the device, as torch.nn's."""
+    torch = pytest.importorskip("torch")
+    m = torch.empty(4, 3, device="meta")
+    bn = normcore.BatchNorm(3, like=m)
+    ref = torch.nn.BatchNorm1d(3, device="meta")
+    for training in (True, False):
+        y, want = bn(m, training=training), ref.train(training)(m)
+        assert (y.shape, y.device, y.dtype) == (want.shape, want.device, want.dtype)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        have, want = getattr(bn, name), getattr(ref, name)
+        assert (have.shape, have.device, have.dtype) == (want.shape, want.device, want.dtype)
+    assert bn.backward(torch.empty(4, 3, device="meta")).shape == (4, 3)
+    # momentum=None reads the count on the host elsewhere (torch.nn cannot): here it need not
+    cumulative = normcore.BatchNorm(3, like=m, momentum=None)
+    assert cumulative(m).device == m.device and cumulative.running_mean.device == m.device

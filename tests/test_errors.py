@@ -103,8 +103,11 @@ def test_param_shape_mismatch(backend, name):
         (-3, ValueError, r"axis=-3 is out of range"),
         ((0, -2), ValueError, r"repeats an axis"),
         ((), ValueError, r"axis must name at least one axis"),
-        (1.0, TypeError, r"axis must be an int, got float"),
-        (True, TypeError, r"axis must be an int, got bool"),
+        (1.0, TypeError, r"^axis must be an int or a tuple of ints, got float$"),
+        (True, TypeError, r"^axis must be an int or a tuple of ints, got bool$"),
+        ("a", TypeError, r"^axis must be an int or a tuple of ints, got str$"),
+        (None, TypeError, r"^axis must be an int or a tuple of ints, got NoneType \(axis=None, ev"),
+        ((0, None), TypeError, r"^axis must be an int, got NoneType"),
     ],
 )
 def test_bad_axis(backend, function, axis, error, message):
@@ -185,3 +188,44 @@ def test_keys_that_are_not_strings_get_the_usual_key_error():
     opt = normcore.optim.SGD({"w": np.zeros(3)}, lr=0.1)
     with pytest.raises(ValueError, match=r"missing \['w'\], unexpected \[0, 'v'\]$"):
         opt.step({0: np.zeros(3), "v": np.zeros(3)})
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: np.ma.masked_array(np.ones((2, 3)), mask=[[0, 1, 0], [0] * 3]), r"mask normcore"),
+        (lambda: np.matrix(np.ones((2, 3))), r"numpy.matrix \(always 2-D"),
+    ],
+    ids=["masked", "matrix"],
+)
+def test_numpy_masked_arrays_and_matrices_are_refused(make, message):
+    with pytest.raises(TypeError, match=rf"^x must be an array .*{message}"):
+        normcore.layer_norm(make())
+    with pytest.raises(TypeError, match=rf"^gain must be an array .*{message}"):
+        normcore.batch_norm(np.ones((3, 3)), gain=make()[0])
+    with pytest.raises(TypeError, match=message):
+        normcore.BatchNorm(3, dtype="float64")(make())
+
+
+@pytest.mark.parametrize(
+    ("state", "hint"), [("abc", "str$"), (None, "NoneType$"), ([("gain", 1)], r"dict\(\.\.\.\)\)$")]
+)
+def test_load_state_dict_needs_a_mapping(state, hint):
+    bn = normcore.BatchNorm(2)
+    with pytest.raises(TypeError, match=rf"^state_dict must be a mapping of names to arr.*{hint}"):
+        bn.load_state_dict(state)
+
+
+def test_arguments_checked_at_construction():
+    with pytest.raises(TypeError, match=r"^dtype must be a real floating-point dtype or its na"):
+        normcore.Moments(dtype="sum")
+    with pytest.raises(TypeError, match=r"^axis must be an int, got str$"):
+        normcore.LayerNorm(5, axis="a")
+    with pytest.raises(TypeError, match=r"^axis must be an int, got float$"):
+        normcore.RMSNorm((2, 3), axis=(-2, -1.0))
+
+
+@pytest.mark.parametrize("keepdims", [1, "yes", None])
+def test_keepdims_must_be_a_bool(keepdims):
+    with pytest.raises(TypeError, match=r"^keepdims must be True or False, got"):
+        normcore.moments(np.ones((3, 2)), axis=0, keepdims=keepdims)

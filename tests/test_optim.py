@@ -190,9 +190,8 @@ def test_trainable_torch_parameters_stay_leaves_outside_autograd(make):
         theirs.step()
         w = params["w"]
         assert w.is_leaf and w.requires_grad and w.grad_fn is None
-        assert not ours.state["w"] or all(
-            v.grad_fn is None and not v.requires_grad for v in ours.state["w"].values()
-        )
+        buffers = [v for k, v in ours.state["w"].items() if k != "step"]  # step: an int
+        assert all(v.grad_fn is None and not v.requires_grad for v in buffers)
         torch.testing.assert_close(w, reference, rtol=1e-15, atol=1e-15)
 
 
@@ -213,3 +212,72 @@ def test_step_before_any_backward_says_so():
         ValueError, match=r"^step\(\) found no gradients in the LayerNorm: call its"
     ):
         Adam(layer).step()
+
+
+@pytest.mark.parametrize("make", [Adam, lambda t: SGD(t, lr=0.1, momentum=0.9)])
+def test_a_parameter_replaced_by_another_shape_is_refused_not_broadcast(make):
+    params = {"w": np.ones(3, "f4")}
+    opt = make(params)
+    opt.step({"w": np.ones(3, "f4")})
+    params["w"] = np.ones(1, "f4")
+    with pytest.raises(ValueError, match=r"parameter 'w' has shape \(1,\) but the optimizer's st"):
+        opt.step({"w": np.ones(1, "f4")})
+    assert params["w"].shape == (1,) and opt.steps == 1
+    opt.reset_state("w")
+    opt.step({"w": np.ones(1, "f4")})
+    assert params["w"].shape == (1,) and opt.steps == 2
+
+
+def test_reset_state_gives_the_new_parameter_a_first_step_like_torch():
+    """Adam's bias correction counts the parameter's own steps (torch: state['step'])."""
+    torch = pytest.importorskip("torch")
+    params = {"w": np.ones(3)}
+    opt = Adam(params, lr=0.1)
+    for _ in range(5):
+        opt.step({"w": np.ones(3)})
+    params["w"] = np.array([2.0, -1.0])
+    opt.reset_state("w")
+    g = np.array([0.5, -3.0])
+    opt.step({"w": g})
+    fresh = torch.tensor([2.0, -1.0], dtype=torch.float64, requires_grad=True)
+    ref = torch.optim.Adam([fresh], lr=0.1)
+    fresh.grad = torch.tensor(g)
+    ref.step()
+    np.testing.assert_allclose(params["w"], fresh.detach().numpy(), rtol=1e-15)
+    with pytest.raises(KeyError, match=r"'v' is not a parameter"):
+        opt.reset_state("v")
+
+
+def test_a_parameter_added_later_starts_its_own_adam_steps():
+    torch = pytest.importorskip("torch")
+    params = {"a": np.ones(2)}
+    opt = Adam(params, lr=0.1)
+    opt.step({"a": np.ones(2)})
+    params["b"] = np.array([1.0, 2.0])
+    opt.step({"a": np.ones(2), "b": np.array([1.0, -1.0])})
+    b = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    ref = torch.optim.Adam([b], lr=0.1)
+    b.grad = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    ref.step()
+    np.testing.assert_allclose(params["b"], b.detach().numpy(), rtol=1e-15)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "momentum", "adam"])
+def test_zero_dimensional_parameters_like_torch_optim(kind):
+    torch = pytest.importorskip("torch")
+    params = {"s": np.array(1.5)}
+    w = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
+    if kind == "adam":
+        opt, ref = Adam(params, lr=0.1), torch.optim.Adam([w], lr=0.1)
+    else:
+        momentum = 0.9 if kind == "momentum" else 0.0
+        opt = SGD(params, lr=0.1, momentum=momentum)
+        ref = torch.optim.SGD([w], lr=0.1, momentum=momentum)
+    for g in (2.0, -1.0, 0.5):
+        opt.step({"s": np.array(g)})
+        w.grad = torch.tensor(g, dtype=torch.float64)
+        ref.step()
+        assert isinstance(params["s"], np.ndarray) and params["s"].shape == ()
+        np.testing.assert_allclose(params["s"], w.item(), rtol=1e-15)
+    with pytest.raises(ValueError, match=r"grads\['s'\] must have shape \(\), got \(1,\)"):
+        opt.step({"s": np.ones(1)})

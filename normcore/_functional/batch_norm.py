@@ -19,6 +19,7 @@ from .._plumbing.validation import (
     check_arrays,
     check_correction,
     check_eps,
+    check_eps_in,
     check_gradient,
     check_gradient_given,
     check_param_shape,
@@ -31,9 +32,11 @@ from ..typing import Array, Namespace
 
 __all__ = [
     "BatchCall",
+    "BatchMoments",
     "batch_norm",
     "batch_norm_backward",
     "batch_norm_forward",
+    "batch_norm_pass",
     "check_batched",
     "check_trainable_batch",
     "prepare_batch_norm",
@@ -108,7 +111,9 @@ def prepare_batch_norm(
         )
     reduce_axes = tuple(a for a in range(x.ndim) if a != axis)
     layout = Layout(reduce_axes, (axis,), True, eps, stats, float(correction))
-    return BatchCall(adapter_for(x), xp, axis, layout)
+    adapter = adapter_for(x)
+    check_eps_in(eps, xp, adapter.accumulation_dtype(xp, x.dtype))
+    return BatchCall(adapter, xp, axis, layout)
 
 
 def check_trainable_batch(x: Array, axis: int) -> None:
@@ -275,6 +280,53 @@ def batch_norm_backward(
     return dispatch.normalize_backward(call.adapter, call.xp, dy, x, gain, bias, call.layout)
 
 
+class BatchMoments(NamedTuple):
+    """A training batch's statistics for the running update: values per feature, mean, var."""
+
+    count: int
+    mean: Array
+    var: Array  # biased
+
+
+def batch_norm_pass(
+    x: Array,
+    gain: Array | None,
+    bias: Array | None,
+    running: RunningStats | None,
+    *,
+    axis: int,
+    eps: float,
+    training: bool,
+    correction: float = 0,
+) -> tuple[Array, BatchMoments | None, tuple[Array | None, Array | None, float]]:
+    """The normalization of :func:`batch_norm_forward`: ``(y, batch moments or None, used)``.
+
+    The batch moments are returned when ``running`` would be updated (a
+    non-empty training batch with running statistics), for
+    :func:`~normcore._reference.running.running_update`; nothing is updated
+    here, so a caller can apply them to whatever the running statistics are
+    by then (:class:`normcore.BatchNorm` does, for concurrent calls).
+    """
+    use_batch = training or running is None
+    correction = correction if use_batch else 0
+    fixed = (None, None) if use_batch else (running.mean, running.var)
+    call = prepare_batch_norm(x, gain, bias, axis, eps, *fixed, correction=correction)
+    # An empty batch has no statistics: it leaves the running ones as they are.
+    tracking = use_batch and training and running is not None and not is_empty(x)
+    # One pass normalizes the batch and yields the statistics it used.
+    y, mean, var = dispatch.normalize(
+        call.adapter, call.xp, x, gain, bias, call.layout, need_stats=tracking
+    )
+    moments = None
+    if tracking:
+        count = call.layout.count(tuple(x.shape))
+        # the running update takes the biased variance; the normalization used
+        # the one divided by count - correction
+        biased = var * ((count - correction) / count) if correction else var
+        moments = BatchMoments(count, mean, biased)
+    return y, moments, (*fixed, correction)
+
+
 def batch_norm_forward(
     x: Array,
     gain: Array | None,
@@ -301,24 +353,10 @@ def batch_norm_forward(
     by ``count - correction``), the running ones otherwise. ``synchronous``
     is passed on to :func:`~normcore._reference.running.running_update`.
     """
-    use_batch = training or running is None
-    correction = correction if use_batch else 0
-    fixed = (None, None) if use_batch else (running.mean, running.var)
-    call = prepare_batch_norm(x, gain, bias, axis, eps, *fixed, correction=correction)
-    # An empty batch has no statistics: it leaves the running ones as they are.
-    tracking = use_batch and training and running is not None and not is_empty(x)
-    # One pass normalizes the batch and yields the statistics it used, which
-    # then feed the running update (returned, never assigned here).
-    y, mean, var = dispatch.normalize(
-        call.adapter, call.xp, x, gain, bias, call.layout, need_stats=tracking
+    y, moments, used = batch_norm_pass(
+        x, gain, bias, running, axis=axis, eps=eps, training=training, correction=correction
     )
     update = None
-    if tracking:
-        count = call.layout.count(tuple(x.shape))
-        # the running update takes the biased variance; the normalization used
-        # the one divided by count - correction
-        biased = var * ((count - correction) / count) if correction else var
-        update = running_update(
-            running, count, mean, biased, momentum, convention, synchronous=synchronous
-        )
-    return y, update, (*fixed, correction)
+    if moments is not None:
+        update = running_update(running, *moments, momentum, convention, synchronous=synchronous)
+    return y, update, used

@@ -17,6 +17,7 @@ from .._plumbing.registry import adapter_for
 from .._plumbing.validation import (
     check_arrays,
     check_eps,
+    check_eps_in,
     check_gradient,
     check_gradient_given,
     check_num_groups,
@@ -86,7 +87,9 @@ def _prepare(
     grouped = (*x.shape[:axis], groups, size, *x.shape[axis + 1 :])
     reduce_axes = tuple(a for a in range(1, len(grouped)) if a != axis)
     layout = Layout(reduce_axes, (axis, axis + 1), True, eps)
-    return _GroupCall(adapter_for(x), xp, grouped, (groups, size), layout, x)
+    adapter = adapter_for(x)
+    check_eps_in(eps, xp, adapter.accumulation_dtype(xp, x.dtype))
+    return _GroupCall(adapter, xp, grouped, (groups, size), layout, x)
 
 
 def _forward(x, num_groups, gain, bias, axis, eps, instance) -> Array:

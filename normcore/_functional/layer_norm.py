@@ -12,6 +12,7 @@ from .._plumbing.registry import adapter_for
 from .._plumbing.validation import (
     check_arrays,
     check_eps,
+    check_eps_in,
     check_gradient,
     check_gradient_given,
     check_param_shape,
@@ -51,7 +52,9 @@ def _layout(
                 f"the sizes of x along axis={axes[0] if len(axes) == 1 else axes}",
             )
     check_gradient(dy, x)
-    return adapter_for(x), xp, Layout(tuple(sorted(axes)), axes, center, eps)
+    adapter = adapter_for(x)
+    check_eps_in(eps, xp, adapter.accumulation_dtype(xp, x.dtype))
+    return adapter, xp, Layout(tuple(sorted(axes)), axes, center, eps)
 
 
 def layer_norm(

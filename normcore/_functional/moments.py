@@ -20,8 +20,10 @@ from .._plumbing.compat import device_of, is_array, library_label, namespace_of,
 from .._plumbing.registry import adapter_for
 from .._plumbing.validation import (
     check_arrays,
+    check_bool,
     check_choice,
     check_correction,
+    check_dtype_name,
     check_known_sizes,
     compatible_devices,
     normalize_axes,
@@ -66,6 +68,8 @@ def moments(
 
     Raises
     ------
+    TypeError
+        If ``x`` is not a real floating-point array or ``keepdims`` is not a bool.
     ValueError
         If ``correction`` is negative or leaves no degrees of freedom
         (``count - correction <= 0``), or ``axis`` is invalid.
@@ -80,6 +84,7 @@ def moments(
     (2.0, 1.0)
     """
     xp = check_arrays(x)
+    keepdims = check_bool(keepdims, "keepdims")
     axes = tuple(range(x.ndim)) if axis is None else tuple(sorted(normalize_axes(axis, x.ndim)))
     check_known_sizes(x, axes)
     count = math.prod(x.shape[a] for a in axes)
@@ -154,7 +159,7 @@ class Moments:
         if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
             raise TypeError(f"axis must be an int, got {library_label(axis)}")
         self.axis = int(axis)
-        self._dtype = dtype
+        self._dtype = check_dtype_name(dtype)
         # A binary counter of partial (count, mean, M2) triples: entry i merges 2**k_i batches
         # with k_i decreasing. Pushing a batch merges equal-sized neighbours, so N batches form
         # a balanced tree of depth log2(N), not a chain of N merges: a lazy (dask) graph stays

@@ -18,6 +18,7 @@ from .._plumbing.registry import adapter_for
 from .._plumbing.validation import (
     check_arrays,
     check_eps,
+    check_eps_in,
     check_gradient,
     check_gradient_given,
     check_param_shape,
@@ -42,7 +43,10 @@ def _prepare(v: Any, g: Any, axis: Any, eps: Any, dw: Any = None):
         )
     check_param_shape(g, tuple(v.shape[a] for a in kept), "g", f"the shape of v's axes {kept}")
     check_gradient(dw, v, "dw", "v")
-    return xp, adapter_for(v), kept, reduced, eps
+    adapter = adapter_for(v)
+    n = math.prod(v.shape[a] for a in reduced)  # eps / n is what the primitive adds
+    check_eps_in(eps, xp, adapter.accumulation_dtype(xp, v.dtype), added=1.0 / n if n else 1.0)
+    return xp, adapter, kept, reduced, eps
 
 
 def _layout(xp: Any, adapter: Any, v: Any, g: Any, kept: tuple, reduced: tuple, eps: float):

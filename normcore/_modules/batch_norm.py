@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from .._functional.batch_norm import batch_norm_backward, batch_norm_forward
+from .._functional.batch_norm import BatchMoments, batch_norm_backward, batch_norm_pass
 from .._plumbing.validation import (
     check_bool,
     check_choice,
@@ -17,7 +18,7 @@ from .._plumbing.validation import (
     check_positive_int,
     check_real,
 )
-from .._reference.running import CONVENTIONS, RunningStats
+from .._reference.running import CONVENTIONS, RunningStats, running_update
 from .module import Module
 
 __all__ = ["BatchNorm"]
@@ -100,6 +101,17 @@ class BatchNorm(Module):
     instead; the state is unchanged either way. (This check reads one scalar
     back from the device per training call.)
 
+    *Threads.* Training calls from several threads each update the running
+    statistics exactly once, in some sequential order (the update is computed
+    with no lock held and installed under the module's lock if the statistics
+    it started from are still current, computed again otherwise). Pair each
+    ``backward`` with its forward in one thread: it uses the last forward's
+    saved values.
+
+    *float16/bfloat16 state.* The running update is computed in float32 and
+    rounded once; an update that would store an infinity is skipped with a
+    ``RuntimeWarning``, like a non-finite batch.
+
     *PyTorch interop.* :meth:`state_dict`/:meth:`load_state_dict` use
     normcore's names (``gain``); :meth:`to_torch_state_dict` and
     :meth:`load_torch_state_dict` use ``torch.nn.BatchNorm*d``'s (``weight``).
@@ -150,6 +162,7 @@ class BatchNorm(Module):
         self.eps = check_eps(eps)
         self.correction = check_correction(correction, None)
         super().__init__(like=like, device=device, dtype=dtype)
+        self._check_eps(self.eps)
         self.num_features = num_features
         self.axis = axis
         self.affine = affine
@@ -163,40 +176,64 @@ class BatchNorm(Module):
         self.num_batches_tracked = self._new(0, (), self._xp.int64) if tracked else None
 
     # -- forward and backward ----------------------------------------------------
-    def __call__(self, x: Any, training: bool = True) -> Any:
+    def __call__(self, x: Any, training: bool | None = None) -> Any:
         """Normalize ``x``; in training also update the running statistics.
+
+        ``training`` None (the default) follows :attr:`training`, which
+        :meth:`train`/:meth:`eval` set (True for a new module).
 
         Raises
         ------
         TypeError
             If ``x`` is not an array of the module's library, or its dtype is
             not the module's (float16/bfloat16 ``x`` is accepted by a float32
-            module).
+            module), or ``training`` is neither None nor a bool.
         ValueError
             If ``x`` lives on another device, has fewer than 2 dimensions or
             not ``num_features`` features along ``axis``, or (in training) a
             single value per feature.
         """
-        training = check_bool(training, "training")
+        training = self.training if training is None else check_bool(training, "training")
         self._check_input(x)
         check_feature_count(x, self.axis, self.num_features, "num_features")
         running = None if self.running_mean is None else self._running()
-        y, update, used = batch_norm_forward(
+        y, moments, used = batch_norm_pass(
             x,
             self.gain,
             self.bias,
             running,
             axis=self.axis,
             eps=self.eps,
-            momentum=self.momentum,
-            convention=self.convention,
             training=training,
             correction=self.correction,
         )
-        if update is not None:
-            self.running_mean, self.running_var, self.num_batches_tracked = update
+        skipped = self._update_running(moments) if moments is not None else []
         self._saved = (x, self.gain, self.bias, used)
+        for message in skipped:  # warned with no lock held: a warning hook is user code
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
         return y
+
+    def _update_running(self, moments: BatchMoments) -> list[str]:
+        """Blend ``moments`` into the running statistics; return why the update was skipped.
+
+        Concurrent calls: the new values are computed from a snapshot of the
+        running statistics with no lock held (library code may warn, and a
+        warning hook is user code) and assigned under the lock only if the
+        snapshot is still current; otherwise they are computed again from the
+        newer statistics. So every update is applied once, in some sequential order.
+        """
+        while True:
+            with self._lock:  # a snapshot no assignment is halfway through
+                running = self._running()
+            skipped: list[str] = []
+            update = running_update(
+                running, *moments, self.momentum, self.convention, on_skip=skipped.append
+            )
+            with self._lock:
+                if all(a is b for a, b in zip(self._running(), running, strict=True)):
+                    if update is not None:
+                        self.running_mean, self.running_var, self.num_batches_tracked = update
+                    return skipped
 
     def backward(self, dy: Any) -> Any:
         """Return ``dx`` for the last forward call and store ``dgain``/``dbias``.

@@ -101,6 +101,7 @@ class GroupNorm(Module):
         affine = check_bool(affine, "affine")
         self.eps = check_eps(eps)
         super().__init__(like=like, device=device, dtype=dtype)
+        self._check_eps(self.eps)
         self.num_groups = num_groups
         self.num_channels = num_channels
         self.axis = axis

@@ -18,6 +18,7 @@ from .._functional.layer_norm import (
 from .._plumbing.validation import (
     check_bool,
     check_eps,
+    check_int,
     check_normalized_shape,
     normalize_axes,
 )
@@ -31,6 +32,9 @@ __all__ = ["LayerNorm", "RMSNorm"]
 def _check_axis_count(axis: Any, shape: tuple[int, ...]) -> Any:
     if axis is None:
         return tuple(range(-len(shape), 0))
+    items = axis if isinstance(axis, tuple | list) else (axis,)
+    for item in items:  # the types now; the range once the input's rank is known
+        check_int(item, "axis")
     count = len(axis) if isinstance(axis, tuple | list) else 1
     if count != len(shape):
         raise ValueError(
@@ -62,6 +66,7 @@ class _Normalization(Module):
         eps = check_eps(self._default_eps if eps is None else eps)
         affine = check_bool(affine, "affine")
         super().__init__(like=like, device=device, dtype=dtype)
+        self._check_eps(eps)
         self.normalized_shape = shape
         self.axis = axis
         self.eps = eps

@@ -14,11 +14,19 @@ float32 module), with messages naming the input and the module. ``backward``
 differentiates the forward call that was made: the forward saves the
 parameters it used in ``_saved`` and ``backward`` uses those, not the current
 ones (an optimizer step or ``load_state_dict`` in between changes nothing).
+
+*Threads.* Every change of a module's arrays (the running update of a
+training call, :meth:`Module.load_state_dict`, :meth:`Module.to`) happens
+under the module's lock, ``_lock``, so concurrent calls leave the state some
+sequential order of them gives. The lock is never held while user code runs
+(warnings are issued after it is released) and is left out of pickles and
+deep copies (each copy gets its own).
 """
 
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,6 +42,9 @@ from .._plumbing.compat import (
 )
 from .._plumbing.validation import (
     check_arrays,
+    check_bool,
+    check_eps_in,
+    check_mapping,
     compatible_devices,
     mismatched_keys,
     prefix_hint,
@@ -59,6 +70,21 @@ class Module:
         a ``cupy.cuda.Device`` for CuPy); default: ``like``'s, or the library's default.
     dtype : dtype or str, optional
         Real floating dtype of the parameters; default float32.
+
+    Attributes
+    ----------
+    training : bool
+        The mode :meth:`train` and :meth:`eval` set (True for a new module);
+        layers that behave differently in training (:class:`normcore.BatchNorm`) use it
+        as the default of each call's ``training=``.
+
+    Notes
+    -----
+    *Threads.* Updates of a module's arrays (a training call's running
+    update, :meth:`load_state_dict`, :meth:`to`) are serialized: concurrent
+    calls leave the state of some sequential order. A forward/backward pair is
+    not: :meth:`backward` uses what the last forward saved, whichever thread
+    called it.
     """
 
     _parameter_names: tuple[str, ...] = ()
@@ -72,6 +98,9 @@ class Module:
         self._device = self._resolved_device(device)
         self._grads: dict[str, Any] = {}
         self._saved: Any = None  # what backward needs from the last forward
+        self.training = True
+        # Serializes every read-compute-assign of the module's arrays (see the module docstring).
+        self._lock = threading.Lock()
 
     # -- copying and pickling ----------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
@@ -83,6 +112,7 @@ class Module:
         gradients are kept without their autograd graph.
         """
         state = dict(self.__dict__)
+        state.pop("_lock", None)  # a lock cannot be pickled; every copy gets its own
         state["_xp"] = self._xp.__name__
         state["_saved"] = None
         # A stored gradient may carry the input's autograd graph (torch), which
@@ -93,7 +123,9 @@ class Module:
     def __setstate__(self, state: Mapping[str, Any]) -> None:
         state = dict(state)
         state["_xp"] = importlib.import_module(state["_xp"])
+        state.setdefault("training", True)  # pickled before modules had a mode
         self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def _resolved_device(self, device: Any) -> Any:
         # The device as the library reports it for an array ("cuda:0" for "cuda",
@@ -104,10 +136,42 @@ class Module:
     def _new(self, fill: float, shape: tuple[int, ...], dtype: Any = None) -> Any:
         return self._xp.full(shape, fill, dtype=dtype or self._dtype, device=self._device)
 
+    def _check_eps(self, eps: float) -> None:
+        """Refuse an ``eps`` the module's computations cannot add (the functional API's rule).
+
+        Statistics of float16/bfloat16 modules are computed in float32.
+        """
+        xp, dtype = self._xp, self._dtype
+        check_eps_in(eps, xp, xp.float32 if xp.finfo(dtype).bits < 32 else dtype)
+
     def _init_affine(self, shape: tuple[int, ...], affine: bool, with_bias: bool = True) -> None:
         """Set ``gain`` (ones) and ``bias`` (zeros) of ``shape``, or None where absent."""
         self.gain = self._new(1.0, shape) if affine else None
         self.bias = self._new(0.0, shape) if affine and with_bias else None
+
+    # -- mode ------------------------------------------------------------------
+    def train(self, mode: bool = True) -> Module:
+        """Set training mode (``mode=True``) or inference mode; return the module.
+
+        As ``torch.nn.Module.train``: only layers that behave differently in
+        training (:class:`normcore.BatchNorm`) look at :attr:`training`, and
+        an explicit ``training=`` in a call still wins.
+
+        Examples
+        --------
+        >>> import normcore
+        >>> bn = normcore.BatchNorm(3).eval()
+        >>> bn.training
+        False
+        >>> bn.train().training
+        True
+        """
+        self.training = check_bool(mode, "mode")
+        return self
+
+    def eval(self) -> Module:
+        """Set inference mode (``train(False)``); return the module."""
+        return self.train(False)
 
     # -- introspection ---------------------------------------------------------
     @property
@@ -156,10 +220,13 @@ class Module:
 
         Raises
         ------
+        TypeError
+            If ``state`` is not a mapping, or a value is not an array of real numbers.
         ValueError
             If keys are missing or unexpected, or a value has the wrong shape
             or an invalid value for its entry (see the subclass).
         """
+        check_mapping(state, "state_dict", "a mapping of names to arrays (from state_dict())")
         current = self.state_dict()
         missing, extra = mismatched_keys(state, current)
         if missing or extra:
@@ -188,8 +255,9 @@ class Module:
                 )
             converted[name] = self._convert(value, old)
         self._check_state(converted)
-        for name, value in converted.items():
-            setattr(self, name, value)
+        with self._lock:
+            for name, value in converted.items():
+                setattr(self, name, value)
 
     def _convert(self, value: Any, like: Any) -> Any:
         xp = self._xp
@@ -204,11 +272,12 @@ class Module:
 
     def to(self, device: Any) -> Module:
         """Move every array of the module to ``device`` (in place); return the module."""
-        for name, value in self.state_dict().items():
-            setattr(self, name, to_device(value, device))
-        self._grads = {k: to_device(v, device) for k, v in self._grads.items()}
-        self._device = self._resolved_device(device)
-        self._saved = None
+        with self._lock:
+            for name, value in self.state_dict().items():
+                setattr(self, name, to_device(value, device))
+            self._grads = {k: to_device(v, device) for k, v in self._grads.items()}
+            self._device = self._resolved_device(device)
+            self._saved = None
         return self
 
     # -- inputs ------------------------------------------------------------------

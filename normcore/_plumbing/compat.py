@@ -29,9 +29,36 @@ __all__ = [
 _NAMESPACE_BY_TYPE: dict[type, Any] = {}
 
 
+# NumPy array types normcore refuses, with why: messages that name them say it.
+_REFUSED = {
+    "numpy.ma.MaskedArray": "a masked array, whose mask normcore would ignore: pass "
+    "its .filled(value) or only the unmasked values",
+    "numpy.matrix": "always 2-D, with * as matrix product: pass numpy.asarray(...) of it",
+}
+
+
 def is_array(obj: object) -> bool:
-    """Return whether ``obj`` is an array of a library normcore can work with."""
-    return type(obj) in _NAMESPACE_BY_TYPE or array_api_compat.is_array_api_obj(obj)
+    """Return whether ``obj`` is an array of a library normcore can work with.
+
+    NumPy masked arrays and ``numpy.matrix`` are not (see ``_REFUSED``).
+    """
+    kind = type(obj)
+    if kind in _NAMESPACE_BY_TYPE:
+        return True
+    if _refusal(kind) is not None:
+        return False
+    return array_api_compat.is_array_api_obj(obj)
+
+
+def _refusal(kind: type) -> str | None:
+    """Why arrays of type ``kind`` are refused (a NumPy subclass above), or None."""
+    if not kind.__module__.startswith("numpy"):
+        return None
+    for base in kind.__mro__:
+        reason = _REFUSED.get(f"{base.__module__.removesuffix('.core')}.{base.__qualname__}")
+        if reason is not None:
+            return reason
+    return None
 
 
 def namespace_of(x: Any) -> Any:
@@ -63,6 +90,11 @@ def device_of(x: Any) -> Any:
     # helper (several type probes) is only needed for libraries that lack it.
     found = getattr(x, "device", None)
     return array_api_compat.device(x) if found is None or callable(found) else found
+
+
+def has_no_values(x: Any) -> bool:
+    """Whether ``x`` has shape and dtype but no values to read (a torch ``meta`` tensor)."""
+    return getattr(getattr(x, "device", None), "type", None) == "meta"
 
 
 def to_device(x: Any, device: Any) -> Any:
@@ -99,7 +131,9 @@ def library_label(obj: object) -> str:
     """Return a short readable name of an object's type, such as ``numpy.ndarray``."""
     kind = type(obj)
     root = kind.__module__.split(".")[0]
-    return f"{root}.{kind.__qualname__}" if root != "builtins" else kind.__qualname__
+    label = f"{root}.{kind.__qualname__}" if root != "builtins" else kind.__qualname__
+    reason = _refusal(kind)
+    return label if reason is None else f"{label} ({reason})"
 
 
 def resolve_creation(like: Any = None, device: Any = None, dtype: Any = None) -> tuple:

@@ -19,13 +19,16 @@ __all__ = [
     "check_bool",
     "check_choice",
     "check_correction",
+    "check_dtype_name",
     "check_eps",
+    "check_eps_in",
     "check_feature_count",
     "check_gradient",
     "check_gradient_given",
     "check_int",
     "check_keys",
     "check_known_sizes",
+    "check_mapping",
     "check_named_arrays",
     "check_normalized_shape",
     "check_num_groups",
@@ -167,6 +170,42 @@ def check_eps(eps: Any, name: str = "eps") -> float:
     return value
 
 
+# (namespace name, dtype) -> (smallest normal, largest finite) as Python floats
+_EPS_RANGE: dict[tuple[str, Any], tuple[float, float]] = {}
+
+
+def check_eps_in(eps: float, xp: Any, dtype: Any, name: str = "eps", added: float = 1.0) -> None:
+    """Check that ``eps * added`` is a usable value of ``dtype``, the dtype it is added in.
+
+    ``dtype`` is the computation (accumulation) dtype: float32 for float16 and
+    bfloat16 data. ``eps`` is refused below the dtype's smallest *normal*
+    number (there it is 0 or a subnormal, which fast paths that flush
+    subnormals to zero treat as 0, so backends would disagree; a constant row
+    would give NaN) and above its largest finite number. ``added`` is the
+    factor applied before adding (weight norm adds ``eps / n``).
+    """
+    key = (getattr(xp, "__name__", ""), dtype)
+    try:
+        smallest, largest = _EPS_RANGE[key]
+    except KeyError:  # finfo once per dtype: this runs on every call
+        info = xp.finfo(dtype)
+        smallest = float(getattr(info, "smallest_normal", None) or info.tiny)
+        largest = float(info.max)
+        _EPS_RANGE[key] = (smallest, largest)
+    value = eps * added
+    if smallest <= value <= largest:
+        return
+    label = str(dtype).rsplit(".", 1)[-1].removesuffix("'>")
+    low = value < smallest
+    given = f"{name}={eps!r}" + (f" divided by {1 / added:g}" if added != 1.0 else "")
+    bound = (smallest if low else largest) / added
+    raise ValueError(
+        f"{given} is {'below the smallest normal' if low else 'above the largest'} {label} "
+        f"number, and {label} is the dtype it is added in (x's statistics are computed in "
+        f"{label}); use {name} {'>=' if low else '<='} {bound:.4g}"
+    )
+
+
 def normalize_axis(axis: Any, ndim: int, name: str = "axis") -> int:
     """Return ``axis`` as a non-negative int, checking its type and range."""
     if type(axis) is not int and (isinstance(axis, bool) or not isinstance(axis, numbers.Integral)):
@@ -189,6 +228,16 @@ def normalize_axes(axis: Any, ndim: int, name: str = "axis") -> tuple[int, ...]:
         if not axis:
             raise ValueError(f"{name} must name at least one axis, got {axis!r}")
         axes = tuple(normalize_axis(a, ndim, name) for a in axis)
+    elif isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        hint = (
+            f" ({name}=None, every axis, is not supported: name the axes, e.g. "
+            f"{name}=tuple(range(1, x.ndim)) for all but the batch axis)"
+            if axis is None
+            else ""
+        )
+        raise TypeError(
+            f"{name} must be an int or a tuple of ints, got {library_label(axis)}{hint}"
+        )
     else:
         axes = (normalize_axis(axis, ndim, name),)
     if len(set(axes)) != len(axes):
@@ -365,6 +414,30 @@ def resolve_dtype(xp: Any, dtype: Any, name: str = "dtype", default: Any = None)
     if not _is_real_floating_dtype(xp, dtype):
         raise TypeError(f"{name} must be a real floating-point dtype, got {dtype}")
     return dtype
+
+
+_FLOATING_NAMES = ("float16", "bfloat16", "float32", "float64")
+
+
+def check_dtype_name(dtype: Any, name: str = "dtype") -> Any:
+    """Refuse, before the library is known, a dtype name that is no real floating dtype.
+
+    Dtype objects are checked later by :func:`resolve_dtype` against the
+    namespace of the data; a string can be checked at once.
+    """
+    if isinstance(dtype, str) and dtype not in _FLOATING_NAMES:
+        raise TypeError(
+            f"{name} must be a real floating-point dtype or its name, one of {_FLOATING_NAMES}, "
+            f"got {dtype!r}"
+        )
+    return dtype
+
+
+def check_mapping(value: Any, name: str, what: str = "a mapping of names to arrays") -> None:
+    """Refuse a ``value`` that is not a mapping (a string, None, a list of pairs)."""
+    if not isinstance(value, Mapping):
+        hint = " (make it one with dict(...))" if isinstance(value, list | tuple) else ""
+        raise TypeError(f"{name} must be {what}, got {library_label(value)}{hint}")
 
 
 def _is_real_floating_dtype(xp: Any, dtype: Any) -> bool:
