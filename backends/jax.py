@@ -54,6 +54,22 @@ class JaxAdapter(Adapter):
 
         return list(jax.devices())
 
+    def resolve_device(self, device: Any) -> Any:
+        """A device name (``"cpu"``, ``"cpu:0"``, ``"gpu:1"``: what ``str(device)`` gives)."""
+        if not isinstance(device, str):
+            return device
+        import jax
+
+        platform, _, index = device.partition(":")
+        try:
+            return jax.devices(platform)[int(index or 0)]
+        except (RuntimeError, ValueError, IndexError):  # unknown platform, index or format
+            known = ", ".join(f"{d}" for d in jax.devices())
+            raise ValueError(
+                f"device {device!r} is not a JAX device; JAX has: {known} (pass a name such as "
+                "'cpu' or 'cpu:0', or a jax.Device)"
+            ) from None
+
     def check_dtype(self, xp: Any, dtype: Any) -> None:
         """float64 needs ``jax_enable_x64``: without it JAX would silently make float32."""
         import jax
