@@ -10,7 +10,13 @@ what differs for JAX:
 * float64 exists only with ``jax_enable_x64``: asking for float64 parameters
   or state without it is a ``TypeError`` naming the setting, never the silent
   downcast to float32 that ``jax.numpy`` would make;
-* its devices, for ``normcore info`` and ``normcore check``.
+* its devices, for ``normcore info`` and ``normcore check``;
+* fast paths that are the reference primitive compiled whole by ``jax.jit``
+  (one program per layout, shape and dtype, cached by JAX). Eagerly, JAX runs
+  and, for every new shape, compiles each operation on its own: about fifteen
+  small programs for one layer norm. Inside a caller's ``jit`` the inner
+  ``jit`` is inlined, and ``grad``/``vmap`` see the reference's own
+  operations: the numerics are the reference's, fused by XLA.
 
 jax is imported only once a JAX array reaches normcore (by then the user has
 imported it) or when ``normcore info``/``check`` ask for its devices.
@@ -18,10 +24,16 @@ imported it) or when ``normcore info``/``check`` ask for its devices.
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Any
 
-from normcore.adapter import Adapter
+from normcore.adapter import (
+    Adapter,
+    Layout,
+    reference_normalize,
+    reference_normalize_backward,
+)
 
 __all__ = ["JaxAdapter", "adapter"]
 
@@ -54,6 +66,22 @@ class JaxAdapter(Adapter):
 
         return list(jax.devices())
 
+    def resolve_device(self, device: Any) -> Any:
+        """A device name (``"cpu"``, ``"cpu:0"``, ``"gpu:1"``: what ``str(device)`` gives)."""
+        if not isinstance(device, str):
+            return device
+        import jax
+
+        platform, _, index = device.partition(":")
+        try:
+            return jax.devices(platform)[int(index or 0)]
+        except (RuntimeError, ValueError, IndexError):  # unknown platform, index or format
+            known = ", ".join(f"{d}" for d in jax.devices())
+            raise ValueError(
+                f"device {device!r} is not a JAX device; JAX has: {known} (pass a name such as "
+                "'cpu' or 'cpu:0', or a jax.Device)"
+            ) from None
+
     def check_dtype(self, xp: Any, dtype: Any) -> None:
         """float64 needs ``jax_enable_x64``: without it JAX would silently make float32."""
         import jax
@@ -65,6 +93,48 @@ class JaxAdapter(Adapter):
                 "creating arrays, or use dtype float32 (JAX would otherwise silently make "
                 "float32 arrays)"
             )
+
+    def normalize(self, xp, x, gain, bias, layout, *, need_stats=False):
+        """The reference forward as one compiled program (``need_stats`` changes nothing)."""
+        return _compiled(self, "forward", _key(layout))(x, gain, bias, layout.stats)
+
+    def normalize_backward(self, xp, dy, x, gain, bias, layout):
+        """The reference backward as one compiled program."""
+        return _compiled(self, "backward", _key(layout))(dy, x, gain, bias, layout.stats)
+
+
+def _key(layout: Layout) -> tuple:
+    """What a compiled program depends on besides its arrays (a Layout hashes by identity)."""
+    return layout.reduce_axes, layout.param_axes, layout.center, layout.eps, layout.correction
+
+
+@functools.lru_cache(maxsize=512)
+def _compiled(adapter: JaxAdapter, direction: str, key: tuple) -> Any:
+    """``jax.jit`` of the reference forward or backward for one layout (its stats are inputs).
+
+    ``jax.jit`` itself compiles once per shape, dtype and which of gain/bias/
+    stats are None (None is an empty pytree); this cache keeps one jitted
+    function per layout so that its compilations are found again.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    reduce_axes, param_axes, center, eps, correction = key
+
+    def layout(stats):
+        return Layout(reduce_axes, param_axes, center, eps, stats, correction)
+
+    if direction == "forward":
+
+        def run(x, gain, bias, stats):
+            return reference_normalize(adapter, jnp, x, gain, bias, layout(stats))
+
+    else:
+
+        def run(dy, x, gain, bias, stats):
+            return reference_normalize_backward(adapter, jnp, dy, x, gain, bias, layout(stats))
+
+    return jax.jit(run)
 
 
 adapter = JaxAdapter()

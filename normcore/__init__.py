@@ -16,7 +16,7 @@ See ``python -m normcore info`` for the adapters and devices found and
 from typing import Any
 
 from . import adapter, optim, typing
-from ._functional.batch_norm import batch_norm, batch_norm_backward
+from ._functional.batch_norm import batch_norm, batch_norm_backward, batch_norm_train
 from ._functional.group_norm import (
     group_norm,
     group_norm_backward,
@@ -34,6 +34,7 @@ from ._modules.layer_norm import LayerNorm, RMSNorm
 from ._modules.module import Module
 from ._modules.rnn import GRU, LSTM, RNN
 from ._plumbing.config import reference_path, using_reference_path
+from ._reference.running import RunningStats
 from .adapter import Gradients
 
 __version__ = "0.1.0.dev0"
@@ -51,10 +52,12 @@ __all__ = [
     "Population",
     "RMSNorm",
     "RNNGradients",
+    "RunningStats",
     "__version__",
     "adapter",
     "batch_norm",
     "batch_norm_backward",
+    "batch_norm_train",
     "group_norm",
     "group_norm_backward",
     "instance_norm",

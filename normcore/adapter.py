@@ -236,6 +236,15 @@ class Adapter:
         default accepts every dtype.
         """
 
+    def resolve_device(self, device: Device) -> Device:
+        """Return ``device`` as the user named it in the form ``asarray(..., device=)`` takes.
+
+        For ``like=..., device=...`` of modules and :func:`~normcore.rnn_params`.
+        The default returns it unchanged (NumPy, torch and CuPy take their
+        own names); JAX turns ``"cpu"``/``"cpu:0"`` into its ``Device``.
+        """
+        return device
+
     def devices(self) -> list[str]:
         """Return human-readable names of the devices this library can use (``normcore info``)."""
         return []

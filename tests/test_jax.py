@@ -257,3 +257,41 @@ def test_like_the_top_level_jax_module():
     """``like=jax`` means jax.numpy, as ``like=torch`` means torch."""
     layer = normcore.LayerNorm(4, like=jax)
     assert layer.xp is jnp and layer.gain.dtype == jnp.float32
+
+
+# -- modules holding JAX arrays ------------------------------------------------
+@pytest.mark.parametrize("copy_", ["pickle", "deepcopy"])
+def test_a_jax_module_can_be_pickled_and_deep_copied(copy_):
+    """JAX's Device objects cannot be pickled (issue #15): the device is kept by name."""
+    import copy
+    import pickle
+
+    bn = normcore.BatchNorm(3, like=jnp, dtype="float64")
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(8, 3)))
+    bn(x)
+    clone = pickle.loads(pickle.dumps(bn)) if copy_ == "pickle" else copy.deepcopy(bn)
+    assert clone.device == bn.device and clone.xp is jnp
+    for key, value in bn.state_dict().items():
+        np.testing.assert_array_equal(np.asarray(clone.state_dict()[key]), np.asarray(value))
+    _close(clone(x, training=False), bn(x, training=False))
+
+
+@pytest.mark.parametrize("device", ["cpu", "cpu:0"])
+def test_a_device_by_name(device):
+    """``device="cpu"`` is a jax.Device to JAX (issue #15: AttributeError)."""
+    bn = normcore.BatchNorm(3, like=jnp, device=device)
+    assert bn.device == jax.devices("cpu")[0]
+    params = normcore.rnn_params("gru", 2, 3, like=jnp, device=device)
+    assert all(p.device == jax.devices("cpu")[0] for p in params.values())
+
+
+def test_an_unknown_device_names_jax_devices():
+    with pytest.raises(ValueError, match=r"device 'tpu:7' is not a JAX device; JAX has: cpu:0"):
+        normcore.LayerNorm(3, like=jnp, device="tpu:7")
+
+
+def test_reprs_and_messages_name_jax():
+    layer = normcore.LayerNorm(3, like=jnp)
+    assert repr(layer).endswith("jax float32 on cpu:0)")
+    with pytest.raises(TypeError, match=r"this LayerNorm's library \(jax\), got numpy.ndarray"):
+        layer(np.ones((2, 3), np.float32))

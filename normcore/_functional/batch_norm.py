@@ -13,20 +13,23 @@ import math
 from typing import NamedTuple
 
 from .._plumbing import dispatch
+from .._plumbing.compat import library_label
 from .._plumbing.dispatch import is_empty
 from .._plumbing.registry import adapter_for
 from .._plumbing.validation import (
     check_arrays,
+    check_choice,
     check_correction,
     check_eps,
     check_eps_in,
     check_gradient,
     check_gradient_given,
     check_param_shape,
+    check_real,
     normalize_axis,
 )
 from .._reference.primitive import broadcast_param
-from .._reference.running import RunningStats, running_update
+from .._reference.running import CONVENTIONS, RunningStats, running_update
 from ..adapter import Adapter, Gradients, Layout, Statistics
 from ..typing import Array, Namespace
 
@@ -37,6 +40,7 @@ __all__ = [
     "batch_norm_backward",
     "batch_norm_forward",
     "batch_norm_pass",
+    "batch_norm_train",
     "check_batched",
     "check_trainable_batch",
     "prepare_batch_norm",
@@ -360,3 +364,113 @@ def batch_norm_forward(
     if moments is not None:
         update = running_update(running, *moments, momentum, convention, synchronous=synchronous)
     return y, update, used
+
+
+def batch_norm_train(
+    x: Array,
+    running: RunningStats,
+    gain: Array | None = None,
+    bias: Array | None = None,
+    *,
+    axis: int = 1,
+    eps: float = 1e-5,
+    momentum: float | None = 0.1,
+    convention: str = "torch",
+    correction: float = 0,
+) -> tuple[Array, RunningStats]:
+    """One training step of batch norm as a pure function: ``(y, new running statistics)``.
+
+    Normalizes ``x`` with its batch statistics (as :func:`batch_norm`) and
+    returns the running statistics updated from them, without assigning
+    anything: the functional form of ``BatchNorm(...)(x)`` for code that
+    cannot mutate state, such as a function under ``jax.jit``. A batch with
+    non-finite statistics leaves the running statistics (and the count) as
+    they were, selected on the device: no value is read on the host, so the
+    whole step can be traced.
+
+    Parameters
+    ----------
+    x : array
+        A batch of any supported library, real floating dtype, at least 2-D,
+        more than one value per feature.
+    running : RunningStats
+        ``(mean, var, num_batches_tracked)``: shape ``(x.shape[axis],)``
+        arrays of ``x``'s library, device and dtype (float32 for float16 or
+        bfloat16 ``x``) and a 0-d integer count. A named tuple: a pytree for
+        JAX.
+    gain, bias : array, optional
+        One value per feature; None means 1 and 0.
+    axis, eps, correction
+        As for :func:`batch_norm`.
+    momentum : float or None, default 0.1
+        In ``[0, 1]``; None is the cumulative average of every batch.
+    convention : {"torch", "keras"}, default "torch"
+        PyTorch: ``new = (1 - momentum) * old + momentum * batch`` with the
+        unbiased batch variance; Keras and Flax: ``new = momentum * old +
+        (1 - momentum) * batch`` with the biased one (pass Flax's momentum,
+        e.g. 0.99).
+
+    Returns
+    -------
+    y : array
+        Same library, device, dtype and shape as ``x``.
+    running : RunningStats
+        New arrays; the ones passed in are unchanged.
+
+    Raises
+    ------
+    TypeError
+        As :func:`batch_norm`, also for ``running`` that is not three arrays
+        of ``x``'s library or a count that is not an integer.
+    ValueError
+        As :func:`batch_norm`, also for running statistics of the wrong shape
+        or device and a ``momentum`` outside ``[0, 1]``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import normcore
+    >>> x = np.array([[1.0, 10.0], [2.0, 20.0], [3.0, 60.0]])
+    >>> running = normcore.RunningStats(np.zeros(2), np.ones(2), np.asarray(0))
+    >>> y, running = normcore.batch_norm_train(x, running)
+
+    With momentum 0.1: ``0.1 * [2, 30]`` and ``0.9 + 0.1 * [1, 700]`` (the
+    unbiased batch variances):
+
+    >>> running.mean, running.var, int(running.num_batches_tracked)
+    (array([0.2, 3. ]), array([ 1. , 70.9]), 1)
+    """
+    if not isinstance(running, tuple) or len(running) != 3:
+        raise TypeError(
+            "running must be a RunningStats (mean, var, num_batches_tracked), got "
+            f"{library_label(running)}"
+        )
+    running = RunningStats(*running)
+    check_arrays(
+        x,
+        **{"running.mean": running.mean, "running.var": running.var},
+    )
+    check_arrays(
+        x, others_kind="integral", **{"running.num_batches_tracked": running.num_batches_tracked}
+    )
+    axis = check_batched(x, axis)
+    features = (x.shape[axis],)
+    for name, value in (("running.mean", running.mean), ("running.var", running.var)):
+        check_param_shape(value, features, name, f"one value per feature along axis {axis}")
+    check_param_shape(running.num_batches_tracked, (), "running.num_batches_tracked", "a count")
+    convention = check_choice(convention, tuple(CONVENTIONS), "convention")
+    momentum = check_real(momentum, "momentum", 0.0, 1.0, allow_none=True)
+    y, update, _ = batch_norm_forward(
+        x,
+        gain,
+        bias,
+        running,
+        axis=axis,
+        eps=eps,
+        momentum=momentum,
+        convention=convention,
+        training=True,
+        correction=correction,
+        synchronous=False,
+    )
+    return y, running if update is None else update  # None: an empty batch

@@ -26,6 +26,7 @@ deep copies (each copy gets its own).
 from __future__ import annotations
 
 import importlib
+import pickle
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -34,8 +35,10 @@ from .._plumbing.compat import (
     device_of,
     is_array,
     library_label,
+    library_name,
     namespace_of,
     resolve_creation,
+    resolve_device,
     to_device,
     to_numpy,
     without_grad,
@@ -114,6 +117,8 @@ class Module:
         state = dict(self.__dict__)
         state.pop("_lock", None)  # a lock cannot be pickled; every copy gets its own
         state["_xp"] = self._xp.__name__
+        if not _picklable(self._device):  # JAX's Device objects: kept by name ("cpu:0")
+            state["_device"] = _DeviceName(str(self._device))
         state["_saved"] = None
         # A stored gradient may carry the input's autograd graph (torch), which
         # deepcopy refuses: the copy keeps the values.
@@ -126,10 +131,13 @@ class Module:
         state.setdefault("training", True)  # pickled before modules had a mode
         self.__dict__.update(state)
         self._lock = threading.Lock()
+        if isinstance(self._device, _DeviceName):
+            self._device = self._resolved_device(str(self._device))
 
     def _resolved_device(self, device: Any) -> Any:
         # The device as the library reports it for an array ("cuda:0" for "cuda",
         # the default for None), so that inputs compare equal to it.
+        device = resolve_device(self._xp, device)
         return device_of(self._xp.empty((0,), dtype=self._dtype, device=device))
 
     # -- creation ------------------------------------------------------------
@@ -295,7 +303,7 @@ class Module:
         if namespace_of(x) is not xp:
             raise TypeError(
                 f"{name} must be an array of this {cls}'s library "
-                f"({xp.__name__.rpartition('.')[2]}), got "
+                f"({library_name(xp)}), got "
                 f"{library_label(x)}; create the {cls} with like={name}"
             )
         dtype = x.dtype
@@ -337,13 +345,25 @@ class Module:
 
     def _placement(self) -> str:
         """``"numpy float32 on cpu"``: the library, dtype and device, for reprs."""
-        library = self._xp.__name__.rsplit(".", 1)[-1]
+        library = library_name(self._xp)
         dtype = getattr(self._dtype, "__name__", None) or str(self._dtype).rsplit(".", 1)[-1]
         return f"{library} {dtype} on {self._device}"
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{k}={tuple(v.shape)}" for k, v in self.state_dict().items())
         return f"{type(self).__name__}({shapes}; {self._placement()})"
+
+
+class _DeviceName(str):
+    """A pickled module's device that pickle cannot store, by its name (resolved on load)."""
+
+
+def _picklable(obj: Any) -> bool:
+    try:
+        pickle.dumps(obj)
+    except Exception:  # pickle raises TypeError, or anything a __reduce__ raises
+        return False
+    return True
 
 
 def _is_real_array(value: Any) -> bool:

@@ -16,9 +16,11 @@ __all__ = [
     "device_of",
     "is_array",
     "library_label",
+    "library_name",
     "namespace_of",
     "requiring_grad_like",
     "resolve_creation",
+    "resolve_device",
     "to_device",
     "to_numpy",
     "without_grad",
@@ -127,6 +129,15 @@ def to_numpy(x: Any) -> Any:
         return numpy.from_dlpack(x, device="cpu", copy=True)
 
 
+def library_name(xp: Any) -> str:
+    """The library of the namespace ``xp``, as users name it: ``numpy``, ``torch``, ``jax``.
+
+    array-api-compat's wrappers (``array_api_compat.torch``) and sub-namespaces
+    (``jax.numpy``) are named by their library.
+    """
+    return xp.__name__.removeprefix("array_api_compat.").split(".")[0]
+
+
 def library_label(obj: object) -> str:
     """Return a short readable name of an object's type, such as ``numpy.ndarray``."""
     kind = type(obj)
@@ -168,8 +179,16 @@ def resolve_creation(like: Any = None, device: Any = None, dtype: Any = None) ->
     from .validation import resolve_dtype
 
     dtype = resolve_dtype(xp, dtype, default=xp.float32)
-    adapter_for(probe).check_dtype(xp, dtype)
-    return xp, device, dtype
+    adapter = adapter_for(probe)
+    adapter.check_dtype(xp, dtype)
+    return xp, adapter.resolve_device(device), dtype
+
+
+def resolve_device(xp: Any, device: Any) -> Any:
+    """``device`` as the adapter of the namespace ``xp`` resolves it (JAX: ``"cpu"``: a Device)."""
+    from .registry import adapter_for  # registry imports this module
+
+    return adapter_for(xp.empty((0,))).resolve_device(device)
 
 
 def _adapter_namespace(module: Any) -> Any:

@@ -23,7 +23,13 @@ CONVENTIONS = {"torch": 0.1, "keras": 0.99}
 
 
 class RunningStats(NamedTuple):
-    """Running statistics of a batch norm layer (normcore's and ``normcore.torch``'s)."""
+    """Running statistics of batch norm: ``(mean, var, num_batches_tracked)``.
+
+    Those of a :class:`normcore.BatchNorm` (and ``normcore.torch``'s), and
+    what :func:`normcore.batch_norm_train` takes and returns (a named tuple,
+    so a pytree for JAX). ``mean`` and ``var`` have one value per feature;
+    ``num_batches_tracked`` is a 0-d integer array.
+    """
 
     mean: Array
     var: Array
