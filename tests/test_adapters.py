@@ -43,7 +43,8 @@ def test_builtin_adapters_are_entry_points():
     assert points["numpy"] == "normcore.backends.numpy:adapter"
     assert points["torch"] == "normcore.backends.torch:adapter"
     assert points["cupy"] == "normcore.backends.cupy:adapter"
-    assert {a.name for a in _registry.adapters()} >= {"numpy", "torch", "cupy"}
+    assert points["dask"] == "normcore.backends.dask:adapter"
+    assert {a.name for a in _registry.adapters()} >= {"numpy", "torch", "cupy", "dask"}
 
 
 def test_numpy_user_never_imports_torch_or_cupy():
@@ -52,7 +53,8 @@ def test_numpy_user_never_imports_torch_or_cupy():
         import sys, numpy as np, normcore
         normcore.layer_norm(np.ones((2, 3)))
         normcore.layer_norm_backward(np.ones((2, 3)), np.ones((2, 3)))
-        print(sorted(m for m in ("torch", "cupy") if m in sys.modules))
+        normcore.population_stats([np.ones((2, 3))])
+        print(sorted(m for m in ("torch", "cupy", "dask") if m in sys.modules))
         """
     )
     assert result.returncode == 0, result.stderr
@@ -65,6 +67,7 @@ def test_import_works_when_optional_libraries_are_broken():
         import sys
         sys.modules["torch"] = None  # any "import torch" now raises ImportError
         sys.modules["cupy"] = None
+        sys.modules["dask"] = sys.modules["dask.array"] = None
         import numpy as np, normcore
         print(normcore.layer_norm(np.array([[1.0, 3.0]])).round(3).tolist())
         """
@@ -200,7 +203,7 @@ def test_info_command_lists_adapters_and_devices():
         [sys.executable, "-m", "normcore", "info"], capture_output=True, text=True, check=True
     )
     assert f"normcore {normcore.__version__}" in result.stdout
-    for name in ("numpy", "torch", "cupy"):
+    for name in ("numpy", "torch", "cupy", "dask"):
         assert f"  {name} " in result.stdout
     assert "devices: cpu" in result.stdout
 

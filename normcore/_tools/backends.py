@@ -118,7 +118,7 @@ class Backend:
 
     def dtype(self, name: str) -> Any:
         """The library's dtype called ``name``."""
-        if self.library == "numpy":
+        if self.library in ("numpy", "dask.array"):
             return np.dtype(name)
         if self.library == "cupy":
             return self.module.dtype(name)
@@ -140,6 +140,8 @@ class Backend:
             torch = self.module
             tensor = torch.asarray(data, dtype=torch.float64, device=self.device_name)
             return tensor.to(self.dtype(dtype))
+        if self.library == "dask.array":
+            return self.module.from_array(data.astype(dtype), chunks=dask_chunks(data.shape))
         return self.module.asarray(data.astype(dtype))
 
     def to_numpy(self, a: Any) -> np.ndarray:
@@ -151,6 +153,8 @@ class Backend:
             return np.asarray(a.to_device(strict.Device("CPU_DEVICE")), dtype=np.float64)
         if self.library == "torch":
             return a.detach().to("cpu", self.module.float64).numpy()
+        if self.library == "dask.array":
+            return np.asarray(a.compute(scheduler="sync"), dtype=np.float64)
         return self.module.asnumpy(a).astype(np.float64)
 
     def copy(self, a: Any) -> Any:
@@ -189,7 +193,24 @@ BACKENDS: tuple[Backend, ...] = (
         gpu=True,
     ),
     Backend("cupy", "cupy", (*_FLOATS, "float16"), gpu=True),
+    # NumPy-backed dask arrays cut into two chunks along axis 0 (see dask_chunks), computed
+    # on the synchronous scheduler when compared (to_numpy).
+    Backend("dask", "dask.array", (*_FLOATS, "float16"), lazy=True),
 )
+
+
+def dask_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The dask row's chunks: axis 0 in two chunks (when it has two values), the rest whole.
+
+    So the layer/RMS/group/instance-norm layouts of the shared tests keep their
+    statistics inside one chunk (the blockwise fast path), while batch
+    statistics, moments and population statistics span chunks (the tree
+    reduction). Cross-chunk layouts of the others have tests of their own
+    (``tests/test_dask.py``).
+    """
+    if len(shape) < 2:
+        return tuple(shape)
+    return (max(1, -(-shape[0] // 2)), *shape[1:])
 
 
 def by_name(name: str) -> Backend:
