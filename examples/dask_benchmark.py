@@ -77,6 +77,7 @@ def cluster_part(args) -> None:
         ) as cluster,
         Client(cluster) as client,
     ):
+        client.submit(sum, [1, 2]).result()  # the workers are up before anything is timed
         rng = da.random.default_rng(0)
         X = rng.normal(
             3.0,

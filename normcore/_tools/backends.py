@@ -60,6 +60,11 @@ class Backend:
     benchmark : bool
         Whether the asv suite measures it (variants that only test behaviour,
         such as read-only NumPy, are left out).
+    recurrent : bool
+        Whether the recurrent layers' tests run on it. The recurrence is a
+        Python loop over time steps; on dask each step adds to one graph, and
+        the recurrent tests took about 45 s each on the dask row (2 shared
+        cores), hours for the files: they are skipped there with that reason.
     """
 
     name: str
@@ -73,6 +78,7 @@ class Backend:
     gpu: bool = False
     read_only: bool = False
     benchmark: bool = True
+    recurrent: bool = True
 
     # -- availability ------------------------------------------------------------
     def installed(self) -> bool:
@@ -195,7 +201,7 @@ BACKENDS: tuple[Backend, ...] = (
     Backend("cupy", "cupy", (*_FLOATS, "float16"), gpu=True),
     # NumPy-backed dask arrays cut into two chunks along axis 0 (see dask_chunks), computed
     # on the synchronous scheduler when compared (to_numpy).
-    Backend("dask", "dask.array", (*_FLOATS, "float16"), lazy=True),
+    Backend("dask", "dask.array", (*_FLOATS, "float16"), lazy=True, recurrent=False),
 )
 
 
