@@ -18,7 +18,12 @@ BLOCKS = [
 
 # What an example needs beyond normcore: the libraries it imports, and the experiments'
 # packages (the "experiments" extra) for examples that use normcore.experiments.
-NEEDS = {"torch": ("torch",), "cupy": ("cupy",), "dask": ("dask",), "normcore.experiments": ("sklearn", "matplotlib")}
+NEEDS = {
+    "torch": ("torch",),
+    "cupy": ("cupy",),
+    "dask": ("dask",),
+    "normcore.experiments": ("sklearn", "matplotlib"),
+}
 
 
 @pytest.mark.parametrize("code", BLOCKS)
