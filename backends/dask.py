@@ -67,6 +67,18 @@ def _broadcast(a: Any, axes: tuple[int, ...], ndim: int) -> Any:
     return a.reshape(tuple(shape))
 
 
+def _aligned(a: Any, x: Any) -> Any:
+    """``a`` (broadcastable to ``x``) chunked like ``x`` along its axes of full size.
+
+    ``map_blocks`` hands an array with one chunk along an axis whole to every
+    block (broadcasting), so parameters must be cut like ``x`` explicitly.
+    """
+    if a is None:
+        return None
+    chunks = {axis: x.chunks[axis] for axis in range(x.ndim) if a.shape[axis] != 1}
+    return a.rechunk(chunks) if any(a.chunks[i] != c for i, c in chunks.items()) else a
+
+
 def _unbroadcast(xp: Any, block: Any, axes: tuple[int, ...]) -> Any:
     """The inverse of :func:`_broadcast` for one block: dimensions back in ``axes`` order."""
     if block is None:
@@ -74,7 +86,11 @@ def _unbroadcast(xp: Any, block: Any, axes: tuple[int, ...]) -> Any:
     ordered = sorted(axes)
     block = xp.reshape(block, tuple(block.shape[a] for a in ordered))
     perm = tuple(ordered.index(axis) for axis in axes)
-    return block if perm == tuple(range(len(perm))) else xp.permute_dims(block, perm)
+    block = block if perm == tuple(range(len(perm))) else xp.permute_dims(block, perm)
+    # A fresh copy (parameters are small): blocks of dask.array.ones and of broadcasts are
+    # strided views, which the NumPy kernels decline, so the same values would take
+    # another code path depending on how the parameter was made.
+    return xp.asarray(block, copy=True)
 
 
 def _with_ndim(a: Any, ndim: int) -> Any:
@@ -183,22 +199,24 @@ class DaskAdapter(Adapter):
     """dask.array: graphs whose blocks run the block library's kernels; tree-reduced moments."""
 
     name = "dask"
-    library = "dask"
+    # The array module: a dask array exists only once it is imported (and ``normcore check``
+    # creates its arrays from it); the distribution is "dask" (library_version).
+    library = "dask.array"
     install_hint = "pip install 'normcore[dask]'"
 
     def owns(self, x: Any) -> bool:
-        da = sys.modules.get("dask.array")
-        return da is not None and isinstance(x, da.Array)
+        return isinstance(x, _da().Array)
+
+    def library_version(self) -> str | None:
+        from importlib import metadata
+
+        try:
+            return metadata.version("dask")
+        except metadata.PackageNotFoundError:
+            return None
 
     def devices(self) -> list[str]:
         return ["cpu"]
-
-    def check_devices(self) -> list[Any]:
-        import dask.array
-
-        from normcore._plumbing.compat import device_of
-
-        return [device_of(dask.array.zeros(1))]
 
     def adopt(self, xp: Any, x: Any, other: Any) -> Any:
         """An array of the blocks' library (NumPy for NumPy-backed ``x``) as a one-chunk array."""
@@ -226,7 +244,11 @@ class DaskAdapter(Adapter):
     def _blockwise(self, xp, x, gain, bias, mean, var, layout, need_stats):
         da = _da()
         axes = layout.param_axes
-        args = (x, _broadcast(gain, axes, x.ndim), _broadcast(bias, axes, x.ndim), mean, var)
+        args = (
+            x,
+            *(_aligned(_broadcast(p, axes, x.ndim), x) for p in (gain, bias)),
+            *(_aligned(s, x) for s in (mean, var)),
+        )
         layout = replace(layout, stats=None)
         if not need_stats:
             y = da.map_blocks(
@@ -258,9 +280,11 @@ class DaskAdapter(Adapter):
         mean = var = None
         if layout.stats is not None:
             mean, var = (_with_ndim(s, ndim) for s in layout.stats)
+        params = (_aligned(_broadcast(p, axes, ndim), x) for p in (gain, bias))
+        given = (_aligned(s, x) for s in (mean, var))
         parts = da.map_blocks(
-            _backward_block, dy, x, _broadcast(gain, axes, ndim), _broadcast(bias, axes, ndim),
-            mean, var, layout=replace(layout, stats=None), dtype=x.dtype, meta=x._meta,
+            _backward_block, dy.rechunk(x.chunks), x, *params, *given,
+            layout=replace(layout, stats=None), dtype=x.dtype, meta=x._meta,
         )  # fmt: skip
         dx = parts.map_blocks(_pick, 0, dtype=x.dtype, meta=x._meta)
         others = tuple(a for a in range(ndim) if a not in axes)

@@ -43,9 +43,18 @@ def _register_plugins() -> None:
 _register_plugins()
 
 
-def _backend_cases(with_dtype: bool):
+# Test files of the recurrent layers: a backend row with recurrent=False skips them.
+RECURRENT_TESTS = ("test_recurrent", "test_rnn_modules")
+
+
+def _backend_cases(with_dtype: bool, recurrent: bool = False):
     for backend in BACKENDS:
         reason = backend.skip_reason()
+        if reason is None and recurrent and not backend.recurrent:
+            reason = (
+                f"the recurrent layers are not tested on {backend.name}: a loop over time steps "
+                "builds one lazy graph (see Backend.recurrent)"
+            )
         marks = [pytest.mark.skip(reason=reason)] if reason else []
         paths = PATHS if backend.has_adapter else ("reference",)
         for path in paths:
@@ -58,10 +67,12 @@ def _backend_cases(with_dtype: bool):
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend" not in metafunc.fixturenames:
         return
+    recurrent = metafunc.module.__name__.rpartition(".")[2] in RECURRENT_TESTS
     if "dtype" in metafunc.fixturenames:
-        metafunc.parametrize(("backend", "dtype"), list(_backend_cases(True)), indirect=["backend"])
+        cases = list(_backend_cases(True, recurrent))
+        metafunc.parametrize(("backend", "dtype"), cases, indirect=["backend"])
     else:
-        metafunc.parametrize("backend", list(_backend_cases(False)), indirect=True)
+        metafunc.parametrize("backend", list(_backend_cases(False, recurrent)), indirect=True)
 
 
 @pytest.fixture

@@ -44,7 +44,8 @@ def test_builtin_adapters_are_entry_points():
     assert points["torch"] == "normcore.backends.torch:adapter"
     assert points["cupy"] == "normcore.backends.cupy:adapter"
     assert points["jax"] == "normcore.backends.jax:adapter"
-    assert {a.name for a in _registry.adapters()} >= {"numpy", "torch", "cupy", "jax"}
+    assert points["dask"] == "normcore.backends.dask:adapter"
+    assert {a.name for a in _registry.adapters()} >= {"numpy", "torch", "cupy", "jax", "dask"}
 
 
 def test_numpy_user_never_imports_torch_cupy_or_jax():
@@ -54,7 +55,8 @@ def test_numpy_user_never_imports_torch_cupy_or_jax():
         normcore.layer_norm(np.ones((2, 3)))
         normcore.layer_norm_backward(np.ones((2, 3)), np.ones((2, 3)))
         normcore.BatchNorm(3)(np.ones((2, 3), dtype=np.float32))
-        print(sorted(m for m in ("torch", "cupy", "jax") if m in sys.modules))
+        normcore.population_stats([np.ones((2, 3))])
+        print(sorted(m for m in ("torch", "cupy", "jax", "dask") if m in sys.modules))
         """
     )
     assert result.returncode == 0, result.stderr
@@ -68,6 +70,7 @@ def test_import_works_when_optional_libraries_are_broken():
         sys.modules["torch"] = None  # any "import torch" now raises ImportError
         sys.modules["cupy"] = None
         sys.modules["jax"] = None
+        sys.modules["dask"] = sys.modules["dask.array"] = None
         import numpy as np, normcore
         print(normcore.layer_norm(np.array([[1.0, 3.0]])).round(3).tolist())
         """
@@ -203,7 +206,7 @@ def test_info_command_lists_adapters_and_devices():
         [sys.executable, "-m", "normcore", "info"], capture_output=True, text=True, check=True
     )
     assert f"normcore {normcore.__version__}" in result.stdout
-    for name in ("numpy", "torch", "cupy", "jax"):
+    for name in ("numpy", "torch", "cupy", "jax", "dask"):
         assert f"  {name} " in result.stdout
     assert "devices: cpu" in result.stdout
 

@@ -22,6 +22,7 @@ NEEDS = {
     "torch": ("torch",),
     "cupy": ("cupy",),
     "jax": ("jax",),
+    "dask": ("dask",),
     "normcore.experiments": ("sklearn", "matplotlib"),
 }
 

@@ -24,6 +24,7 @@ from .._plumbing.validation import (
     check_eps_in,
     check_gradient,
     check_gradient_given,
+    check_known_sizes,
     check_param_shape,
     check_real,
     normalize_axis,
@@ -98,6 +99,7 @@ def prepare_batch_norm(
     for name, param in (("gain", gain), ("bias", bias), ("mean", mean), ("var", var)):
         check_param_shape(param, features, name, what)
     if mean is None:
+        check_known_sizes(x, tuple(a for a in range(x.ndim) if a != axis))
         check_trainable_batch(x, axis)
         values = None if is_empty(x) else math.prod(x.shape) // x.shape[axis]
         correction = check_correction(correction, values)

@@ -60,6 +60,11 @@ class Backend:
     benchmark : bool
         Whether the asv suite measures it (variants that only test behaviour,
         such as read-only NumPy, are left out).
+    recurrent : bool
+        Whether the recurrent layers' tests run on it. The recurrence is a
+        Python loop over time steps; on dask each step adds to one graph, and
+        the recurrent tests took about 45 s each on the dask row (2 shared
+        cores), hours for the files: they are skipped there with that reason.
     """
 
     name: str
@@ -73,6 +78,7 @@ class Backend:
     gpu: bool = False
     read_only: bool = False
     benchmark: bool = True
+    recurrent: bool = True
 
     # -- availability ------------------------------------------------------------
     def installed(self) -> bool:
@@ -118,7 +124,7 @@ class Backend:
 
     def dtype(self, name: str) -> Any:
         """The library's dtype called ``name``."""
-        if self.library == "numpy":
+        if self.library in ("numpy", "dask.array"):
             return np.dtype(name)
         if self.library == "cupy":
             return self.module.dtype(name)
@@ -149,6 +155,8 @@ class Backend:
             if str(out.dtype) != dtype:
                 raise RuntimeError(f"jax made {out.dtype} for {dtype}: enable jax_enable_x64")
             return out
+        if self.library == "dask.array":
+            return self.module.from_array(data.astype(dtype), chunks=dask_chunks(data.shape))
         return self.module.asarray(data.astype(dtype))
 
     def to_numpy(self, a: Any) -> np.ndarray:
@@ -162,6 +170,8 @@ class Backend:
             return a.detach().to("cpu", self.module.float64).numpy()
         if self.library == "jax":
             return np.asarray(a, dtype=np.float64)
+        if self.library == "dask.array":
+            return np.asarray(a.compute(scheduler="sync"), dtype=np.float64)
         return self.module.asnumpy(a).astype(np.float64)
 
     def copy(self, a: Any) -> Any:
@@ -203,7 +213,24 @@ BACKENDS: tuple[Backend, ...] = (
     # JAX on its default device (the CPU here). float64 needs jax_enable_x64, which the
     # test suite's backend fixture turns on for this row only (tests/conftest.py).
     Backend("jax", "jax", _FLOATS, autograd=True, benchmark=False),
+    # NumPy-backed dask arrays cut into two chunks along axis 0 (see dask_chunks), computed
+    # on the synchronous scheduler when compared (to_numpy).
+    Backend("dask", "dask.array", (*_FLOATS, "float16"), lazy=True, recurrent=False),
 )
+
+
+def dask_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The dask row's chunks: axis 0 in two chunks (when it has two values), the rest whole.
+
+    So the layer/RMS/group/instance-norm layouts of the shared tests keep their
+    statistics inside one chunk (the blockwise fast path), while batch
+    statistics, moments and population statistics span chunks (the tree
+    reduction). Cross-chunk layouts of the others have tests of their own
+    (``tests/test_dask.py``).
+    """
+    if len(shape) < 2:
+        return tuple(shape)
+    return (max(1, -(-shape[0] // 2)), *shape[1:])
 
 
 def by_name(name: str) -> Backend:

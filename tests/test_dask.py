@@ -1,0 +1,222 @@
+"""dask arrays beyond the shared suite: chunk layouts, graph shapes, foreign parameters, clusters.
+
+The shared suite runs on the ``dask`` row of the backend table with batch-
+chunked inputs. These tests cover what that row does not: statistics whose
+axes span chunks, the structure of the graphs (one task per block for the
+fast paths, one pass over the chunks for the statistics, a balanced merge
+over many batches), NumPy parameters with dask inputs, unknown chunk sizes,
+and a ``dask.distributed`` cluster of two worker processes.
+Expected values come from float64 NumPy formulas written here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import normcore
+
+da = pytest.importorskip("dask.array")
+dask = pytest.importorskip("dask")
+
+
+@pytest.fixture(autouse=True)
+def synchronous():
+    with dask.config.set(scheduler="sync"):
+        yield
+
+
+def _layer_norm64(x, gain, bias, axis=-1, eps=1e-5):
+    x = np.asarray(x, np.float64)
+    mean = x.mean(axis=axis, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=axis, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * gain + bias
+
+
+def _batch_norm64(x, gain, bias, axis=1, eps=1e-5):
+    x = np.asarray(x, np.float64)
+    axes = tuple(a for a in range(x.ndim) if a != axis)
+    shape = [1] * x.ndim
+    shape[axis] = x.shape[axis]
+    mean = x.mean(axis=axes, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * gain.reshape(shape) + bias.reshape(shape)
+
+
+def _graph(a):
+    return dict(a.__dask_graph__())
+
+
+def _dependents_of_chunks(result, source):
+    """For each chunk of ``source``, how many tasks of ``result``'s graph read it."""
+    from dask.core import get_dependencies
+
+    graph = _graph(result)
+    chunks = {k for k in graph if isinstance(k, tuple) and k[0] == source.name}
+    readers = dict.fromkeys(chunks, 0)
+    for key in graph:
+        for dep in get_dependencies(graph, key):
+            if dep in readers:
+                readers[dep] += 1
+    return readers
+
+
+def _depth(result):
+    """The longest chain of tasks in ``result``'s graph."""
+    from dask.core import get_dependencies
+
+    graph = _graph(result)
+    memo: dict = {}
+
+    def depth(key):
+        if key not in memo:
+            deps = get_dependencies(graph, key)
+            memo[key] = 1 + max((depth(d) for d in deps), default=0)
+        return memo[key]
+
+    return max(depth(k) for k in graph)
+
+
+@pytest.fixture
+def data(rng):
+    x = rng.normal(3.0, 2.0, size=(64, 12))
+    return x, rng.normal(size=12), rng.normal(size=12)
+
+
+def test_layer_norm_on_batch_chunks_is_one_task_per_block(data):
+    x, gain, bias = data
+    dx = da.from_array(x, chunks=(8, 12))
+    y = normcore.layer_norm(dx, da.from_array(gain), da.from_array(bias))
+    np.testing.assert_allclose(y.compute(), _layer_norm64(x, gain, bias), rtol=1e-12, atol=1e-12)
+    # every output block reads one input chunk (and the one-chunk parameters)
+    assert all(n == 1 for n in _dependents_of_chunks(y, dx).values())
+    with normcore.reference_path():
+        reference = normcore.layer_norm(dx, da.from_array(gain), da.from_array(bias))
+    assert len(_graph(y)) < len(_graph(reference)) / 2
+
+
+def test_numpy_parameters_and_statistics_are_accepted_with_a_dask_input(data):
+    x, gain, bias = data
+    dx = da.from_array(x, chunks=(16, 12))
+    y = normcore.layer_norm(dx, gain, bias)
+    assert isinstance(y, da.Array)
+    np.testing.assert_allclose(y.compute(), _layer_norm64(x, gain, bias), rtol=1e-12, atol=1e-12)
+    mean, var = x.mean(0), x.var(0)
+    yb = normcore.batch_norm(dx, gain, bias, axis=1, mean=mean, var=var)
+    expected = (x - mean) / np.sqrt(var + 1e-5) * gain + bias
+    np.testing.assert_allclose(yb.compute(), expected, rtol=1e-12, atol=1e-12)
+    dx_, dgain, dbias = normcore.layer_norm_backward(dx, dx, gain, bias)
+    assert all(isinstance(g, da.Array) for g in (dx_, dgain, dbias))
+    np.testing.assert_allclose(dbias.compute(), x.sum(0), rtol=1e-12)
+
+
+def test_arrays_of_other_libraries_are_still_refused(data):
+    strict = pytest.importorskip("array_api_strict")
+    x, gain, _ = data
+    with pytest.raises(TypeError, match=r"gain must be an array of the same library as x"):
+        normcore.layer_norm(da.from_array(x), strict.asarray(gain))
+    # and NumPy keeps refusing dask parameters
+    with pytest.raises(TypeError, match=r"gain must be an array of the same library as x"):
+        normcore.layer_norm(x, da.from_array(gain))
+
+
+@pytest.mark.parametrize("chunks", [(64, 5), (13, 5), (20, 12)])
+def test_statistics_across_chunks_match_numpy(rng, chunks):
+    x = rng.normal(1e3, 2.0, size=(64, 12))
+    gain, bias = rng.normal(size=12), rng.normal(size=12)
+    dx = da.from_array(x, chunks=chunks)
+    # layer norm over an axis cut into chunks: the reference path's lazy graph
+    np.testing.assert_allclose(
+        normcore.layer_norm(dx, gain, bias).compute(), _layer_norm64(x, gain, bias), rtol=1e-9
+    )
+    # batch norm over the batch axis (one tree reduction, then one task per block)
+    np.testing.assert_allclose(
+        normcore.batch_norm(dx, gain, bias, axis=1).compute(),
+        _batch_norm64(x, gain, bias),
+        rtol=1e-9,
+        atol=1e-9,
+    )
+    mean, var = normcore.moments(dx, axis=0, correction=1)
+    np.testing.assert_allclose(mean.compute(), x.mean(0), rtol=1e-14)
+    np.testing.assert_allclose(var.compute(), x.var(0, ddof=1), rtol=1e-10)
+
+
+def test_batch_norm_backward_across_chunks_matches_the_in_memory_result(rng):
+    x = rng.normal(size=(16, 3, 4, 4))
+    dy, gain, bias = rng.normal(size=x.shape), rng.normal(size=3), rng.normal(size=3)
+    expected = normcore.batch_norm_backward(dy, x, gain, bias)  # NumPy, checked by the suite
+    got = normcore.batch_norm_backward(
+        da.from_array(dy, chunks=(4, 3, 4, 4)), da.from_array(x, chunks=(5, 2, 4, 4)), gain, bias
+    )
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_allclose(g.compute(), e, rtol=1e-10, atol=1e-12)
+
+
+def test_moments_read_every_chunk_once(rng):
+    """One pass: each chunk feeds one task; the two-pass reference reads each chunk twice."""
+    x = da.from_array(rng.normal(size=(100, 6)).astype(np.float32), chunks=(10, 6))
+    _, var = normcore.moments(x, axis=0)
+    readers = _dependents_of_chunks(var, x)
+    assert len(readers) == 10 and all(n == 1 for n in readers.values())
+    population = normcore.population_stats([x], dtype="float64")
+    readers = _dependents_of_chunks(population.var, x)
+    assert len(readers) == 10 and all(n == 1 for n in readers.values())
+    expected = np.asarray(x.compute(), np.float64).var(0, ddof=1)
+    np.testing.assert_allclose(population.var.compute(), expected, rtol=1e-13)
+
+
+def test_population_stats_merges_many_batches_as_a_balanced_tree(rng):
+    data = rng.normal(5.0, 2.0, size=(64 * 4, 3))
+    batches = [da.from_array(data[i : i + 4]) for i in range(0, len(data), 4)]
+    stats = normcore.population_stats(batches)
+    assert stats.count == len(data)
+    np.testing.assert_allclose(stats.var.compute(), data.var(0, ddof=1), rtol=1e-12)
+    # a linear chain of 64 merges would be more than 64 tasks deep
+    assert _depth(stats.var) < 64
+
+
+def test_unknown_chunk_sizes(rng):
+    x = rng.normal(size=(40, 5))
+    dx = da.from_array(x, chunks=(10, 5))
+    picked = dx[dx[:, 0] > 0]
+    assert np.isnan(picked.shape[0])
+    with pytest.raises(ValueError, match=r"compute_chunk_sizes\(\)"):
+        normcore.population_stats([picked])
+    with pytest.raises(ValueError, match=r"compute_chunk_sizes\(\)"):
+        normcore.moments(picked, axis=0)
+    with pytest.raises(ValueError, match=r"compute_chunk_sizes\(\)"):
+        normcore.batch_norm(picked, axis=1)
+    # statistics per row need no count of rows
+    kept = x[x[:, 0] > 0]
+    np.testing.assert_allclose(
+        normcore.layer_norm(picked).compute(), _layer_norm64(kept, 1.0, 0.0), rtol=1e-12
+    )
+    stats = normcore.population_stats([picked.compute_chunk_sizes()])
+    np.testing.assert_allclose(stats.var.compute(), kept.var(0, ddof=1), rtol=1e-12)
+
+
+@pytest.mark.cluster
+def test_population_stats_and_layer_norm_on_a_local_cluster(rng):
+    """Two worker processes on loopback; the same code path as the synchronous scheduler."""
+    distributed = pytest.importorskip("distributed")
+    x = rng.normal(2.0, 3.0, size=(4000, 16)).astype(np.float32)
+    gain, bias = rng.normal(size=16).astype(np.float32), rng.normal(size=16).astype(np.float32)
+    dx = da.from_array(x, chunks=(500, 16))
+    with (
+        distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            memory_limit="512MiB",
+            dashboard_address=None,
+            host="127.0.0.1",
+        ) as cluster,
+        distributed.Client(cluster, timeout="60s") as client,
+    ):
+        stats = normcore.population_stats([dx], dtype="float64")
+        y = normcore.layer_norm(dx, gain, bias)
+        mean, var, y_values = client.compute([stats.mean, stats.var, y], sync=True)
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(mean, x64.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(var, x64.var(0, ddof=1), rtol=1e-12)
+    np.testing.assert_allclose(y_values, _layer_norm64(x, gain, bias), rtol=1e-4, atol=1e-4)
