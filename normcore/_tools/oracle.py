@@ -43,7 +43,10 @@ def normalization(x, dy, gain, bias, axes, eps, center=True, stats=None):
     else:
         inner = dxhat
     param = gain if gain is not None else bias
-    summed = () if param is None else tuple(a for a in range(x.ndim) if param.shape[a] == 1)
+    summed = ()
+    if param is not None:  # broadcasting aligns trailing axes: the missing leading ones are 1
+        shape = (1,) * (x.ndim - np.ndim(param)) + tuple(np.shape(param))
+        summed = tuple(a for a in range(x.ndim) if shape[a] == 1)
     dgain = None if gain is None else (dy * xhat).sum(axis=summed)
     dbias = None if bias is None else dy.sum(axis=summed)
     return [y, rstd * inner, dgain, dbias]
