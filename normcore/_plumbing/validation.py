@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -409,11 +410,25 @@ def resolve_dtype(xp: Any, dtype: Any, name: str = "dtype", default: Any = None)
     if isinstance(dtype, str):
         found = getattr(xp, dtype, None)
         if found is None:
+            found = _numpy_dtype(xp, dtype)
+        if found is None:
             raise TypeError(f"{name} {dtype!r} is not a dtype of {xp.__name__}")
         dtype = found
     if not _is_real_floating_dtype(xp, dtype):
         raise TypeError(f"{name} must be a real floating-point dtype, got {dtype}")
     return dtype
+
+
+def _numpy_dtype(xp: Any, name: str) -> Any:
+    """NumPy's dtype ``name`` for a namespace whose arrays hold NumPy dtypes but that does not
+    name every one (array-api-compat's dask namespace has no ``float16``); else None."""
+    numpy = sys.modules.get("numpy")
+    if numpy is None or getattr(xp.float32, "__module__", None) != "numpy":
+        return None
+    try:
+        return numpy.dtype(name).type
+    except TypeError:
+        return None
 
 
 _FLOATING_NAMES = ("float16", "bfloat16", "float32", "float64")
