@@ -83,6 +83,10 @@ class Backend:
     # -- availability ------------------------------------------------------------
     def installed(self) -> bool:
         """Whether the library can be imported (looked up only, nothing is imported)."""
+        # find_spec of a submodule ("dask.array") raises when its package is missing.
+        top = self.library.partition(".")[0]
+        if importlib.util.find_spec(top) is None:
+            return False
         return importlib.util.find_spec(self.library) is not None
 
     def visible(self) -> bool:
