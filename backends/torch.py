@@ -12,6 +12,8 @@ differentiable as well.
 
 from __future__ import annotations
 
+import functools
+import math
 import sys
 from typing import Any
 
@@ -245,6 +247,46 @@ class TorchAdapter(Adapter):
         if bias is not None:
             dbias = dy.sum(dim=leading) if leading else dy.clone()
         return Gradients(dx, dgain, dbias)
+
+    def moments(self, xp, x, axes):
+        """``(count, mean, M2)`` from torch's one-pass Welford ``var_mean`` (float32/float64)."""
+        torch = sys.modules["torch"]
+        if x.dtype not in (torch.float32, torch.float64):
+            return NotImplemented
+        var, mean = torch.var_mean(x, dim=axes, correction=0, keepdim=True)
+        count = math.prod(x.shape[a] for a in axes)
+        return count, mean, var * count
+
+    def custom_gradient(self, forward, backward, inputs):
+        """A ``torch.autograd.Function`` whose backward is ``backward``, when autograd records."""
+        torch = sys.modules["torch"]
+        if not torch.is_grad_enabled() or not any(
+            t is not None and t.requires_grad for t in inputs
+        ):
+            return NotImplemented
+        saved: list[Any] = []
+        y = _custom_function(torch).apply(forward, backward, saved, *inputs)
+        return y, saved[0]
+
+
+@functools.cache
+def _custom_function(torch):
+    """The autograd function of :meth:`TorchAdapter.custom_gradient` (torch imported lazily)."""
+
+    class CustomGradient(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, forward, backward, saved, *inputs):
+            y, kept = forward(*inputs)
+            ctx.backward_fn, ctx.kept = backward, kept
+            saved.append(kept)
+            return y
+
+        @staticmethod
+        @torch.autograd.function.once_differentiable
+        def backward(ctx, dy):
+            return (None, None, None, *ctx.backward_fn(dy, ctx.kept))
+
+    return CustomGradient
 
 
 adapter = TorchAdapter()

@@ -15,7 +15,7 @@ See ``python -m normcore info`` for the adapters and devices found and
 
 from typing import Any
 
-from . import adapter, optim, typing
+from . import adapter, optim, sync, typing
 from ._functional.batch_norm import batch_norm, batch_norm_backward, batch_norm_train
 from ._functional.group_norm import (
     group_norm,
@@ -75,6 +75,7 @@ __all__ = [
     "rnn_params",
     "rnn_params_from_torch",
     "rnn_params_to_torch",
+    "sync",
     "typing",
     "using_reference_path",
     "weight_norm",

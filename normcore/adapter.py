@@ -33,6 +33,7 @@ fast path to the reference.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -336,6 +337,24 @@ class Adapter:
         or have a one-pass kernel. Must return what
         :func:`normcore._reference.moments.moment_sums` returns; the default
         returns ``NotImplemented``.
+        """
+        return NotImplemented
+
+    def custom_gradient(
+        self,
+        forward: Callable[..., tuple[Array, Any]],
+        backward: Callable[[Array, Any], tuple[Array | None, ...]],
+        inputs: tuple[Array | None, ...],
+    ) -> tuple[Array, Any] | NotImplementedType:
+        """Run ``forward(*inputs) -> (y, saved)`` so that autodiff takes ``backward`` for ``y``.
+
+        ``backward(dy, saved)`` returns one gradient per input (None for a
+        None input). For computations whose gradient autodiff cannot find by
+        itself, such as batch statistics gathered from other processes
+        (:mod:`normcore.sync`). Return ``(y, saved)``, or ``NotImplemented``
+        (the default) to have ``forward`` run as it is: right for libraries
+        without autodiff, and for those that differentiate through
+        ``forward`` correctly (JAX differentiates its collectives).
         """
         return NotImplemented
 

@@ -10,7 +10,7 @@ pass), shared by :class:`normcore.BatchNorm` and ``normcore.torch.BatchNorm*d``.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .._plumbing import dispatch
 from .._plumbing.compat import library_label
@@ -32,7 +32,15 @@ from .._plumbing.validation import (
 from .._reference.primitive import broadcast_param
 from .._reference.running import CONVENTIONS, RunningStats, running_update
 from ..adapter import Adapter, Gradients, Layout, Statistics
+from ..sync import Reducer
 from ..typing import Array, Namespace
+from .sync import (
+    SyncedStatistics,
+    check_reducer,
+    global_statistics,
+    synced_backward,
+    synced_batch_norm,
+)
 
 __all__ = [
     "BatchCall",
@@ -77,6 +85,7 @@ def prepare_batch_norm(
     var: Array | None,
     dy: Array | None = None,
     correction: float = 0,
+    sync: Any = None,
 ) -> BatchCall:
     """Validate batch norm's arguments; return the call for the primitive.
 
@@ -94,14 +103,22 @@ def prepare_batch_norm(
             "mean and var must be given together (inference) or both be None "
             f"(training with batch statistics), got only {given}"
         )
+    check_reducer(sync)
+    if sync is not None and mean is not None:
+        raise ValueError(
+            "sync combines batch statistics over processes; with mean and var given there "
+            "are none to combine: pass sync=None (inference needs no communication)"
+        )
     features = (x.shape[axis],)
     what = f"one value per feature along axis {axis}"
     for name, param in (("gain", gain), ("bias", bias), ("mean", mean), ("var", var)):
         check_param_shape(param, features, name, what)
     if mean is None:
         check_known_sizes(x, tuple(a for a in range(x.ndim) if a != axis))
-        check_trainable_batch(x, axis)
-        values = None if is_empty(x) else math.prod(x.shape) // x.shape[axis]
+        values = None
+        if sync is None:  # with sync, this part's size says nothing of the global batch's
+            check_trainable_batch(x, axis)
+            values = None if is_empty(x) else math.prod(x.shape) // x.shape[axis]
         correction = check_correction(correction, values)
     elif check_correction(correction, None):
         raise ValueError(
@@ -142,6 +159,7 @@ def batch_norm(
     mean: Array | None = None,
     var: Array | None = None,
     correction: float = 0,
+    sync: Reducer | None = None,
 ) -> Array:
     """Batch normalization: normalize each feature with statistics over the batch.
 
@@ -171,6 +189,12 @@ def batch_norm(
         feature. 0 is Ioffe & Szegedy's biased variance; 1 the unbiased one
         that Ba et al. (2016) use for batch norm at batch size 4. Must be 0
         when ``mean``/``var`` are given.
+    sync : normcore.sync.Reducer, optional
+        For data-parallel training: ``x`` is this process's part of a batch
+        spread over the processes ``sync`` connects, and the statistics are
+        the whole batch's (exact for parts of any sizes, empty ones
+        included). Every process must make the same call. With torch,
+        autograd's gradient is the whole batch's too. See :mod:`normcore.sync`.
 
     Returns
     -------
@@ -222,7 +246,9 @@ def batch_norm(
            [ 0. , -0.5],
            [ 1. ,  1.5]])
     """
-    call = prepare_batch_norm(x, gain, bias, axis, eps, mean, var, correction=correction)
+    call = prepare_batch_norm(x, gain, bias, axis, eps, mean, var, correction=correction, sync=sync)
+    if sync is not None:
+        return synced_batch_norm(call, x, gain, bias, sync, correction)[0]
     return dispatch.normalize(call.adapter, call.xp, x, gain, bias, call.layout).y
 
 
@@ -237,6 +263,7 @@ def batch_norm_backward(
     mean: Array | None = None,
     var: Array | None = None,
     correction: float = 0,
+    sync: Reducer | None = None,
 ) -> Gradients:
     """Gradients of :func:`batch_norm` with respect to ``x``, ``gain`` and ``bias``.
 
@@ -253,8 +280,12 @@ def batch_norm_backward(
     ----------
     dy : array
         Gradient of the loss with respect to the output; shape and dtype of ``x``.
-    x, gain, bias, axis, eps, mean, var, correction
-        The arguments the forward was called with.
+    x, gain, bias, axis, eps, mean, var, correction, sync
+        The arguments the forward was called with. With ``sync`` the
+        gradient is that of the whole batch's loss (``dgain``/``dbias`` are
+        this process's parts of it); this recomputes the global statistics,
+        so it communicates twice (a :class:`BatchNorm` with ``sync`` saves
+        them and communicates once per backward).
 
     Returns
     -------
@@ -282,14 +313,19 @@ def batch_norm_backward(
     array([1.])
     """
     check_gradient_given(dy)
-    call = prepare_batch_norm(x, gain, bias, axis, eps, mean, var, dy=dy, correction=correction)
+    call = prepare_batch_norm(
+        x, gain, bias, axis, eps, mean, var, dy=dy, correction=correction, sync=sync
+    )
+    if sync is not None:
+        stats = global_statistics(call, x, sync, correction)
+        return synced_backward(call, dy, x, gain, bias, stats, sync)
     return dispatch.normalize_backward(call.adapter, call.xp, dy, x, gain, bias, call.layout)
 
 
 class BatchMoments(NamedTuple):
     """A training batch's statistics for the running update: values per feature, mean, var."""
 
-    count: int
+    count: int | Array  # an array for the global batch of a synchronized batch norm
     mean: Array
     var: Array  # biased
 
@@ -304,19 +340,32 @@ def batch_norm_pass(
     eps: float,
     training: bool,
     correction: float = 0,
-) -> tuple[Array, BatchMoments | None, tuple[Array | None, Array | None, float]]:
+    sync: Reducer | None = None,
+) -> tuple[Array, BatchMoments | None, Used]:
     """The normalization of :func:`batch_norm_forward`: ``(y, batch moments or None, used)``.
 
     The batch moments are returned when ``running`` would be updated (a
     non-empty training batch with running statistics), for
     :func:`~normcore._reference.running.running_update`; nothing is updated
     here, so a caller can apply them to whatever the running statistics are
-    by then (:class:`normcore.BatchNorm` does, for concurrent calls).
+    by then (:class:`normcore.BatchNorm` does, for concurrent calls). With
+    ``sync``, batch statistics are the global batch's, and so are the
+    moments (also for an empty part of it); ``used`` is then the
+    :class:`~normcore._functional.sync.SyncedStatistics` its backward takes.
     """
     use_batch = training or running is None
     correction = correction if use_batch else 0
+    sync = sync if use_batch else None  # running statistics: nothing to communicate
     fixed = (None, None) if use_batch else (running.mean, running.var)
-    call = prepare_batch_norm(x, gain, bias, axis, eps, *fixed, correction=correction)
+    call = prepare_batch_norm(x, gain, bias, axis, eps, *fixed, correction=correction, sync=sync)
+    if sync is not None:
+        y, synced = synced_batch_norm(call, x, gain, bias, sync, correction)
+        moments = None
+        if training and running is not None:
+            count = synced.count
+            biased = synced.var * ((count - correction) / count) if correction else synced.var
+            moments = BatchMoments(count, synced.mean, biased)
+        return y, moments, synced
     # An empty batch has no statistics: it leaves the running ones as they are.
     tracking = use_batch and training and running is not None and not is_empty(x)
     # One pass normalizes the batch and yields the statistics it used.
@@ -333,6 +382,11 @@ def batch_norm_pass(
     return y, moments, (*fixed, correction)
 
 
+#: The statistics a forward used, for its backward: ``(mean, var, correction)`` as
+#: :func:`batch_norm_backward` takes them, or a synchronized forward's global statistics.
+Used = tuple[Array | None, Array | None, float] | SyncedStatistics
+
+
 def batch_norm_forward(
     x: Array,
     gain: Array | None,
@@ -346,7 +400,8 @@ def batch_norm_forward(
     training: bool,
     correction: float = 0,
     synchronous: bool = True,
-) -> tuple[Array, RunningStats | None, tuple[Array | None, Array | None, float]]:
+    sync: Reducer | None = None,
+) -> tuple[Array, RunningStats | None, Used]:
     """One forward of a batch norm layer: ``(y, new running stats or None, statistics used)``.
 
     Batch statistics in training or without running statistics (``running``
@@ -357,10 +412,19 @@ def batch_norm_forward(
     correction)`` as :func:`batch_norm_backward` expects them: ``(None, None,
     correction)`` for batch statistics (normalized with the variance divided
     by ``count - correction``), the running ones otherwise. ``synchronous``
-    is passed on to :func:`~normcore._reference.running.running_update`.
+    is passed on to :func:`~normcore._reference.running.running_update`;
+    ``sync`` to :func:`batch_norm_pass`.
     """
     y, moments, used = batch_norm_pass(
-        x, gain, bias, running, axis=axis, eps=eps, training=training, correction=correction
+        x,
+        gain,
+        bias,
+        running,
+        axis=axis,
+        eps=eps,
+        training=training,
+        correction=correction,
+        sync=sync,
     )
     update = None
     if moments is not None:
@@ -379,6 +443,7 @@ def batch_norm_train(
     momentum: float | None = 0.1,
     convention: str = "torch",
     correction: float = 0,
+    sync: Reducer | None = None,
 ) -> tuple[Array, RunningStats]:
     """One training step of batch norm as a pure function: ``(y, new running statistics)``.
 
@@ -411,6 +476,10 @@ def batch_norm_train(
         unbiased batch variance; Keras and Flax: ``new = momentum * old +
         (1 - momentum) * batch`` with the biased one (pass Flax's momentum,
         e.g. 0.99).
+    sync : normcore.sync.Reducer, optional
+        As for :func:`batch_norm`; the running statistics are then updated
+        from the global batch's, identically on every process (for example
+        ``normcore.sync.JaxAxis(name)`` inside ``jax.vmap``/``shard_map``).
 
     Returns
     -------
@@ -474,5 +543,6 @@ def batch_norm_train(
         training=True,
         correction=correction,
         synchronous=False,
+        sync=sync,
     )
     return y, running if update is None else update  # None: an empty batch

@@ -6,7 +6,13 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from .._functional.batch_norm import BatchMoments, batch_norm_backward, batch_norm_pass
+from .._functional.batch_norm import (
+    BatchMoments,
+    batch_norm_backward,
+    batch_norm_pass,
+    prepare_batch_norm,
+)
+from .._functional.sync import SyncedStatistics, check_reducer, synced_backward
 from .._plumbing.validation import (
     check_bool,
     check_choice,
@@ -19,6 +25,7 @@ from .._plumbing.validation import (
     check_real,
 )
 from .._reference.running import CONVENTIONS, RunningStats, running_update
+from ..sync import Reducer
 from .module import Module
 
 __all__ = ["BatchNorm"]
@@ -74,6 +81,13 @@ class BatchNorm(Module):
         *normalize* in training (see :func:`batch_norm`): 1 normalizes with the
         unbiased variance, as Ba et al. (2016) do for batch norm at batch size
         4. The running statistics follow ``convention`` whatever it is.
+    sync : normcore.sync.Reducer, optional
+        Synchronized batch norm for data-parallel training: in training the
+        statistics are those of the whole batch spread over the processes
+        the reducer connects (every process calls the module alike), and the
+        running statistics are updated from them, identically everywhere.
+        One collective per training call and one per :meth:`backward`;
+        inference communicates nothing. See :mod:`normcore.sync`.
     like, device, dtype
         Library, device and dtype of the arrays (see :class:`normcore.Module`);
         NumPy float32 by default.
@@ -147,6 +161,7 @@ class BatchNorm(Module):
         track_running_stats: bool = True,
         convention: str = "torch",
         correction: float = 0,
+        sync: Reducer | None = None,
         like: Any = None,
         device: Any = None,
         dtype: Any = None,
@@ -161,6 +176,7 @@ class BatchNorm(Module):
         self.momentum = check_real(momentum, "momentum", 0.0, 1.0, allow_none=True)
         self.eps = check_eps(eps)
         self.correction = check_correction(correction, None)
+        self.sync = check_reducer(sync)
         super().__init__(like=like, device=device, dtype=dtype)
         self._check_eps(self.eps)
         self.num_features = num_features
@@ -206,6 +222,7 @@ class BatchNorm(Module):
             eps=self.eps,
             training=training,
             correction=self.correction,
+            sync=self.sync,
         )
         skipped = self._update_running(moments) if moments is not None else []
         self._saved = (x, self.gain, self.bias, used)
@@ -242,7 +259,14 @@ class BatchNorm(Module):
         after an inference call the (running) statistics are constants. The
         gradients are those of the parameters as they were in the forward call.
         """
-        x, gain, bias, (mean, var, correction) = self._require_saved()
+        x, gain, bias, used = self._require_saved()
+        if isinstance(used, SyncedStatistics):  # the forward's global statistics
+            call = prepare_batch_norm(
+                x, gain, bias, self.axis, self.eps, None, None, dy=dy, sync=self.sync
+            )
+            grads = synced_backward(call, dy, x, gain, bias, used, self.sync)
+            return self._store_gradients(grads)
+        mean, var, correction = used
         grads = batch_norm_backward(
             dy, x, gain, bias, axis=self.axis, eps=self.eps, mean=mean, var=var,
             correction=correction,

@@ -17,7 +17,14 @@ from ..typing import Array, Namespace
 from .compat import device_of, namespace_of
 from .config import using_reference_path
 
-__all__ = ["adopted", "is_empty", "moments", "normalize", "normalize_backward"]
+__all__ = [
+    "adopted",
+    "custom_gradient",
+    "is_empty",
+    "moments",
+    "normalize",
+    "normalize_backward",
+]
 
 
 def is_empty(x: Array) -> bool:
@@ -59,6 +66,17 @@ def moments(adapter, xp, x, axes) -> tuple[int, Array, Array]:
         if result is not NotImplemented:
             return result
     return reference_moments.moment_sums(xp, x, axes)
+
+
+def custom_gradient(adapter, forward, backward, inputs):
+    """``forward(*inputs) -> (y, saved)``, with ``backward(dy, saved)`` as ``y``'s gradient.
+
+    ``adapter.custom_gradient`` where the library differentiates in a way
+    that must be told (torch's autograd); otherwise ``forward`` runs as it is
+    (no autodiff, or one that differentiates ``forward`` itself, as JAX does).
+    """
+    result = adapter.custom_gradient(forward, backward, inputs)
+    return forward(*inputs) if result is NotImplemented else result
 
 
 def adopt(adapter, xp, x, other):

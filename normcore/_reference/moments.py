@@ -3,7 +3,9 @@
 * :func:`centered_moments`: mean and variance in two passes over data shifted
   by a sample, never ``E[x**2] - E[x]**2``.
 * :func:`chan_merge`: the parallel merge of two ``(count, mean, M2)`` triples
-  (Chan, Golub & LeVeque, 1979), exact up to round-off in any order and grouping.
+  (Chan, Golub & LeVeque, 1979), exact up to round-off in any order and grouping;
+  :func:`merge_stacked`: the same merge of ``k`` triples at once (the triples of
+  the processes of a data-parallel group, :mod:`normcore.sync`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import math
 
 from ..typing import Array, Namespace
 
-__all__ = ["batch_moments", "centered_moments", "chan_merge", "moment_sums"]
+__all__ = ["batch_moments", "centered_moments", "chan_merge", "merge_stacked", "moment_sums"]
 
 
 def _first_along(x: Array, axes: tuple[int, ...]) -> Array:
@@ -82,4 +84,25 @@ def chan_merge(
     delta = mean_b - mean_a
     mean = mean_a + delta * (count_b / count)
     m2 = m2_a + m2_b + delta * delta * (count_a * count_b / count)
+    return count, mean, m2
+
+
+def merge_stacked(
+    xp: Namespace, counts: Array, means: Array, m2s: Array
+) -> tuple[Array, Array, Array]:
+    """Merge ``k`` triples stacked along axis 0 into one ``(count, mean, M2)``::
+
+        n = sum_i n_i,   mean = sum_i n_i * mean_i / n
+        M2 = sum_i M2_i + sum_i n_i * (mean_i - mean)**2
+
+    :func:`chan_merge` applied to all ``k`` at once: the deviations are taken
+    from the merged mean, never ``E[x**2] - E[x]**2``. ``counts`` broadcasts
+    against ``means``; a triple with count 0 contributes nothing (its mean and
+    M2 must be finite, zeros say). The result is the same array on every
+    process that merges the same stack. ``count`` is returned as an array.
+    """
+    count = xp.sum(counts, axis=0)
+    mean = xp.sum(counts * means, axis=0) / count
+    deviation = means - mean
+    m2 = xp.sum(m2s, axis=0) + xp.sum(counts * deviation * deviation, axis=0)
     return count, mean, m2
