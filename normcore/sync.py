@@ -84,18 +84,19 @@ class TorchDistributed(Reducer):
 
     Notes
     -----
-    The collectives are ``all_gather_into_tensor`` and ``all_reduce``, both
-    synchronous, on the tensors' device (CPU tensors need a backend that
-    supports CPU, such as gloo; CUDA tensors one that supports CUDA, such as
-    NCCL). normcore's own autograd function, not ``torch.distributed.nn``,
-    carries the gradient.
+    The collectives are ``all_gather_single`` (``all_gather_into_tensor``
+    before torch 2.13) and ``all_reduce``, both synchronous, on the tensors'
+    device (CPU tensors need a backend that supports CPU, such as gloo; CUDA
+    tensors one that supports CUDA, such as NCCL). normcore's own autograd
+    function, not ``torch.distributed.nn``, carries the gradient. Run here
+    with gloo on CPU only: NCCL on CUDA has not been run with normcore yet.
 
     Examples
     --------
     In each process of a group (see docs/data-parallel.md for a whole script):
 
     >>> import normcore
-    >>> bn = normcore.BatchNorm(16, like="torch", sync=normcore.sync.TorchDistributed())
+    >>> bn = normcore.BatchNorm(16, like=torch, sync=normcore.sync.TorchDistributed())
     ... # doctest: +SKIP
     """
 
@@ -106,9 +107,11 @@ class TorchDistributed(Reducer):
         import torch.distributed as dist
 
         world = dist.get_world_size(self.group)
-        gathered = buffer.new_empty((world, *buffer.shape))
-        dist.all_gather_into_tensor(gathered, buffer.contiguous(), group=self.group)
-        return gathered
+        gathered = buffer.new_empty((world * buffer.numel(),))
+        # all_gather_single (torch >= 2.13) is all_gather_into_tensor's new name
+        gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+        gather(gathered, buffer.contiguous(), group=self.group)
+        return gathered.reshape(world, *buffer.shape)
 
     def all_sum(self, buffer: Any) -> Any:
         import torch.distributed as dist

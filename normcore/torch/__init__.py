@@ -2,7 +2,7 @@
 
 ``torch.nn.Module`` subclasses with the constructor arguments, parameters and
 ``state_dict`` keys of their ``torch.nn`` namesakes (``LayerNorm``, ``RMSNorm``,
-``BatchNorm1d/2d/3d``, ``GroupNorm``, ``InstanceNorm1d/2d/3d``; ``RNN``,
+``BatchNorm1d/2d/3d``, ``SyncBatchNorm``, ``GroupNorm``, ``InstanceNorm1d/2d/3d``; ``RNN``,
 ``LSTM``, ``GRU`` with an extra ``layer_norm`` flag), whose ``forward`` calls
 normcore's functional API (:func:`normcore.layer_norm`,
 :func:`normcore.batch_norm`, :func:`normcore.rnn`, ...). The normalization
@@ -22,7 +22,7 @@ import torch
 from normcore._plumbing.compat import namespace_of
 from normcore._plumbing.registry import adapter_for
 
-from ._batch_norm import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from ._batch_norm import BatchNorm1d, BatchNorm2d, BatchNorm3d, SyncBatchNorm
 from ._group_norm import GroupNorm
 from ._instance_norm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
 from ._layer_norm import LayerNorm, RMSNorm
@@ -50,4 +50,5 @@ __all__ = [
     "InstanceNorm3d",
     "LayerNorm",
     "RMSNorm",
+    "SyncBatchNorm",
 ]
