@@ -99,6 +99,23 @@ def _native_batch_norm(torch, x, gain, bias, layout: Layout, need_stats: bool) -
     return Normalized(y, mean.reshape(shape) + shift, var.reshape(shape) * ((count - 1) / count))
 
 
+def _native_batch_norm_backward(torch, dy, x, gain, bias, layout: Layout) -> Gradients:
+    """aten's fused backward of batch norm with fixed statistics (``train=False``).
+
+    One pass gives ``dx = dy * gain * rstd`` and the two per-channel sums
+    ``dgain = sum(dy * xhat)``, ``dbias = sum(dy)``; the statistics are constants.
+    """
+    stats = layout.stats
+    channels = x.shape[1]
+    mean = stats.mean.reshape(channels).to(x.dtype)
+    var = stats.var.reshape(channels).to(x.dtype)
+    dx, dgain, dbias = torch.ops.aten.native_batch_norm_backward(
+        dy, x, gain, mean, var, None, None, False, layout.eps,
+        [True, gain is not None, bias is not None],
+    )  # fmt: skip
+    return Gradients(dx, dgain, dbias)
+
+
 def _group_norm_layout(x, layout: Layout) -> bool:
     """Grouped ``(N, G, C // G, *spatial)``: statistics per ``(n, g)``, parameters per channel."""
     return (
@@ -217,8 +234,18 @@ class TorchAdapter(Adapter):
         return _fused(torch, xp, x, gain, bias, layout)
 
     def normalize_backward(self, xp, dy, x, gain, bias, layout):
-        """aten's ``native_layer_norm_backward`` for the layer-norm layout."""
+        """aten's ``native_layer_norm_backward`` for the layer-norm layout, and
+        ``native_batch_norm_backward`` for the batch-norm layout with fixed statistics."""
         torch = sys.modules["torch"]
+        if (
+            layout.stats is not None
+            and layout.center
+            and not layout.correction
+            and _batch_norm_layout(x, layout)
+            and x.dtype in (torch.float32, torch.float64)
+            and all(p is None or p.dtype == x.dtype for p in (gain, bias))
+        ):
+            return _native_batch_norm_backward(torch, dy, x, gain, bias, layout)
         if (
             not layout.center
             or layout.stats is not None
@@ -249,13 +276,20 @@ class TorchAdapter(Adapter):
         return Gradients(dx, dgain, dbias)
 
     def moments(self, xp, x, axes):
-        """``(count, mean, M2)`` from torch's one-pass Welford ``var_mean`` (float32/float64)."""
+        """``(count, mean, M2)`` in the reference's two shifted passes, with one temporary.
+
+        The reference allocates four ``x``-sized arrays; here the shifted copy
+        is centered and squared in place (it is this function's own), which
+        matters where each fresh allocation costs page faults. With autograd
+        recording, the reference runs (in-place steps would break the graph).
+        """
         torch = sys.modules["torch"]
-        if x.dtype not in (torch.float32, torch.float64):
+        if torch.is_grad_enabled() and x.requires_grad:
             return NotImplemented
-        var, mean = torch.var_mean(x, dim=axes, correction=0, keepdim=True)
-        count = math.prod(x.shape[a] for a in axes)
-        return count, mean, var * count
+        work = x - _first_values(x, axes)
+        offset = work.mean(dim=axes, keepdim=True)
+        m2 = work.sub_(offset).square_().sum(dim=axes, keepdim=True)
+        return math.prod(x.shape[a] for a in axes), offset + _first_values(x, axes), m2
 
     def custom_gradient(self, forward, backward, inputs):
         """A ``torch.autograd.Function`` whose backward is ``backward``, when autograd records."""

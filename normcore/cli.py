@@ -33,6 +33,11 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.sync:
+        from ._tools.bench_sync import run as run_sync
+
+        run_sync(quick=args.quick)
+        return 0
     from ._tools.bench import run
 
     run(quick=args.quick)
@@ -124,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick",
         action="store_true",
         help="small sizes and few repeats, ratios shown but not graded (seconds; for CI)",
+    )
+    bench.add_argument(
+        "--sync",
+        action="store_true",
+        help="instead: the cost of SyncBatchNorm over 2 processes (gloo on 127.0.0.1) "
+        "against local batch norm (needs torch)",
     )
     bench.set_defaults(run=_bench)
     _add_experiments(commands)

