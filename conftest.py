@@ -1,9 +1,9 @@
 """Collection rules for the whole tree (doctests included): what needs an optional library.
 
-``normcore/torch/`` imports torch, so its doctests are collected only when
-torch is installed; a docstring example elsewhere that imports an optional
-library that is missing is skipped, with that reason. Everything else is
-collected and run in every environment.
+``normcore/torch/`` imports torch and ``normcore/flax/`` flax, so their
+doctests are collected only when those are installed; a docstring example
+elsewhere that imports an optional library that is missing is skipped, with
+that reason. Everything else is collected and run in every environment.
 """
 
 from __future__ import annotations
@@ -13,18 +13,17 @@ import re
 
 import pytest
 
-OPTIONAL = ("torch", "cupy")
+OPTIONAL = ("torch", "cupy", "jax", "flax")
 MISSING = [name for name in OPTIONAL if importlib.util.find_spec(name) is None]
+# the packages that import an optional library as they are imported
+PACKAGES = {"torch": "normcore/torch", "flax": "normcore/flax"}
 
-collect_ignore_glob: list[str] = []
-if "torch" in MISSING:
-    collect_ignore_glob.append("normcore/torch/*")
+collect_ignore_glob: list[str] = [f"{PACKAGES[name]}/*" for name in MISSING if name in PACKAGES]
 
 
 def pytest_report_header(config):
-    if "torch" in MISSING:
-        return "not collected: normcore/torch/ doctests (torch is not installed)"
-    return None
+    skipped = [f"{PACKAGES[n]}/ ({n} is not installed)" for n in MISSING if n in PACKAGES]
+    return f"doctests not collected: {', '.join(skipped)}" if skipped else None
 
 
 def pytest_collection_modifyitems(config, items):

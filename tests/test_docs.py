@@ -23,6 +23,9 @@ NEEDS = {
     "cupy": ("cupy",),
     "jax": ("jax",),
     "dask": ("dask",),
+    "flax": ("flax",),
+    "optax": ("optax",),
+    "normcore.flax": ("flax",),
     "normcore.experiments": ("sklearn", "matplotlib"),
 }
 
