@@ -306,6 +306,18 @@ class DaskAdapter(Adapter):
         return Gradients(dx, total(1, gain), total(2, bias))
 
     # -- statistics -------------------------------------------------------------
+    def settle(self, values):
+        """Compute the values together (one ``dask.compute``) and wrap each as one chunk.
+
+        The running statistics of a ``BatchNorm`` on dask arrays are then
+        computed once per training step, and each new value is a one-task
+        array: the state's graph stays the same size however many steps run.
+        """
+        import dask
+
+        da = _da()
+        return tuple(da.from_array(v, chunks=v.shape) for v in dask.compute(*values))
+
     def moments(self, xp, x, axes):
         """``(count, mean, M2)`` over ``axes`` as one tree reduction of per-chunk triples."""
         shape = tuple(x.shape)

@@ -340,6 +340,18 @@ class Adapter:
         """
         return NotImplemented
 
+    def settle(self, values: tuple[Array, ...]) -> tuple[Array, ...]:
+        """Return state values holding their results, computed together; for lazy libraries.
+
+        Called on the new running statistics of a batch norm (and the flag
+        saying whether they are finite) before they replace the old ones. A
+        library whose arrays are lazy computes them here, in one computation,
+        and returns arrays that hold the results, so that state never keeps a
+        graph that grows with every update (nor recomputes earlier updates).
+        The default returns ``values`` as they are.
+        """
+        return values
+
     def custom_gradient(
         self,
         forward: Callable[..., tuple[Array, Any]],

@@ -165,6 +165,37 @@ def test_moments_read_every_chunk_once(rng):
     np.testing.assert_allclose(population.var.compute(), expected, rtol=1e-13)
 
 
+def test_batch_norm_training_keeps_a_bounded_graph_and_computes_once_per_step(rng):
+    """The running statistics hold values, not the graph of every earlier batch."""
+
+    class Counted:  # an array source that counts the reads of its chunks
+        def __init__(self, values):
+            self.values, self.reads = values, 0
+            self.shape, self.dtype, self.ndim = values.shape, values.dtype, values.ndim
+
+        def __getitem__(self, index):
+            self.reads += 1
+            return self.values[index]
+
+    data = rng.normal(3.0, 2.0, size=(10, 64, 5))
+    lazy = normcore.BatchNorm(5, dtype="float64", momentum=None, like=da.zeros(1))
+    eager = normcore.BatchNorm(5, dtype="float64", momentum=None)
+    sizes, reads = [], []
+    for batch in data:
+        source = Counted(batch)
+        x = da.from_array(source, chunks=(16, 5), asarray=False)
+        at_creation = source.reads  # dask reads an empty slice for the array's meta
+        lazy(x)
+        eager(batch)
+        sizes.append(len(dict(lazy.running_mean.__dask_graph__())))
+        reads.append(source.reads - at_creation)
+    assert sizes == [1] * 10  # one task holding the values, after every step
+    assert reads == [4] * 10  # each of the 4 chunks read once per step: one computation
+    np.testing.assert_allclose(lazy.running_mean.compute(), eager.running_mean, rtol=1e-14)
+    np.testing.assert_allclose(lazy.running_var.compute(), eager.running_var, rtol=1e-14)
+    assert int(lazy.num_batches_tracked) == 10
+
+
 def test_population_stats_merges_many_batches_as_a_balanced_tree(rng):
     data = rng.normal(5.0, 2.0, size=(64 * 4, 3))
     batches = [da.from_array(data[i : i + 4]) for i in range(0, len(data), 4)]

@@ -24,6 +24,7 @@ __all__ = [
     "moments",
     "normalize",
     "normalize_backward",
+    "settle",
 ]
 
 
@@ -77,6 +78,13 @@ def custom_gradient(adapter, forward, backward, inputs):
     """
     result = adapter.custom_gradient(forward, backward, inputs)
     return forward(*inputs) if result is NotImplemented else result
+
+
+def settle(values: tuple[Array, ...]) -> tuple[Array, ...]:
+    """``values`` computed together where their adapter is lazy (``Adapter.settle``)."""
+    from .registry import adapter_for
+
+    return adapter_for(values[0]).settle(values)
 
 
 def adopt(adapter, xp, x, other):

@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from .._plumbing import dispatch
 from .._plumbing.compat import has_no_values, namespace_of, without_grad
 from ..typing import Array, DType, Namespace
 
@@ -84,6 +85,12 @@ def running_update(
     new_mean = _blend(xp, running.mean, mean, weight, work)
     new_var = _blend(xp, running.var, var, weight, work)
     finite = xp.all(xp.isfinite(new_mean)) & xp.all(xp.isfinite(new_var))
+    if synchronous:
+        # Lazy state (dask) is computed here, once, with the flag read next: the new
+        # values then hold their results and never the graph of earlier batches.
+        new_mean, new_var, new_count, finite = dispatch.settle(
+            (new_mean, new_var, xp.asarray(tracked + 1), finite)
+        )
     if synchronous and not bool(finite):
         if bool(xp.all(xp.isfinite(mean)) & xp.all(xp.isfinite(var))):
             reason = (
@@ -103,7 +110,7 @@ def running_update(
             on_skip(message)
         return None
     if synchronous:
-        return RunningStats(new_mean, new_var, xp.asarray(tracked + 1))  # NumPy: keep 0-d
+        return RunningStats(new_mean, new_var, new_count)  # asarray: NumPy keeps it 0-d
     return RunningStats(
         xp.where(finite, new_mean, running.mean),
         xp.where(finite, new_var, running.var),
