@@ -240,7 +240,8 @@ class Module:
         if missing or extra:
             raise ValueError(
                 f"state_dict does not match {type(self).__name__}: "
-                f"missing keys {missing}, unexpected keys {extra}{prefix_hint(missing, extra)}"
+                f"missing keys {missing}, unexpected keys {extra}"
+                f"{prefix_hint(missing, extra) or self._torch_names_hint(extra)}"
             )
         converted = {}
         for name, old in current.items():
@@ -266,6 +267,29 @@ class Module:
         with self._lock:
             for name, value in converted.items():
                 setattr(self, name, value)
+
+    def _torch_names_hint(self, extra: list) -> str:
+        """A hint when the unexpected keys are torch's names of this module's state.
+
+        (A ``torch.nn`` or ``normcore.torch`` state dict given to
+        :meth:`load_state_dict` instead of ``load_torch_state_dict``.)
+        """
+        to_torch = getattr(self, "to_torch_state_dict", None)
+        if to_torch is None or getattr(self, "load_torch_state_dict", None) is None:
+            if "weight" in extra and "gain" in self._parameter_names:  # LayerNorm, GroupNorm
+                return (
+                    "; 'weight' is torch's name of 'gain': rename it, e.g. "
+                    "{'gain' if k == 'weight' else k: v for k, v in state.items()}"
+                )
+            return ""
+        names = set(to_torch())
+        torch_keys = [key for key in extra if key in names]
+        if not torch_keys:
+            return ""
+        return (
+            f"; {torch_keys[0]!r} is one of torch's names: load a torch.nn (or normcore.torch) "
+            f"state dict with {type(self).__name__}.load_torch_state_dict(state) instead"
+        )
 
     def _convert(self, value: Any, like: Any) -> Any:
         xp = self._xp
