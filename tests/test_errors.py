@@ -232,3 +232,57 @@ def test_arguments_checked_at_construction():
 def test_keepdims_must_be_a_bool(keepdims):
     with pytest.raises(TypeError, match=r"^keepdims must be True or False, got"):
         normcore.moments(np.ones((3, 2)), axis=0, keepdims=keepdims)
+
+
+def _torch():
+    return pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda: normcore.BatchNorm(3, device="nonsense"),
+            r"^device='nonsense' is not a device numpy can create arrays on here \(ValueError: ",
+        ),
+        (
+            lambda: normcore.rnn_params("lstm", 3, 4, device="gpu"),
+            r"^device='gpu' is not a device numpy can create arrays on here",
+        ),
+        (
+            lambda: normcore.BatchNorm(3, like=_torch(), device="nonsense"),
+            r"^device='nonsense' is not a torch device \(.*\); pass e.g. 'cpu', 'cuda'",
+        ),
+        (
+            lambda: normcore.LSTM(3, 4, like=_torch(), device="nonsense"),
+            r"^device='nonsense' is not a torch device",
+        ),
+        (
+            lambda: normcore.rnn_params("gru", 3, 4, like=_torch(), device="cuda:99"),
+            r"^device='cuda:99': torch has (no CUDA device here|\d+ CUDA device\(s\) here)",
+        ),
+        (
+            lambda: normcore.LayerNorm(3, like=_torch(), device="cuda:99"),
+            r"^device='cuda:99': torch has",
+        ),
+    ],
+    ids=["numpy-module", "numpy-rnn_params", "torch-module", "torch-lstm", "cuda:99", "ln-cuda:99"],
+)
+def test_unknown_devices_are_value_errors_naming_device(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+@pytest.mark.parametrize("library", ["numpy", "torch"])
+def test_to_an_unknown_device_moves_nothing(library):
+    like = _torch() if library == "torch" else np
+    bn = normcore.BatchNorm(3, like=like)
+    values = np.array if library == "numpy" else lambda t: t.numpy().copy()
+    before = {k: values(v) for k, v in bn.state_dict().items()}
+    device = bn.device
+    with pytest.raises(ValueError, match=r"^device='nonsense' is not a"):
+        bn.to("nonsense")
+    assert bn.device == device
+    for key, value in bn.state_dict().items():
+        assert value.device == device
+        np.testing.assert_array_equal(values(value), before[key])

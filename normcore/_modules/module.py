@@ -33,6 +33,7 @@ from typing import Any
 
 from .._plumbing.compat import (
     device_of,
+    empty_on,
     is_array,
     library_label,
     library_name,
@@ -138,7 +139,7 @@ class Module:
         # The device as the library reports it for an array ("cuda:0" for "cuda",
         # the default for None), so that inputs compare equal to it.
         device = resolve_device(self._xp, device)
-        return device_of(self._xp.empty((0,), dtype=self._dtype, device=device))
+        return device_of(empty_on(self._xp, device, self._dtype))
 
     # -- creation ------------------------------------------------------------
     def _new(self, fill: float, shape: tuple[int, ...], dtype: Any = None) -> Any:
@@ -303,12 +304,19 @@ class Module:
         """Subclass hook: validate converted state before it is assigned."""
 
     def to(self, device: Any) -> Module:
-        """Move every array of the module to ``device`` (in place); return the module."""
+        """Move every array of the module to ``device`` (in place); return the module.
+
+        Raises
+        ------
+        ValueError
+            If the library has no such device (nothing is moved then).
+        """
+        resolved = self._resolved_device(device)  # checked before any array moves
         with self._lock:
             for name, value in self.state_dict().items():
                 setattr(self, name, to_device(value, device))
             self._grads = {k: to_device(v, device) for k, v in self._grads.items()}
-            self._device = self._resolved_device(device)
+            self._device = resolved
             self._saved = None
         return self
 
