@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -286,3 +287,83 @@ def test_to_an_unknown_device_moves_nothing(library):
     for key, value in bn.state_dict().items():
         assert value.device == device
         np.testing.assert_array_equal(values(value), before[key])
+
+
+SWAPPED = np.dtype(np.float32).newbyteorder("S")  # non-native on any machine
+
+
+def _swapped(shape):
+    return np.arange(np.prod(shape), dtype=np.float32).reshape(shape).astype(SWAPPED)
+
+
+@pytest.mark.parametrize(
+    ("call", "name"),
+    [
+        (lambda: normcore.layer_norm(_swapped((2, 3))), "x"),
+        (lambda: normcore.batch_norm(_swapped((4, 3))), "x"),
+        (lambda: normcore.group_norm(_swapped((2, 4, 3)), 2), "x"),
+        (lambda: normcore.layer_norm(np.ones((2, 3), np.float32), _swapped((3,))), "gain"),
+        (lambda: normcore.batch_norm(np.ones((2, 3), np.float32), bias=_swapped((3,))), "bias"),
+        (lambda: normcore.BatchNorm(3)(_swapped((4, 3))), "x"),
+        (lambda: normcore.LayerNorm(3)(_swapped((4, 3))), "x"),
+        (lambda: normcore.GRU(3, 2)(_swapped((2, 1, 3))), "xs"),
+        (
+            lambda: normcore.rnn(
+                np.ones((2, 1, 3), np.float32),
+                None,
+                {k: v.astype(SWAPPED) for k, v in normcore.rnn_params("gru", 3, 2).items()},
+                cell="gru",
+            ),
+            "params['W_x']",
+        ),
+    ],
+    ids=[
+        "layer_norm",
+        "batch_norm",
+        "group_norm",
+        "gain",
+        "bias",
+        "BatchNorm",
+        "LayerNorm",
+        "GRU",
+        "rnn-params",
+    ],
+)
+def test_byte_swapped_arrays_are_refused_with_the_fix(call, name):
+    pattern = (
+        rf"^{re.escape(name)} has a byte-swapped dtype '{SWAPPED.str}' \(non-native byte order"
+        rf".* convert it first with {re.escape(name)}\.astype\({re.escape(name)}\.dtype"
+        r"\.newbyteorder\('='\)\)$"
+    )
+    with pytest.raises(TypeError, match=pattern):
+        call()
+
+
+def test_the_byte_order_fix_gives_the_native_result():
+    x = _swapped((2, 3))
+    fixed = normcore.layer_norm(x.astype(x.dtype.newbyteorder("=")))
+    assert fixed.dtype == np.float32 and fixed.dtype.isnative
+    row = np.arange(3.0)
+    want = (row - row.mean()) / np.sqrt(row.var() + 1e-5)
+    np.testing.assert_allclose(fixed, [want, want], rtol=1e-6)
+
+
+def test_a_byte_swapped_module_dtype_is_refused():
+    with pytest.raises(TypeError, match=r"^dtype must be in native byte order, got the byte-s"):
+        normcore.BatchNorm(3, dtype=np.dtype(np.float64).newbyteorder("S"))
+
+
+def test_load_state_dict_converts_byte_swapped_arrays():
+    """A checkpoint saved on a machine of the other endianness loads with its values."""
+    bn = normcore.BatchNorm(3)
+    state = {
+        "gain": np.array([1.5, 2.0, -1.0]),
+        "bias": np.array([0.25, 0.0, 3.0]),
+        "running_mean": np.array([1.0, 2.0, 3.0]),
+        "running_var": np.array([4.0, 5.0, 6.0]),
+        "num_batches_tracked": np.array(7),
+    }
+    bn.load_state_dict({k: v.astype(v.dtype.newbyteorder("S")) for k, v in state.items()})
+    for key, value in bn.state_dict().items():
+        assert value.dtype.isnative
+        np.testing.assert_array_equal(value, state[key])
