@@ -174,6 +174,38 @@ class TorchAdapter(Adapter):
             ]
         return found
 
+    def resolve_device(self, device: Any) -> Any:
+        """``device`` as a ``torch.device``, or a ValueError naming it.
+
+        torch itself raises RuntimeError for a name it does not know and fails
+        only when allocating on a CUDA device that is not there (an
+        AssertionError without CUDA); both are checked here, before anything is made.
+        """
+        if device is None:
+            return None
+        import torch
+
+        try:
+            resolved = torch.device(device)
+        except (RuntimeError, TypeError, ValueError) as error:
+            raise ValueError(
+                f"device={device!r} is not a torch device ({error}); pass e.g. 'cpu', 'cuda', "
+                "'cuda:0' or a torch.device"
+            ) from None
+        if resolved.type == "cuda":
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if count == 0:
+                raise ValueError(
+                    f"device={device!r}: torch has no CUDA device here "
+                    "(torch.cuda.is_available() is False); use device='cpu'"
+                )
+            if resolved.index is not None and resolved.index >= count:
+                raise ValueError(
+                    f"device={device!r}: torch has {count} CUDA device(s) here, "
+                    f"cuda:0 to cuda:{count - 1}"
+                )
+        return resolved
+
     def check_devices(self) -> list[Any]:
         import torch
 

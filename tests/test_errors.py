@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -232,3 +233,137 @@ def test_arguments_checked_at_construction():
 def test_keepdims_must_be_a_bool(keepdims):
     with pytest.raises(TypeError, match=r"^keepdims must be True or False, got"):
         normcore.moments(np.ones((3, 2)), axis=0, keepdims=keepdims)
+
+
+def _torch():
+    return pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda: normcore.BatchNorm(3, device="nonsense"),
+            r"^device='nonsense' is not a device numpy can create arrays on here \(ValueError: ",
+        ),
+        (
+            lambda: normcore.rnn_params("lstm", 3, 4, device="gpu"),
+            r"^device='gpu' is not a device numpy can create arrays on here",
+        ),
+        (
+            lambda: normcore.BatchNorm(3, like=_torch(), device="nonsense"),
+            r"^device='nonsense' is not a torch device \(.*\); pass e.g. 'cpu', 'cuda'",
+        ),
+        (
+            lambda: normcore.LSTM(3, 4, like=_torch(), device="nonsense"),
+            r"^device='nonsense' is not a torch device",
+        ),
+        (
+            lambda: normcore.rnn_params("gru", 3, 4, like=_torch(), device="cuda:99"),
+            r"^device='cuda:99': torch has (no CUDA device here|\d+ CUDA device\(s\) here)",
+        ),
+        (
+            lambda: normcore.LayerNorm(3, like=_torch(), device="cuda:99"),
+            r"^device='cuda:99': torch has",
+        ),
+    ],
+    ids=["numpy-module", "numpy-rnn_params", "torch-module", "torch-lstm", "cuda:99", "ln-cuda:99"],
+)
+def test_unknown_devices_are_value_errors_naming_device(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+@pytest.mark.parametrize("library", ["numpy", "torch"])
+def test_to_an_unknown_device_moves_nothing(library):
+    like = _torch() if library == "torch" else np
+    bn = normcore.BatchNorm(3, like=like)
+    values = np.array if library == "numpy" else lambda t: t.numpy().copy()
+    before = {k: values(v) for k, v in bn.state_dict().items()}
+    device = bn.device
+    with pytest.raises(ValueError, match=r"^device='nonsense' is not a"):
+        bn.to("nonsense")
+    assert bn.device == device
+    for key, value in bn.state_dict().items():
+        assert value.device == device
+        np.testing.assert_array_equal(values(value), before[key])
+
+
+SWAPPED = np.dtype(np.float32).newbyteorder("S")  # non-native on any machine
+
+
+def _swapped(shape):
+    return np.arange(np.prod(shape), dtype=np.float32).reshape(shape).astype(SWAPPED)
+
+
+@pytest.mark.parametrize(
+    ("call", "name"),
+    [
+        (lambda: normcore.layer_norm(_swapped((2, 3))), "x"),
+        (lambda: normcore.batch_norm(_swapped((4, 3))), "x"),
+        (lambda: normcore.group_norm(_swapped((2, 4, 3)), 2), "x"),
+        (lambda: normcore.layer_norm(np.ones((2, 3), np.float32), _swapped((3,))), "gain"),
+        (lambda: normcore.batch_norm(np.ones((2, 3), np.float32), bias=_swapped((3,))), "bias"),
+        (lambda: normcore.BatchNorm(3)(_swapped((4, 3))), "x"),
+        (lambda: normcore.LayerNorm(3)(_swapped((4, 3))), "x"),
+        (lambda: normcore.GRU(3, 2)(_swapped((2, 1, 3))), "xs"),
+        (
+            lambda: normcore.rnn(
+                np.ones((2, 1, 3), np.float32),
+                None,
+                {k: v.astype(SWAPPED) for k, v in normcore.rnn_params("gru", 3, 2).items()},
+                cell="gru",
+            ),
+            "params['W_x']",
+        ),
+    ],
+    ids=[
+        "layer_norm",
+        "batch_norm",
+        "group_norm",
+        "gain",
+        "bias",
+        "BatchNorm",
+        "LayerNorm",
+        "GRU",
+        "rnn-params",
+    ],
+)
+def test_byte_swapped_arrays_are_refused_with_the_fix(call, name):
+    pattern = (
+        rf"^{re.escape(name)} has a byte-swapped dtype '{SWAPPED.str}' \(non-native byte order"
+        rf".* convert it first with {re.escape(name)}\.astype\({re.escape(name)}\.dtype"
+        r"\.newbyteorder\('='\)\)$"
+    )
+    with pytest.raises(TypeError, match=pattern):
+        call()
+
+
+def test_the_byte_order_fix_gives_the_native_result():
+    x = _swapped((2, 3))
+    fixed = normcore.layer_norm(x.astype(x.dtype.newbyteorder("=")))
+    assert fixed.dtype == np.float32 and fixed.dtype.isnative
+    row = np.arange(3.0)
+    want = (row - row.mean()) / np.sqrt(row.var() + 1e-5)
+    np.testing.assert_allclose(fixed, [want, want], rtol=1e-6)
+
+
+def test_a_byte_swapped_module_dtype_is_refused():
+    with pytest.raises(TypeError, match=r"^dtype must be in native byte order, got the byte-s"):
+        normcore.BatchNorm(3, dtype=np.dtype(np.float64).newbyteorder("S"))
+
+
+def test_load_state_dict_converts_byte_swapped_arrays():
+    """A checkpoint saved on a machine of the other endianness loads with its values."""
+    bn = normcore.BatchNorm(3)
+    state = {
+        "gain": np.array([1.5, 2.0, -1.0]),
+        "bias": np.array([0.25, 0.0, 3.0]),
+        "running_mean": np.array([1.0, 2.0, 3.0]),
+        "running_var": np.array([4.0, 5.0, 6.0]),
+        "num_batches_tracked": np.array(7),
+    }
+    bn.load_state_dict({k: v.astype(v.dtype.newbyteorder("S")) for k, v in state.items()})
+    for key, value in bn.state_dict().items():
+        assert value.dtype.isnative
+        np.testing.assert_array_equal(value, state[key])

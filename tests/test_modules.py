@@ -45,6 +45,56 @@ def test_load_state_dict_errors_name_the_key_and_change_nothing(
     assert_unchanged(backend, obj, before)
 
 
+def _torch_state(name, *args, **kwargs):
+    torch = pytest.importorskip("torch")
+    module = getattr(normcore.torch if kwargs.get("layer_norm") else torch.nn, name)
+    return {k: v.detach() for k, v in module(*args, **kwargs).state_dict().items()}
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs"),
+    [
+        (lambda: normcore.BatchNorm(3), lambda: _torch_state("BatchNorm1d", 3)),
+        (lambda: normcore.LSTM(I, H), lambda: _torch_state("LSTM", I, H)),
+        (lambda: normcore.LSTM(I, H), lambda: _torch_state("LSTM", I, H, layer_norm=True)),
+        (
+            lambda: normcore.GRU(I, H, layer_norm=False, num_layers=2),
+            lambda: _torch_state("GRU", I, H, num_layers=2),
+        ),
+        (lambda: normcore.GRU(I, H), lambda: _torch_state("GRU", I, H)),
+        (lambda: normcore.RNN(I, H, layer_norm=False), lambda: _torch_state("RNN", I, H)),
+    ],
+    ids=["batch_norm", "lstm-torch.nn", "lstm-normcore.torch", "gru-2-layers", "gru", "rnn"],
+)
+def test_a_torch_state_dict_points_to_load_torch_state_dict(ours, theirs):
+    obj, state = ours(), theirs()
+    before = {k: np.array(v) for k, v in obj.state_dict().items()}
+    with pytest.raises(ValueError) as info:
+        obj.load_state_dict(state)
+    message = str(info.value)
+    assert message.startswith(f"state_dict does not match {type(obj).__name__}: missing keys")
+    assert f"with {type(obj).__name__}.load_torch_state_dict(state) instead" in message
+    for key, value in obj.state_dict().items():
+        np.testing.assert_array_equal(value, before[key])
+
+
+@pytest.mark.parametrize("cls", [normcore.LayerNorm, normcore.GroupNorm])
+def test_torch_s_weight_key_says_it_is_gain(cls):
+    """No load_torch_state_dict there: the message says which key to rename."""
+    obj = cls(1, 3) if cls is normcore.GroupNorm else cls(3)
+    state = {"weight" if k == "gain" else k: v for k, v in obj.state_dict().items()}
+    with pytest.raises(ValueError, match=r"; 'weight' is torch's name of 'gain': rename it"):
+        obj.load_state_dict(state)
+    renamed = {"gain" if k == "weight" else k: v for k, v in state.items()}
+    obj.load_state_dict(renamed)  # the advice works
+
+
+def test_unrelated_keys_get_no_torch_hint():
+    with pytest.raises(ValueError) as info:
+        normcore.BatchNorm(3).load_state_dict({"running_mean": np.zeros(3)})
+    assert "torch" not in str(info.value)
+
+
 @pytest.mark.parametrize(
     ("cls", "args", "shape"),
     [(normcore.GroupNorm, (2, 4), (3, 4, 2)), (normcore.LSTM, (I, H), (T, B, I))],

@@ -165,6 +165,32 @@ def _constructor_id(case):
     return "-".join([name, *map(str, args), *(f"{k}={v}" for k, v in kwargs.items())])
 
 
+_ALL_DROP_INS = [
+    *(name for name, _, _ in _SUBCLASSES),
+    "SyncBatchNorm",
+    "RNN",
+    "LSTM",
+    "GRU",
+]
+
+
+@pytest.mark.parametrize("name", _ALL_DROP_INS)
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("nonsense", r"^device='nonsense' is not a torch device \(Expected one of cpu"),
+        ("cuda:99", r"^device='cuda:99': torch has (no CUDA device|\d+ CUDA device\(s\)) here"),
+    ],
+)
+def test_an_unknown_device_is_a_value_error_naming_device(name, device, message):
+    """torch.nn raises RuntimeError (or, for a CUDA device that is not there, AssertionError)."""
+    args = (1, 3) if name == "GroupNorm" else (3, 4) if name in ("RNN", "LSTM", "GRU") else (3,)
+    with pytest.raises(ValueError, match=message):
+        getattr(normcore.torch, name)(*args, device=device)
+    meta = getattr(normcore.torch, name)(*args, device="meta")  # a device torch knows
+    assert all(p.device.type == "meta" for p in meta.parameters())
+
+
 @pytest.mark.parametrize(("name", "args", "bases"), _SUBCLASSES, ids=[c[0] for c in _SUBCLASSES])
 def test_modules_are_instances_of_their_torch_nn_namesakes(name, args, bases):
     module = getattr(normcore.torch, name)(*args)

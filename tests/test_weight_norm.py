@@ -120,6 +120,35 @@ def test_torch_autograd_gradcheck():
     assert torch.autograd.gradcheck(lambda a, b: normcore.weight_norm(a, b), (v, g))
 
 
+@pytest.mark.parametrize("shape", [(0, 3), (3, 0)])
+@pytest.mark.parametrize("with_g", [False, True])
+def test_empty_torch_input_stays_on_the_autograd_graph(shape, with_g):
+    """As every other function: an empty w is computed from v and g, so backward reaches them.
+
+    The gradients are sums over no values: zeros of v's and g's shapes.
+    """
+    torch = pytest.importorskip("torch")
+    v = torch.zeros(shape, requires_grad=True)
+    g = torch.ones(shape[0], requires_grad=True) if with_g else None
+    w = normcore.weight_norm(v, g)
+    assert w.shape == shape
+    assert w.grad_fn is not None
+    w.sum().backward()
+    assert torch.equal(v.grad, torch.zeros(shape))
+    if with_g:
+        assert torch.equal(g.grad, torch.zeros(shape[0]))
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (3, 0)])
+def test_backward_of_an_empty_input_is_zero(backend, shape):
+    v = backend.asarray(np.zeros(shape), "float32")
+    g = backend.asarray(np.ones(shape[0]), "float32")
+    grads = normcore.weight_norm_backward(v, v, g)
+    assert_close(backend, grads.dx, np.zeros(shape), "float32")
+    assert_close(backend, grads.dgain, np.zeros(shape[0]), "float32")
+    assert normcore.weight_norm_backward(v, v).dgain is None
+
+
 @pytest.mark.parametrize(
     ("call", "error", "message"),
     [

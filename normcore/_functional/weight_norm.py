@@ -67,6 +67,11 @@ def _layout(xp: Any, adapter: Any, v: Any, g: Any, kept: tuple, reduced: tuple, 
     return gain, scale, Layout(reduced, kept, center=False, eps=eps / n)
 
 
+def _empty_layout(kept: tuple, reduced: tuple, eps: float) -> Layout:
+    """The layout of an empty ``v``, whose gain is ``g`` unscaled (there is nothing to scale)."""
+    return Layout(reduced, kept, center=False, eps=eps)
+
+
 def weight_norm(
     v: Array, g: Array | None = None, *, axis: int | tuple[int, ...] = 0, eps: float = 1e-12
 ) -> Array:
@@ -131,8 +136,11 @@ def weight_norm(
            [0. , 3. ]])
     """
     xp, adapter, kept, reduced, eps = _prepare(v, g, axis, eps)
-    if is_empty(v):  # the gain scaling below divides by the (zero) count
-        return xp.zeros_like(v)
+    if is_empty(v):
+        # The gain scaling below divides by the count, which may be 0; the dispatch
+        # answers empty inputs with an output computed from v and g, so that
+        # autograd reaches them (zeros_like(v) would cut the graph).
+        return dispatch.normalize(adapter, xp, v, g, None, _empty_layout(kept, reduced, eps)).y
     gain, _, layout = _layout(xp, adapter, v, g, kept, reduced, eps)
     return dispatch.normalize(adapter, xp, v, gain, None, layout).y
 
@@ -183,8 +191,11 @@ def weight_norm_backward(
     """
     check_gradient_given(dw, "dw")
     xp, adapter, kept, reduced, eps = _prepare(v, g, axis, eps, dw)
-    if is_empty(v):
-        return Gradients(xp.zeros_like(v), None if g is None else xp.zeros_like(g), None)
+    if is_empty(v):  # zero gradients (sums over no values), answered by the dispatch
+        grads = dispatch.normalize_backward(
+            adapter, xp, dw, v, g, None, _empty_layout(kept, reduced, eps)
+        )
+        return Gradients(grads.dx, grads.dgain, None)
     gain, scale, layout = _layout(xp, adapter, v, g, kept, reduced, eps)
     grads = dispatch.normalize_backward(adapter, xp, dw, v, gain, None, layout)
     dg = None if g is None else xp.astype(grads.dgain * scale, g.dtype)

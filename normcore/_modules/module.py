@@ -33,6 +33,7 @@ from typing import Any
 
 from .._plumbing.compat import (
     device_of,
+    empty_on,
     is_array,
     library_label,
     library_name,
@@ -138,7 +139,7 @@ class Module:
         # The device as the library reports it for an array ("cuda:0" for "cuda",
         # the default for None), so that inputs compare equal to it.
         device = resolve_device(self._xp, device)
-        return device_of(self._xp.empty((0,), dtype=self._dtype, device=device))
+        return device_of(empty_on(self._xp, device, self._dtype))
 
     # -- creation ------------------------------------------------------------
     def _new(self, fill: float, shape: tuple[int, ...], dtype: Any = None) -> Any:
@@ -240,7 +241,8 @@ class Module:
         if missing or extra:
             raise ValueError(
                 f"state_dict does not match {type(self).__name__}: "
-                f"missing keys {missing}, unexpected keys {extra}{prefix_hint(missing, extra)}"
+                f"missing keys {missing}, unexpected keys {extra}"
+                f"{prefix_hint(missing, extra) or self._torch_names_hint(extra)}"
             )
         converted = {}
         for name, old in current.items():
@@ -267,6 +269,29 @@ class Module:
             for name, value in converted.items():
                 setattr(self, name, value)
 
+    def _torch_names_hint(self, extra: list) -> str:
+        """A hint when the unexpected keys are torch's names of this module's state.
+
+        (A ``torch.nn`` or ``normcore.torch`` state dict given to
+        :meth:`load_state_dict` instead of ``load_torch_state_dict``.)
+        """
+        to_torch = getattr(self, "to_torch_state_dict", None)
+        if to_torch is None or getattr(self, "load_torch_state_dict", None) is None:
+            if "weight" in extra and "gain" in self._parameter_names:  # LayerNorm, GroupNorm
+                return (
+                    "; 'weight' is torch's name of 'gain': rename it, e.g. "
+                    "{'gain' if k == 'weight' else k: v for k, v in state.items()}"
+                )
+            return ""
+        names = set(to_torch())
+        torch_keys = [key for key in extra if key in names]
+        if not torch_keys:
+            return ""
+        return (
+            f"; {torch_keys[0]!r} is one of torch's names: load a torch.nn (or normcore.torch) "
+            f"state dict with {type(self).__name__}.load_torch_state_dict(state) instead"
+        )
+
     def _convert(self, value: Any, like: Any) -> Any:
         xp = self._xp
         if getattr(value, "requires_grad", False):  # a torch Parameter: load its values only
@@ -279,12 +304,19 @@ class Module:
         """Subclass hook: validate converted state before it is assigned."""
 
     def to(self, device: Any) -> Module:
-        """Move every array of the module to ``device`` (in place); return the module."""
+        """Move every array of the module to ``device`` (in place); return the module.
+
+        Raises
+        ------
+        ValueError
+            If the library has no such device (nothing is moved then).
+        """
+        resolved = self._resolved_device(device)  # checked before any array moves
         with self._lock:
             for name, value in self.state_dict().items():
                 setattr(self, name, to_device(value, device))
             self._grads = {k: to_device(v, device) for k, v in self._grads.items()}
-            self._device = self._resolved_device(device)
+            self._device = resolved
             self._saved = None
         return self
 

@@ -14,6 +14,7 @@ import array_api_compat
 
 __all__ = [
     "device_of",
+    "empty_on",
     "is_array",
     "library_label",
     "library_name",
@@ -181,14 +182,43 @@ def resolve_creation(like: Any = None, device: Any = None, dtype: Any = None) ->
     dtype = resolve_dtype(xp, dtype, default=xp.float32)
     adapter = adapter_for(probe)
     adapter.check_dtype(xp, dtype)
-    return xp, adapter.resolve_device(device), dtype
+    device = adapter.resolve_device(device)
+    empty_on(xp, device, dtype)
+    return xp, device, dtype
 
 
 def resolve_device(xp: Any, device: Any) -> Any:
-    """``device`` as the adapter of the namespace ``xp`` resolves it (JAX: ``"cpu"``: a Device)."""
+    """``device`` as the adapter of the namespace ``xp`` resolves it (JAX: ``"cpu"``: a Device).
+
+    A device the adapter or the library refuses is a ValueError naming ``device``.
+    """
     from .registry import adapter_for  # registry imports this module
 
-    return adapter_for(xp.empty((0,))).resolve_device(device)
+    device = adapter_for(xp.empty((0,))).resolve_device(device)
+    empty_on(xp, device)
+    return device
+
+
+# What libraries raise for a device they cannot create arrays on: NumPy ValueError,
+# torch RuntimeError (an unknown name), AssertionError (CUDA not compiled in) or
+# NotImplementedError (a backend without kernels), array_api_strict ValueError.
+_DEVICE_ERRORS = (AssertionError, NotImplementedError, RuntimeError, TypeError, ValueError)
+
+
+def empty_on(xp: Any, device: Any, dtype: Any = None) -> Any:
+    """An empty array of ``xp`` on ``device``: the library's own test of a device name.
+
+    Its refusal becomes normcore's ValueError naming the argument ``device``
+    (the library's message is kept), before anything is created.
+    """
+    try:
+        return xp.empty((0,), dtype=dtype, device=device)
+    except _DEVICE_ERRORS as error:
+        raise ValueError(
+            f"device={device!r} is not a device {library_name(xp)} can create arrays on here "
+            f"({type(error).__name__}: {error}); pass one of the library's devices, or None "
+            "for its default"
+        ) from error
 
 
 def _adapter_namespace(module: Any) -> Any:

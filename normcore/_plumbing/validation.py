@@ -81,6 +81,8 @@ def check_arrays(
             f"{x_name} must have a real floating-point dtype, got {x.dtype} "
             "(convert it first, e.g. to float32)"
         )
+    if getattr(x.dtype, "isnative", True) is False:
+        raise TypeError(_byte_swapped(x_name, x.dtype))
     if x.ndim == 0:
         raise ValueError(f"{x_name} must have at least one dimension, got a 0-d array")
     x_device = None
@@ -110,6 +112,8 @@ def check_arrays(
             continue
         if other.dtype == x.dtype:
             continue
+        if getattr(other.dtype, "isnative", True) is False:
+            raise TypeError(_byte_swapped(name, other.dtype))
         if exact_dtype:
             raise TypeError(f"{name} must have dtype {x.dtype} like {x_name}, got {other.dtype}")
         if not _is_low_precision_with_float32(xp, x.dtype, other.dtype):
@@ -118,6 +122,20 @@ def check_arrays(
                 f"float16 or bfloat16), got {other.dtype}"
             )
     return xp
+
+
+def _byte_swapped(name: str, dtype: Any) -> str:
+    """The message for a NumPy dtype in non-native byte order (``>f4`` on a little-endian CPU).
+
+    Refused rather than computed with: NumPy would convert it in every
+    operation, results would come back in native order (not ``x``'s dtype),
+    and a native parameter would not match it.
+    """
+    return (
+        f"{name} has a byte-swapped dtype {dtype.str!r} (non-native byte order, e.g. read from "
+        f"a file of the other endianness); normcore computes in native "
+        f"byte order only: convert it first with {name}.astype({name}.dtype.newbyteorder('='))"
+    )
 
 
 def compatible_devices(a: Any, b: Any) -> bool:
@@ -416,6 +434,11 @@ def resolve_dtype(xp: Any, dtype: Any, name: str = "dtype", default: Any = None)
         dtype = found
     if not _is_real_floating_dtype(xp, dtype):
         raise TypeError(f"{name} must be a real floating-point dtype, got {dtype}")
+    if getattr(dtype, "isnative", True) is False:  # numpy.dtype(">f4") on a little-endian CPU
+        raise TypeError(
+            f"{name} must be in native byte order, got the byte-swapped {dtype.str!r}; pass "
+            f"{dtype.newbyteorder('=')} (its native-order equivalent)"
+        )
     return dtype
 
 

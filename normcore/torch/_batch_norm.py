@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from normcore._functional.batch_norm import batch_norm_forward
+from normcore._plumbing.compat import resolve_device
 from normcore._plumbing.validation import (
     check_bool,
     check_eps,
@@ -49,7 +50,7 @@ class _NormcoreBatchNorm(RunningStatsLock):
             check_real(momentum, "momentum", 0.0, 1.0, allow_none=True),
             check_bool(affine, "affine"),
             check_bool(track_running_stats, "track_running_stats"),
-            device=device,
+            device=resolve_device(torch, device),  # torch.nn: a RuntimeError; here ValueError
             dtype=dtype,
             bias=check_bool(bias, "bias"),
         )

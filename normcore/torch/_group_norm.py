@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from normcore._functional.group_norm import group_norm
+from normcore._plumbing.compat import resolve_device
 from normcore._plumbing.validation import (
     check_bool,
     check_eps,
@@ -68,7 +69,7 @@ class GroupNorm(torch.nn.GroupNorm):
             num_channels,
             check_eps(eps),
             check_bool(affine, "affine"),
-            device,
+            resolve_device(torch, device),  # torch.nn: a RuntimeError; normcore: ValueError
             dtype,
             bias=check_bool(bias, "bias"),
         )

@@ -24,6 +24,7 @@ import torch
 
 from normcore._functional.batch_norm import batch_norm
 from normcore._functional.group_norm import instance_norm, instance_norm_forward
+from normcore._plumbing.compat import resolve_device
 from normcore._plumbing.validation import (
     check_bool,
     check_eps,
@@ -59,7 +60,7 @@ class _NormcoreInstanceNorm(RunningStatsLock):
             check_real(momentum, "momentum", 0.0, 1.0, allow_none=True),
             check_bool(affine, "affine"),
             check_bool(track_running_stats, "track_running_stats"),
-            device,
+            resolve_device(torch, device),  # torch.nn: a RuntimeError; normcore: ValueError
             dtype,
             bias=check_bool(bias, "bias"),
         )

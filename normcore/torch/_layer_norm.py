@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from normcore._functional.layer_norm import layer_norm, rms_norm
+from normcore._plumbing.compat import resolve_device
 from normcore._plumbing.validation import check_bool, check_eps, check_normalized_shape
 
 __all__ = ["LayerNorm", "RMSNorm"]
@@ -75,7 +76,7 @@ class LayerNorm(torch.nn.LayerNorm):
             check_eps(eps),
             check_bool(elementwise_affine, "elementwise_affine"),
             check_bool(bias, "bias"),
-            device,
+            resolve_device(torch, device),  # torch.nn: a RuntimeError; normcore: ValueError
             dtype,
         )
 
@@ -122,7 +123,7 @@ class RMSNorm(torch.nn.RMSNorm):
             check_normalized_shape(normalized_shape),
             None if eps is None else check_eps(eps),  # None: torch's per-dtype default
             check_bool(elementwise_affine, "elementwise_affine"),
-            device,
+            resolve_device(torch, device),
             dtype,
         )
 

@@ -29,6 +29,7 @@ from normcore._functional.rnn_params import (
     torch_keys,
     torch_shapes,
 )
+from normcore._plumbing.compat import resolve_device
 from normcore._plumbing.validation import (
     check_bool,
     check_choice,
@@ -70,7 +71,8 @@ class _Recurrent(torch.nn.Module):
         self.layer_norm = check_bool(layer_norm, "layer_norm")
         self.eps = check_eps(eps)
         directions = 2 if self.bidirectional else 1
-        factory = {"device": device, "dtype": dtype}
+        # torch.nn raises RuntimeError for an unknown device; normcore a ValueError naming it
+        factory = {"device": resolve_device(torch, device), "dtype": dtype}
         self._keys = []  # per (layer, direction), torch's order: {layout key: attribute}
         for layer in range(self.num_layers):
             size = self.input_size if layer == 0 else self.hidden_size * directions
