@@ -19,6 +19,8 @@ MISSING = [name for name in OPTIONAL if importlib.util.find_spec(name) is None]
 PACKAGES = {"torch": "normcore/torch", "flax": "normcore/flax"}
 
 collect_ignore_glob: list[str] = [f"{PACKAGES[name]}/*" for name in MISSING if name in PACKAGES]
+if "torch" in MISSING:  # what the spawned processes of the distributed tests import
+    collect_ignore_glob.append("tests/_distributed_workers.py")
 
 
 def pytest_report_header(config):
