@@ -14,6 +14,8 @@ from normcore._plumbing.validation import (
     check_positive_int,
 )
 
+from ._names import check_tensor, renamed
+
 __all__ = ["GroupNorm"]
 
 
@@ -76,5 +78,13 @@ class GroupNorm(torch.nn.GroupNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Group-normalize ``x`` of shape ``(N, C, *)``."""
-        check_feature_count(x, 1, self.num_channels, "num_channels")
-        return group_norm(x, self.num_groups, self.weight, self.bias, eps=self.eps)
+        check_tensor(x)
+        if x.dim() < 2:  # torch.nn's rule, named as torch names it
+            raise ValueError(
+                f"input must have at least 2 dimensions (N, C, *), got shape {tuple(x.shape)}"
+            )
+        check_feature_count(x, 1, self.num_channels, "num_channels", x_name="input")
+        try:
+            return group_norm(x, self.num_groups, self.weight, self.bias, eps=self.eps)
+        except (TypeError, ValueError) as error:  # named as torch names them
+            raise renamed(error, x, weight=self.weight, bias=self.bias) from None

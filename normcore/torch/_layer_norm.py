@@ -14,11 +14,14 @@ from normcore._functional.layer_norm import layer_norm, rms_norm
 from normcore._plumbing.compat import resolve_device
 from normcore._plumbing.validation import check_bool, check_eps, check_normalized_shape
 
+from ._names import check_tensor, renamed
+
 __all__ = ["LayerNorm", "RMSNorm"]
 
 
 def _trailing_axes(module: torch.nn.Module, x: torch.Tensor) -> tuple[int, ...]:
     """The axes of ``x`` that ``module.normalized_shape`` covers, or a ValueError."""
+    check_tensor(x)
     count = len(module.normalized_shape)
     got = tuple(x.shape[x.ndim - count :]) if x.ndim >= count else tuple(x.shape)
     if got != tuple(module.normalized_shape):
@@ -82,7 +85,11 @@ class LayerNorm(torch.nn.LayerNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Layer-normalize ``x`` over its trailing ``normalized_shape`` axes."""
-        return layer_norm(x, self.weight, self.bias, axis=_trailing_axes(self, x), eps=self.eps)
+        axes = _trailing_axes(self, x)
+        try:
+            return layer_norm(x, self.weight, self.bias, axis=axes, eps=self.eps)
+        except (TypeError, ValueError) as error:  # named as torch names them
+            raise renamed(error, x, weight=self.weight, bias=self.bias) from None
 
 
 class RMSNorm(torch.nn.RMSNorm):
@@ -129,5 +136,9 @@ class RMSNorm(torch.nn.RMSNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """RMS-normalize ``x`` over its trailing ``normalized_shape`` axes."""
-        eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
-        return rms_norm(x, self.weight, axis=_trailing_axes(self, x), eps=eps)
+        axes = _trailing_axes(self, x)
+        try:
+            eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
+            return rms_norm(x, self.weight, axis=axes, eps=eps)
+        except (TypeError, ValueError) as error:  # named as torch names them
+            raise renamed(error, x, weight=self.weight) from None
