@@ -16,7 +16,6 @@ from normcore._functional.batch_norm import batch_norm_forward
 from normcore._plumbing.compat import resolve_device
 from normcore._plumbing.validation import (
     check_bool,
-    check_eps,
     check_feature_count,
     check_positive_int,
     check_real,
@@ -24,7 +23,7 @@ from normcore._plumbing.validation import (
 from normcore._reference.running import RunningStats
 from normcore.sync import TorchDistributed
 
-from ._names import check_tensor, renamed
+from ._checks import check_eps_for, check_tensor, renamed
 from ._running_stats import RunningStatsLock
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm"]
@@ -47,7 +46,7 @@ class _NormcoreBatchNorm(RunningStatsLock):
     ) -> None:
         super().__init__(  # every argument is checked before torch creates anything
             check_positive_int(num_features, "num_features"),
-            check_eps(eps),
+            check_eps_for(eps, dtype),
             check_real(momentum, "momentum", 0.0, 1.0, allow_none=True),
             check_bool(affine, "affine"),
             check_bool(track_running_stats, "track_running_stats"),

@@ -8,13 +8,12 @@ from normcore._functional.group_norm import group_norm
 from normcore._plumbing.compat import resolve_device
 from normcore._plumbing.validation import (
     check_bool,
-    check_eps,
     check_feature_count,
     check_num_groups,
     check_positive_int,
 )
 
-from ._names import check_tensor, renamed
+from ._checks import check_eps_for, check_tensor, renamed
 
 __all__ = ["GroupNorm"]
 
@@ -69,7 +68,7 @@ class GroupNorm(torch.nn.GroupNorm):
         super().__init__(
             check_num_groups(num_groups, num_channels),
             num_channels,
-            check_eps(eps),
+            check_eps_for(eps, dtype),
             check_bool(affine, "affine"),
             resolve_device(torch, device),  # torch.nn: a RuntimeError; normcore: ValueError
             dtype,

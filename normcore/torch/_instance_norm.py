@@ -27,14 +27,13 @@ from normcore._functional.group_norm import instance_norm, instance_norm_forward
 from normcore._plumbing.compat import resolve_device
 from normcore._plumbing.validation import (
     check_bool,
-    check_eps,
     check_feature_count,
     check_positive_int,
     check_real,
 )
 from normcore._reference.running import RunningStats, running_update
 
-from ._names import check_tensor, renamed
+from ._checks import check_eps_for, check_tensor, renamed
 from ._running_stats import RunningStatsLock
 
 __all__ = ["InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"]
@@ -57,7 +56,7 @@ class _NormcoreInstanceNorm(RunningStatsLock):
     ) -> None:
         super().__init__(  # every argument is checked before torch creates anything
             check_positive_int(num_features, "num_features"),
-            check_eps(eps),
+            check_eps_for(eps, dtype),
             check_real(momentum, "momentum", 0.0, 1.0, allow_none=True),
             check_bool(affine, "affine"),
             check_bool(track_running_stats, "track_running_stats"),

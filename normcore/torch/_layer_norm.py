@@ -12,9 +12,9 @@ import torch
 
 from normcore._functional.layer_norm import layer_norm, rms_norm
 from normcore._plumbing.compat import resolve_device
-from normcore._plumbing.validation import check_bool, check_eps, check_normalized_shape
+from normcore._plumbing.validation import check_bool, check_normalized_shape
 
-from ._names import check_tensor, renamed
+from ._checks import check_eps_for, check_tensor, renamed
 
 __all__ = ["LayerNorm", "RMSNorm"]
 
@@ -76,7 +76,7 @@ class LayerNorm(torch.nn.LayerNorm):
     ) -> None:
         super().__init__(
             check_normalized_shape(normalized_shape),
-            check_eps(eps),
+            check_eps_for(eps, dtype),
             check_bool(elementwise_affine, "elementwise_affine"),
             check_bool(bias, "bias"),
             resolve_device(torch, device),  # torch.nn: a RuntimeError; normcore: ValueError
@@ -128,7 +128,7 @@ class RMSNorm(torch.nn.RMSNorm):
     ) -> None:
         super().__init__(
             check_normalized_shape(normalized_shape),
-            None if eps is None else check_eps(eps),  # None: torch's per-dtype default
+            None if eps is None else check_eps_for(eps, dtype),  # None: torch's per-dtype default
             check_bool(elementwise_affine, "elementwise_affine"),
             resolve_device(torch, device),
             dtype,

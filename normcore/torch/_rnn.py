@@ -38,6 +38,8 @@ from normcore._plumbing.validation import (
     check_real,
 )
 
+from ._checks import check_eps_for
+
 __all__ = ["GRU", "LSTM", "RNN"]
 
 
@@ -69,7 +71,8 @@ class _Recurrent(torch.nn.Module):
         self.dropout = float(check_real(dropout, "dropout", 0.0, 1.0))
         self.bidirectional = check_bool(bidirectional, "bidirectional")
         self.layer_norm = check_bool(layer_norm, "layer_norm")
-        self.eps = check_eps(eps)
+        # The eps rule applies where eps is used: in the layer norms.
+        self.eps = check_eps_for(eps, dtype) if self.layer_norm else check_eps(eps)
         directions = 2 if self.bidirectional else 1
         # torch.nn raises RuntimeError for an unknown device; normcore a ValueError naming it
         factory = {"device": resolve_device(torch, device), "dtype": dtype}

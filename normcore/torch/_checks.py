@@ -1,5 +1,6 @@
-"""torch's names in the drop-ins' messages: ``input``, ``weight``, ``bias``, not ``x``, ``gain``.
+"""The drop-ins' own checks: torch's names in messages, and the eps rule at construction.
 
+*Names.* Messages say ``input``, ``weight``, ``bias``, not ``x``, ``gain``.
 The drop-ins call normcore's functions, whose messages name the functions'
 arguments (``x``, ``gain``, ``mean``). When such a call fails, the input is
 checked again against the module's tensors under torch's names, by the same
@@ -15,9 +16,24 @@ from typing import Any
 import torch
 
 from normcore._plumbing.compat import library_label
-from normcore._plumbing.validation import check_arrays
+from normcore._plumbing.validation import check_arrays, check_eps, check_eps_in
 
-__all__ = ["check_tensor", "renamed"]
+__all__ = ["check_eps_for", "check_tensor", "renamed"]
+
+
+def check_eps_for(eps: Any, dtype: Any) -> float:
+    """``eps`` after normcore's checks, for parameters of ``dtype`` (None: torch's default).
+
+    The eps rule of :func:`~normcore._plumbing.validation.check_eps_in`, as
+    normcore's own modules apply it at construction: ``eps`` must be a normal
+    number of the dtype the statistics are computed in (float32 for
+    float16/bfloat16). A later ``.to(dtype)`` is checked by the forward.
+    """
+    eps = check_eps(eps)
+    dtype = torch.get_default_dtype() if dtype is None else dtype
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point and not dtype.is_complex:
+        check_eps_in(eps, torch, torch.float32 if torch.finfo(dtype).bits < 32 else dtype)
+    return eps  # another dtype: torch.nn's own error follows
 
 
 def check_tensor(input: Any) -> None:
