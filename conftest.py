@@ -4,12 +4,17 @@
 doctests are collected only when those are installed; a docstring example
 elsewhere that imports an optional library that is missing is skipped, with
 that reason. Everything else is collected and run in every environment.
+
+The terminal summary ends with the skips grouped by reason ("4411 skipped:
+cupy is not installed"): thousands of parametrized skips say in a few lines
+what this environment lacks, where ``-rs`` would list every location.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import re
+from collections import Counter
 
 import pytest
 
@@ -37,3 +42,20 @@ def pytest_collection_modifyitems(config, items):
         for name in MISSING:
             if re.search(rf"\bimport [\w, ]*\b{name}\b", source):
                 item.add_marker(pytest.mark.skip(reason=f"{name} is not installed"))
+
+
+def _skip_reason(report) -> str:
+    """The reason of a skipped test's report, without pytest's ``"Skipped: "`` prefix."""
+    longrepr = report.longrepr
+    message = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else longrepr
+    return str(message).removeprefix("Skipped: ")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """One line per distinct skip reason with its count, the most frequent first."""
+    counts = Counter(_skip_reason(report) for report in terminalreporter.stats.get("skipped", []))
+    if not counts:
+        return
+    terminalreporter.write_sep("=", "skipped, by reason")
+    for reason, count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
+        terminalreporter.write_line(f"{count} skipped: {reason}")

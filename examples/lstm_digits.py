@@ -2,7 +2,9 @@
 
 Every image is a sequence of 8 steps of 8 features. Both models are trained
 with normcore's own forward, backpropagation through time and Adam; the
-script prints the training loss per epoch and writes a PNG of the curves.
+script prints the training loss per epoch and writes a PNG of the curves to
+``normcore-results/lstm_digits.png`` (where ``normcore experiment`` writes its
+results; ``--out`` chooses another file).
 
     python examples/lstm_digits.py                      # NumPy
     python examples/lstm_digits.py --backend torch      # torch tensors, same normcore functions
@@ -13,6 +15,7 @@ Needs ``pip install normcore[experiments]`` (scikit-learn, matplotlib).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from normcore.experiments.rnn_digits import load_digit_sequences, plot_curves, train
 
@@ -25,8 +28,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="lstm_digits.png", help="where to write the PNG")
+    parser.add_argument(
+        "--out", default="normcore-results/lstm_digits.png", help="where to write the PNG"
+    )
     args = parser.parse_args(argv)
+    # Made before the training, so that a directory that cannot be made costs no run.
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
 
     def progress(epoch: int, loss: float, accuracy: float) -> None:
         print(f"  epoch {epoch + 1:2d}  train loss {loss:.4f}  test accuracy {accuracy:.3f}")

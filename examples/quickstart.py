@@ -1,4 +1,4 @@
-"""normcore in one minute: the same call on NumPy and PyTorch arrays.
+"""normcore in one minute: the same calls, forward and backward, on NumPy and PyTorch arrays.
 
 Run with ``python examples/quickstart.py``.
 """
@@ -17,16 +17,30 @@ print("layer_norm  :", type(y).__name__, y.dtype, "\n", y.round(3))
 mean, var = normcore.moments(y, axis=-1)
 print("per-row mean/var after normalizing (gain 2, bias 0.5):", mean.round(3), var.round(3))
 
+# Gradients of the loss L = sum(y * weights). The weights differ along the row on
+# purpose: layer norm's outputs sum to the same value for every input row, so
+# the gradient of plain sum(y) with respect to x is zero, which shows nothing.
+weights = np.linspace(-1.0, 1.0, 5, dtype=np.float32)
+dy = np.broadcast_to(weights, x.shape).copy()  # dL/dy
+grads = normcore.layer_norm_backward(dy, x, gain, bias)
+print("\nlayer_norm_backward of L = sum(y * weights), weights =", weights)
+print("dL/dx    :\n", grads.dx.round(3))
+print("dL/dgain :", grads.dgain.round(3))
+print("dL/dbias :", grads.dbias.round(3), "(the column sums of dy)")
+
 try:
     import torch
 except ImportError:
     print("\ntorch is not installed: pip install torch==2.13.0 to see the PyTorch half")
 else:
     xt = torch.tensor(x, requires_grad=True)
-    yt = normcore.layer_norm(xt, torch.tensor(gain), torch.tensor(bias))
+    gt = torch.tensor(gain, requires_grad=True)
+    yt = normcore.layer_norm(xt, gt, torch.tensor(bias))
     print("\ntorch input :", type(xt).__name__, xt.dtype, "->", type(yt).__name__, yt.dtype)
     print("same numbers as NumPy:", np.allclose(yt.detach().numpy(), y, atol=1e-6))
-    yt.sum().backward()
-    print("autograd works, |dL/dx| =", float(xt.grad.abs().sum()))
+    (yt * torch.tensor(weights)).sum().backward()
+    print("autograd's dL/dx equals layer_norm_backward's:",
+          np.allclose(xt.grad.numpy(), grads.dx, atol=1e-5))  # fmt: skip
+    print("autograd's dL/dgain:", gt.grad.numpy().round(3))
     rms = normcore.rms_norm(xt.detach().to(torch.bfloat16))
     print("rms_norm on bfloat16 returns", rms.dtype)

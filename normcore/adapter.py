@@ -241,8 +241,11 @@ class Adapter:
         """Return ``device`` as the user named it in the form ``asarray(..., device=)`` takes.
 
         For ``like=..., device=...`` of modules and :func:`~normcore.rnn_params`.
-        The default returns it unchanged (NumPy, torch and CuPy take their
-        own names); JAX turns ``"cpu"``/``"cpu:0"`` into its ``Device``.
+        The default returns it unchanged (NumPy and CuPy take their own
+        names); JAX turns ``"cpu"``/``"cpu:0"`` into its ``Device``, torch
+        into a ``torch.device``. A device the library does not have should
+        raise ValueError naming ``device``; whatever it returns is also tried
+        by creating an empty array there, whose failure becomes that ValueError.
         """
         return device
 

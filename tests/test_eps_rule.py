@@ -81,3 +81,75 @@ def test_modules_refuse_it_at_construction(make):
     with pytest.raises(ValueError, match=r"below the smallest normal float32"):
         make(*args, eps=1e-50)
     make(*args, eps=1e-300, dtype="float64")  # fine in float64
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_recurrent_layer_norms_follow_it(backend, dtype, cell):
+    """rnn and rnn_backward refuse an eps their layer norms cannot add; without them eps is unused.
+
+    On zero inputs and a zero initial state every pre-activation is 0, so with
+    the smallest usable eps every cell's layer norm gives its bias (0) and every
+    hidden state is exactly 0 (tanh(0), or a gate times tanh(0)).
+    """
+    if not backend.recurrent:
+        pytest.skip(f"the recurrent layers are not tested on {backend.name}")
+    acc = np.finfo(_computation_dtype(dtype))
+    label = acc.dtype.name
+    like = backend.asarray(np.zeros(1), dtype)
+    params = normcore.rnn_params(cell, 3, 4, like=like, dtype=dtype)
+    xs = _constant(backend, dtype, (2, 3, 3))
+    tiny = float(acc.smallest_normal) / 4
+    with pytest.raises(ValueError, match=rf"^eps=.* is below the smallest normal {label}"):
+        normcore.rnn(xs, None, params, cell=cell, eps=tiny)
+    with pytest.raises(ValueError, match=rf"^eps=.* is below the smallest normal {label}"):
+        dhs = _constant(backend, dtype, (2, 3, 4))
+        normcore.rnn_backward(dhs, xs, None, params, cell=cell, eps=tiny)
+    hs, _ = normcore.rnn(xs, None, params, cell=cell, eps=float(acc.smallest_normal))
+    np.testing.assert_array_equal(backend.to_numpy(hs), np.zeros((2, 3, 4)))
+    plain = normcore.rnn_params(cell, 3, 4, layer_norm=False, like=like, dtype=dtype)
+    normcore.rnn(xs, None, plain, cell=cell, layer_norm=False, eps=tiny)  # no layer norm: unused
+
+
+@pytest.mark.parametrize("make", [normcore.RNN, normcore.LSTM, normcore.GRU])
+def test_recurrent_modules_refuse_it_at_construction(make):
+    with pytest.raises(ValueError, match=r"^eps=1e-50 is below the smallest normal float32"):
+        make(2, 3, eps=1e-50)
+    with pytest.raises(ValueError, match=r"below the smallest normal float32"):
+        make(2, 3, eps=1e-40, dtype="float16")  # computed in float32
+    make(2, 3, eps=1e-300, dtype="float64")
+    make(2, 3, eps=1e-50, layer_norm=False)  # eps is unused without layer norm
+
+
+@pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])
+def test_torch_recurrent_drop_ins_follow_it(name):
+    torch = pytest.importorskip("torch")
+    make = getattr(normcore.torch, name)
+    with pytest.raises(ValueError, match=r"^eps=1e-50 is below the smallest normal float32"):
+        make(2, 3, layer_norm=True, eps=1e-50)
+    with pytest.raises(ValueError, match=r"below the smallest normal float32"):
+        make(2, 3, layer_norm=True, eps=1e-40, dtype=torch.bfloat16)
+    make(2, 3, eps=1e-50)  # torch.nn's cell: no layer norm, eps unused
+    module = make(2, 3, layer_norm=True, eps=1e-300, dtype=torch.float64)
+    module(torch.zeros(4, 1, 2, dtype=torch.float64))
+    module.float()  # the forward checks the dtype the module has now
+    with pytest.raises(ValueError, match=r"^eps=1e-300 is below the smallest normal float32"):
+        module(torch.zeros(4, 1, 2))
+
+
+@pytest.mark.parametrize(
+    ("name", "args"),
+    [
+        ("LayerNorm", (2,)),
+        ("RMSNorm", (2,)),
+        ("BatchNorm1d", (2,)),
+        ("GroupNorm", (1, 2)),
+        ("InstanceNorm1d", (2,)),
+        ("SyncBatchNorm", (2,)),
+    ],
+)
+def test_torch_norm_drop_ins_refuse_it_at_construction(name, args):
+    torch = pytest.importorskip("torch")
+    make = getattr(normcore.torch, name)
+    with pytest.raises(ValueError, match=r"^eps=1e-50 is below the smallest normal float32"):
+        make(*args, eps=1e-50)
+    make(*args, eps=1e-300, dtype=torch.float64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import pathlib
 import re
 import subprocess
 import sys
@@ -240,3 +241,17 @@ def test_batch_norm_arm_evaluates_with_running_statistics():
     np.testing.assert_allclose(one, all_[:1], rtol=1e-12)  # independent of the other examples
     batch_mode, _ = model.forward(x, training=True)
     assert np.max(np.abs(batch_mode - all_)) > 1e-3  # inference really differs from training
+
+
+def test_lstm_digits_example_writes_under_normcore_results(tmp_path, monkeypatch, capsys):
+    """As the experiments do: nothing lands in the current directory itself."""
+    pytest.importorskip("matplotlib")
+    path = pathlib.Path(__file__).resolve().parent.parent / "examples" / "lstm_digits.py"
+    spec = importlib.util.spec_from_file_location("lstm_digits", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    monkeypatch.chdir(tmp_path)
+    example.main(["--epochs", "1", "--hidden", "4"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["normcore-results"]
+    assert [p.name for p in (tmp_path / "normcore-results").iterdir()] == ["lstm_digits.png"]
+    assert "wrote normcore-results/lstm_digits.png" in capsys.readouterr().out

@@ -103,7 +103,7 @@ def test_batch_norm_running_statistics_stay_out_of_autograd_and_keep_identity():
     [
         ("BatchNorm2d", (4, 3, 2), ValueError, r"^expected 4D input \(got 3D input\)"),
         ("BatchNorm1d", (4, 3, 2, 2), ValueError, r"^expected 2D or 3D input \(got 4D input\)"),
-        ("BatchNorm1d", (4, 5), ValueError, r"^x must have num_features=3 values along axis 1"),
+        ("BatchNorm1d", (4, 5), ValueError, r"^input must have num_features=3 values along axis 1"),
         ("BatchNorm1d", (1, 3), ValueError, r"^expected more than 1 value per channel"),
     ],
 )

@@ -36,5 +36,5 @@ def test_group_norm_equals_torch(path, dtype, affine, shape):
 def test_group_norm_errors():
     with pytest.raises(ValueError, match=r"num_groups must be a positive divisor .* \(6\), got 4"):
         normcore.torch.GroupNorm(4, 6)
-    with pytest.raises(ValueError, match=r"^x must have num_channels=6 values along axis 1"):
+    with pytest.raises(ValueError, match=r"^input must have num_channels=6 values along axis 1"):
         normcore.torch.GroupNorm(3, 6, affine=False)(torch.randn(2, 3, 4))

@@ -99,13 +99,13 @@ def test_instance_norm_constant_channel_gives_exactly_the_bias():
             lambda: normcore.torch.InstanceNorm1d(3, affine=True),
             (4, 5, 2),
             ValueError,
-            r"^x must have num_features=3 values along axis 1, got shape \(4, 5, 2\)",
+            r"^input must have num_features=3 values along axis 1, got shape \(4, 5, 2\)",
         ),
         (
             lambda: normcore.torch.InstanceNorm1d(3, track_running_stats=True),
             (5, 2),
             ValueError,
-            r"^x must have num_features=3 values along axis 0",
+            r"^input must have num_features=3 values along axis 0",
         ),
         (
             lambda: normcore.torch.InstanceNorm1d(3, track_running_stats=True),

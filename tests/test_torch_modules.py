@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -189,6 +190,108 @@ def test_an_unknown_device_is_a_value_error_naming_device(name, device, message)
         getattr(normcore.torch, name)(*args, device=device)
     meta = getattr(normcore.torch, name)(*args, device="meta")  # a device torch knows
     assert all(p.device.type == "meta" for p in meta.parameters())
+
+
+# (name, constructor arguments, a valid input shape, the message of a wrong feature count)
+_NORMS = [
+    ("LayerNorm", (4,), (2, 4), r"^input must end with normalized_shape \(4,\), got shape"),
+    ("RMSNorm", (4,), (2, 4), r"^input must end with normalized_shape \(4,\), got shape"),
+    ("BatchNorm1d", (4,), (2, 4), r"^input must have num_features=4 values along axis 1"),
+    ("GroupNorm", (2, 4), (2, 4), r"^input must have num_channels=4 values along axis 1"),
+    ("InstanceNorm1d", (4,), (2, 4, 3), r"^input must have num_features=4 values along axis 1"),
+]
+
+
+def _no_internal_names(message):
+    """normcore's own names of the functional API must not reach a torch user."""
+    assert not re.search(r"\b(x|gain|mean|var|state0|xs|params|W_x|W_h)\b", message), message
+
+
+@pytest.mark.parametrize(("name", "args", "shape", "wrong_features"), _NORMS)
+def test_norm_messages_use_torch_s_names(name, args, shape, wrong_features):
+    kwargs = {"affine": True, "track_running_stats": True} if "Instance" in name else {}
+    module = getattr(normcore.torch, name)(*args, **kwargs)
+    module(torch.ones(shape))  # the valid call
+    features = shape[-1] if name in ("LayerNorm", "RMSNorm") else shape[1]
+    wrong = tuple(features + 1 if n == features else n for n in shape)
+    cases = [
+        (ValueError, wrong_features, torch.ones(wrong)),
+        (
+            TypeError,
+            r"^weight must have dtype torch.float64 like input \(or float32 when input is",
+            torch.ones(shape, dtype=torch.float64),
+        ),
+        (
+            ValueError,
+            r"^weight is on device cpu but input is on device meta; move one",
+            torch.ones(shape, device="meta"),
+        ),
+        (
+            TypeError,
+            r"^input must have a real floating-point dtype, got torch.int64",
+            torch.ones(shape, dtype=torch.int64),
+        ),
+        (TypeError, r"^input must be a torch.Tensor, got list$", torch.ones(shape).tolist()),
+    ]
+    for error, message, x in cases:
+        with pytest.raises(error, match=message) as info:
+            module(x)
+        _no_internal_names(str(info.value))
+
+
+def test_group_norm_s_rank_and_an_eps_message_use_torch_s_names():
+    with pytest.raises(ValueError, match=r"^input must have at least 2 dimensions \(N, C, \*\)"):
+        normcore.torch.GroupNorm(2, 4)(torch.ones(4))
+    with pytest.raises(ValueError, match=r"^eps=1e-50 is below the smallest normal") as info:
+        normcore.torch.RMSNorm(4, eps=1e-50).half()(torch.ones(2, 4, dtype=torch.float16))
+    _no_internal_names(str(info.value))
+
+
+@pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])
+@pytest.mark.parametrize("batched", [True, False])
+def test_recurrent_messages_use_torch_s_names(name, batched):
+    module = getattr(normcore.torch, name)(3, 4, num_layers=2)
+    lstm = name == "LSTM"
+    x = torch.randn(5, 2, 3) if batched else torch.randn(5, 3)
+    good = (2, 2, 4) if batched else (2, 4)
+    label = "h_0" if lstm else "hx"
+
+    def hx(shape=good, **kw):
+        h = torch.zeros(shape, **kw)
+        return (h, torch.zeros(good)) if lstm else h
+
+    module(x, hx())  # the valid call
+    layout = (
+        r"\(D \* num_layers, batch, hidden_size\)"
+        if batched
+        else r"\(D \* num_layers, hidden_size\)"
+    )
+    wrong_batch = (2, 3, 4) if batched else (2, 1, 4)
+    cases = [
+        (
+            ValueError,
+            rf"^{label} must have shape {layout} with D \* num_layers = 2: {re.escape(str(good))}",
+            hx(wrong_batch),
+        ),
+        (ValueError, rf"^{label} must have shape {layout}", hx((*good[:-1], 5))),
+        (ValueError, rf"^{label} must have shape {layout}", hx((1, *good[1:]))),
+        (
+            TypeError,
+            rf"^{label} must have the parameters' dtype torch.float32 \(weight_ih_l0's\), got "
+            "torch.float64",
+            hx(dtype=torch.float64),
+        ),
+        (ValueError, rf"^{label} is on device meta but input is on device cpu", hx(device="meta")),
+    ]
+    for error, message, state in cases:
+        with pytest.raises(error, match=message) as info:
+            module(x, state)
+        _no_internal_names(str(info.value))
+    with pytest.raises(
+        ValueError, match=r"input is on device meta but the parameters \(weight_ih_l0"
+    ) as info:
+        module(x.to("meta"))
+    _no_internal_names(str(info.value))
 
 
 @pytest.mark.parametrize(("name", "args", "bases"), _SUBCLASSES, ids=[c[0] for c in _SUBCLASSES])

@@ -17,6 +17,7 @@ from .._plumbing.validation import (
     check_bool,
     check_choice,
     check_eps,
+    check_eps_in,
     check_named_arrays,
     check_shapes,
     matrix_size,
@@ -143,6 +144,9 @@ def _prepare(xs, state0, params, cell, layer_norm, mask, eps, batch_first, nonli
         raise ValueError(f"xs must be 3-D {layout}, got shape {tuple(xs.shape)}")
     hidden = _check_params(xs, params, cell, layer_norm)
     _check_mask(xs, mask, batch_first)
+    adapter = adapter_for(xs)
+    if layer_norm:  # the rule of every layer norm: eps must be a normal number where it is added
+        check_eps_in(eps, xp, adapter.accumulation_dtype(xp, xs.dtype))
     xs_tm = _time_major(xp, xs, batch_first)
     state = _check_state(xs_tm, state0, cell, hidden, "state0")
     zeros = xp.zeros((xs_tm.shape[1], hidden), dtype=xs.dtype, device=device_of(xs))
@@ -152,7 +156,7 @@ def _prepare(xs, state0, params, cell, layer_norm, mask, eps, batch_first, nonli
         # Padded steps compute on zeros, whatever the padding holds: their results
         # are discarded, and a NaN there would turn 0 * NaN into NaN gradients.
         xs_tm = xp.where(mask_tm[..., None], xs_tm, xp.zeros_like(xs_tm))
-    ctx = Context(xp, adapter_for(xs), params, layer_norm, eps, hidden, nonlinearity)
+    ctx = Context(xp, adapter, params, layer_norm, eps, hidden, nonlinearity)
     seq = recurrence.Sequence(ctx, CELL_IMPLEMENTATIONS[cell], xs_tm, state, mask_tm)
     return _Call(seq, batch_first), hidden
 
@@ -220,7 +224,9 @@ def rnn(
         On a False step the state is carried unchanged and the output is 0,
         so each sequence's final state is its state after its last real step.
     eps : float, default 1e-5
-        Added to the variance in every layer norm.
+        Added to the variance in every layer norm; with ``layer_norm`` it
+        must be a normal number of the dtype the statistics are computed in
+        (float32 for float16/bfloat16 ``xs``), as for :func:`layer_norm`.
     batch_first : bool, default False
         Batch-major ``xs``, ``mask`` and outputs.
     nonlinearity : {"tanh", "relu"}, default "tanh"
@@ -244,7 +250,8 @@ def rnn(
     ValueError
         Unknown ``cell``; ``xs`` not 3-D; a missing or unexpected key or a
         wrong shape in ``params``; a ``state0`` or ``mask`` shape that does
-        not match ``xs``; devices that differ; ``eps`` <= 0.
+        not match ``xs``; devices that differ; ``eps`` <= 0, or (with
+        ``layer_norm``) below the smallest normal number of the computation dtype.
 
     See Also
     --------

@@ -62,6 +62,9 @@ class _Recurrent(Module):
         num_layers = check_positive_int(num_layers, "num_layers")
         bidirectional = check_bool(bidirectional, "bidirectional")
         eps = check_eps(eps)
+        super().__init__(like=like, device=device, dtype=dtype)
+        if layer_norm:  # the eps rule of every layer norm, before any parameter is made
+            self._check_eps(eps)
         directions = 2 if bidirectional else 1
         # (layer, reverse) of every layer and direction, torch's order
         self._layers = [
@@ -81,7 +84,6 @@ class _Recurrent(Module):
                 seed=seed + k,  # layer 0's forward direction: the one-layer module's values
             )
             params.update({n + layer_suffix(layer, reverse): v for n, v in part.items()})
-        super().__init__(like=like, device=device, dtype=dtype)
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.layer_norm = layer_norm
@@ -305,7 +307,8 @@ _DOC = """{title}
         A second direction per layer over the reversed sequence; outputs are
         the two directions concatenated (``2 * H`` features). Not with a mask.
     eps : float, default 1e-5
-        Added to the variance in every layer norm.
+        Added to the variance in every layer norm; with ``layer_norm``, a
+        normal number of the parameters' dtype (float32 for float16/bfloat16).
     like, device, dtype
         Library, device and dtype of the parameters (see :class:`normcore.Module`);
         NumPy float32 by default.

@@ -220,7 +220,7 @@ def check_eps_in(eps: float, xp: Any, dtype: Any, name: str = "eps", added: floa
     bound = (smallest if low else largest) / added
     raise ValueError(
         f"{given} is {'below the smallest normal' if low else 'above the largest'} {label} "
-        f"number, and {label} is the dtype it is added in (x's statistics are computed in "
+        f"number, and {label} is the dtype it is added in (the statistics are computed in "
         f"{label}); use {name} {'>=' if low else '<='} {bound:.4g}"
     )
 

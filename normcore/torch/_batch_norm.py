@@ -16,7 +16,6 @@ from normcore._functional.batch_norm import batch_norm_forward
 from normcore._plumbing.compat import resolve_device
 from normcore._plumbing.validation import (
     check_bool,
-    check_eps,
     check_feature_count,
     check_positive_int,
     check_real,
@@ -24,6 +23,7 @@ from normcore._plumbing.validation import (
 from normcore._reference.running import RunningStats
 from normcore.sync import TorchDistributed
 
+from ._checks import check_eps_for, check_tensor, renamed
 from ._running_stats import RunningStatsLock
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm"]
@@ -46,7 +46,7 @@ class _NormcoreBatchNorm(RunningStatsLock):
     ) -> None:
         super().__init__(  # every argument is checked before torch creates anything
             check_positive_int(num_features, "num_features"),
-            check_eps(eps),
+            check_eps_for(eps, dtype),
             check_real(momentum, "momentum", 0.0, 1.0, allow_none=True),
             check_bool(affine, "affine"),
             check_bool(track_running_stats, "track_running_stats"),
@@ -62,8 +62,9 @@ class _NormcoreBatchNorm(RunningStatsLock):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalize ``x`` (batch statistics in training, running ones in eval mode)."""
+        check_tensor(x)
         self._check_input_dim(x)  # torch's message: "expected 4D input (got 3D input)"
-        check_feature_count(x, 1, self.num_features, "num_features")
+        check_feature_count(x, 1, self.num_features, "num_features", x_name="input")
         # As torch.nn: training updates the buffers only with track_running_stats;
         # eval mode normalizes with them whenever they exist.
         use_running = self.running_mean is not None and (
@@ -82,21 +83,27 @@ class _NormcoreBatchNorm(RunningStatsLock):
         running = None
         if use_running:
             running = RunningStats(self.running_mean, self.running_var, self.num_batches_tracked)
-        y, update, _ = batch_norm_forward(
-            x,
-            self.weight,
-            self.bias,
-            running,
-            axis=1,
-            eps=self.eps,
-            momentum=self.momentum,
-            convention="torch",
-            training=self.training,
-            # Under torch.compile the skip of a non-finite batch happens on the
-            # device (no warning): a host read would break the graph.
-            synchronous=not torch.compiler.is_compiling(),
-            sync=self._reducer() if self.training else None,
-        )
+        try:
+            y, update, _ = batch_norm_forward(
+                x,
+                self.weight,
+                self.bias,
+                running,
+                axis=1,
+                eps=self.eps,
+                momentum=self.momentum,
+                convention="torch",
+                training=self.training,
+                # Under torch.compile the skip of a non-finite batch happens on the
+                # device (no warning): a host read would break the graph.
+                synchronous=not torch.compiler.is_compiling(),
+                sync=self._reducer() if self.training else None,
+            )
+        except (TypeError, ValueError) as error:  # named as torch names them
+            raise renamed(
+                error, x, weight=self.weight, bias=self.bias,
+                running_mean=self.running_mean, running_var=self.running_var,
+            ) from None  # fmt: skip
         if update is not None:  # in place, as torch does: buffers keep their identity
             with torch.no_grad():
                 for buffer, value in zip(running, update, strict=True):

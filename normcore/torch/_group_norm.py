@@ -8,11 +8,12 @@ from normcore._functional.group_norm import group_norm
 from normcore._plumbing.compat import resolve_device
 from normcore._plumbing.validation import (
     check_bool,
-    check_eps,
     check_feature_count,
     check_num_groups,
     check_positive_int,
 )
+
+from ._checks import check_eps_for, check_tensor, renamed
 
 __all__ = ["GroupNorm"]
 
@@ -67,7 +68,7 @@ class GroupNorm(torch.nn.GroupNorm):
         super().__init__(
             check_num_groups(num_groups, num_channels),
             num_channels,
-            check_eps(eps),
+            check_eps_for(eps, dtype),
             check_bool(affine, "affine"),
             resolve_device(torch, device),  # torch.nn: a RuntimeError; normcore: ValueError
             dtype,
@@ -76,5 +77,13 @@ class GroupNorm(torch.nn.GroupNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Group-normalize ``x`` of shape ``(N, C, *)``."""
-        check_feature_count(x, 1, self.num_channels, "num_channels")
-        return group_norm(x, self.num_groups, self.weight, self.bias, eps=self.eps)
+        check_tensor(x)
+        if x.dim() < 2:  # torch.nn's rule, named as torch names it
+            raise ValueError(
+                f"input must have at least 2 dimensions (N, C, *), got shape {tuple(x.shape)}"
+            )
+        check_feature_count(x, 1, self.num_channels, "num_channels", x_name="input")
+        try:
+            return group_norm(x, self.num_groups, self.weight, self.bias, eps=self.eps)
+        except (TypeError, ValueError) as error:  # named as torch names them
+            raise renamed(error, x, weight=self.weight, bias=self.bias) from None

@@ -27,13 +27,13 @@ from normcore._functional.group_norm import instance_norm, instance_norm_forward
 from normcore._plumbing.compat import resolve_device
 from normcore._plumbing.validation import (
     check_bool,
-    check_eps,
     check_feature_count,
     check_positive_int,
     check_real,
 )
 from normcore._reference.running import RunningStats, running_update
 
+from ._checks import check_eps_for, check_tensor, renamed
 from ._running_stats import RunningStatsLock
 
 __all__ = ["InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"]
@@ -56,7 +56,7 @@ class _NormcoreInstanceNorm(RunningStatsLock):
     ) -> None:
         super().__init__(  # every argument is checked before torch creates anything
             check_positive_int(num_features, "num_features"),
-            check_eps(eps),
+            check_eps_for(eps, dtype),
             check_real(momentum, "momentum", 0.0, 1.0, allow_none=True),
             check_bool(affine, "affine"),
             check_bool(track_running_stats, "track_running_stats"),
@@ -68,22 +68,31 @@ class _NormcoreInstanceNorm(RunningStatsLock):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Instance-normalize ``x`` (``(N, C, *spatial)``, or unbatched ``(C, *spatial)``)."""
+        check_tensor(x)
         self._check_input_dim(x)  # torch's message: "expected 3D or 4D input (got 2D input)"
         unbatched = x.dim() == self._get_no_batch_dim()
         channel_axis = 0 if unbatched else 1
         if x.shape[channel_axis] != self.num_features:
             if self.affine or self.track_running_stats:
-                check_feature_count(x, channel_axis, self.num_features, "num_features")
+                check_feature_count(
+                    x, channel_axis, self.num_features, "num_features", x_name="input"
+                )
             # As torch.nn: without parameters or running statistics num_features is unused.
             warnings.warn(
-                f"x has {x.shape[channel_axis]} channels along axis {channel_axis} but "
+                f"input has {x.shape[channel_axis]} channels along axis {channel_axis} but "
                 f"num_features={self.num_features}; num_features is unused (affine=False, "
                 "track_running_stats=False)",
                 stacklevel=2,
             )
-        if unbatched:
-            return self._normalize(x.unsqueeze(0)).squeeze(0)
-        return self._normalize(x)
+        try:
+            if unbatched:
+                return self._normalize(x.unsqueeze(0)).squeeze(0)
+            return self._normalize(x)
+        except (TypeError, ValueError) as error:  # named as torch names them
+            raise renamed(
+                error, x, weight=self.weight, bias=self.bias,
+                running_mean=self.running_mean, running_var=self.running_var,
+            ) from None  # fmt: skip
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         if self.track_running_stats and not self.training:

@@ -12,13 +12,16 @@ import torch
 
 from normcore._functional.layer_norm import layer_norm, rms_norm
 from normcore._plumbing.compat import resolve_device
-from normcore._plumbing.validation import check_bool, check_eps, check_normalized_shape
+from normcore._plumbing.validation import check_bool, check_normalized_shape
+
+from ._checks import check_eps_for, check_tensor, renamed
 
 __all__ = ["LayerNorm", "RMSNorm"]
 
 
 def _trailing_axes(module: torch.nn.Module, x: torch.Tensor) -> tuple[int, ...]:
     """The axes of ``x`` that ``module.normalized_shape`` covers, or a ValueError."""
+    check_tensor(x)
     count = len(module.normalized_shape)
     got = tuple(x.shape[x.ndim - count :]) if x.ndim >= count else tuple(x.shape)
     if got != tuple(module.normalized_shape):
@@ -73,7 +76,7 @@ class LayerNorm(torch.nn.LayerNorm):
     ) -> None:
         super().__init__(
             check_normalized_shape(normalized_shape),
-            check_eps(eps),
+            check_eps_for(eps, dtype),
             check_bool(elementwise_affine, "elementwise_affine"),
             check_bool(bias, "bias"),
             resolve_device(torch, device),  # torch.nn: a RuntimeError; normcore: ValueError
@@ -82,7 +85,11 @@ class LayerNorm(torch.nn.LayerNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Layer-normalize ``x`` over its trailing ``normalized_shape`` axes."""
-        return layer_norm(x, self.weight, self.bias, axis=_trailing_axes(self, x), eps=self.eps)
+        axes = _trailing_axes(self, x)
+        try:
+            return layer_norm(x, self.weight, self.bias, axis=axes, eps=self.eps)
+        except (TypeError, ValueError) as error:  # named as torch names them
+            raise renamed(error, x, weight=self.weight, bias=self.bias) from None
 
 
 class RMSNorm(torch.nn.RMSNorm):
@@ -121,7 +128,7 @@ class RMSNorm(torch.nn.RMSNorm):
     ) -> None:
         super().__init__(
             check_normalized_shape(normalized_shape),
-            None if eps is None else check_eps(eps),  # None: torch's per-dtype default
+            None if eps is None else check_eps_for(eps, dtype),  # None: torch's per-dtype default
             check_bool(elementwise_affine, "elementwise_affine"),
             resolve_device(torch, device),
             dtype,
@@ -129,5 +136,9 @@ class RMSNorm(torch.nn.RMSNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """RMS-normalize ``x`` over its trailing ``normalized_shape`` axes."""
-        eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
-        return rms_norm(x, self.weight, axis=_trailing_axes(self, x), eps=eps)
+        axes = _trailing_axes(self, x)
+        try:
+            eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
+            return rms_norm(x, self.weight, axis=axes, eps=eps)
+        except (TypeError, ValueError) as error:  # named as torch names them
+            raise renamed(error, x, weight=self.weight) from None

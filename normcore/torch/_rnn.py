@@ -38,6 +38,8 @@ from normcore._plumbing.validation import (
     check_real,
 )
 
+from ._checks import check_eps_for
+
 __all__ = ["GRU", "LSTM", "RNN"]
 
 
@@ -69,7 +71,8 @@ class _Recurrent(torch.nn.Module):
         self.dropout = float(check_real(dropout, "dropout", 0.0, 1.0))
         self.bidirectional = check_bool(bidirectional, "bidirectional")
         self.layer_norm = check_bool(layer_norm, "layer_norm")
-        self.eps = check_eps(eps)
+        # The eps rule applies where eps is used: in the layer norms.
+        self.eps = check_eps_for(eps, dtype) if self.layer_norm else check_eps(eps)
         directions = 2 if self.bidirectional else 1
         # torch.nn raises RuntimeError for an unknown device; normcore a ValueError naming it
         factory = {"device": resolve_device(torch, device), "dtype": dtype}
@@ -155,10 +158,16 @@ class _Recurrent(torch.nn.Module):
                 f"{name}: input must have the parameters' dtype {self.weight_ih_l0.dtype}, "
                 f"got {input.dtype} (convert one with .to())"
             )
+        if input.device != self.weight_ih_l0.device:
+            raise ValueError(
+                f"{name}: input is on device {input.device} but the parameters (weight_ih_l0) "
+                f"are on device {self.weight_ih_l0.device}; move one of them with .to()"
+            )
         batched = input.dim() == 3
+        batch = input.shape[0 if self.batch_first else 1] if batched else None
+        states0 = [None] * len(self._keys) if hx is None else self._states0(hx, batch, input)
         if not batched:
             input = input.unsqueeze(0 if self.batch_first else 1)
-        states0 = [None] * len(self._keys) if hx is None else self._states0(hx, batched)
         between = None
         if self.dropout and self.training:
 
@@ -184,8 +193,13 @@ class _Recurrent(torch.nn.Module):
             stacked = tuple(f.squeeze(1) for f in stacked)
         return hs, stacked if self._cell == "lstm" else stacked[0]
 
-    def _states0(self, hx: Any, batched: bool) -> list:
-        """Split ``hx`` into the state of every layer and direction (validated)."""
+    def _states0(self, hx: Any, batch: int | None, input: torch.Tensor) -> list:
+        """Split ``hx`` into the state of every layer and direction, checked with torch's names.
+
+        ``batch`` is the input's batch size (None: an unbatched input). Every
+        check :func:`normcore.rnn` makes of its ``state0`` is made here first,
+        so its messages (``state0.h``, ``(batch, hidden)``) are never seen.
+        """
         lstm = self._cell == "lstm"
         parts = hx if lstm and isinstance(hx, tuple | list) and len(hx) == 2 else None
         if lstm and parts is None:
@@ -196,20 +210,32 @@ class _Recurrent(torch.nn.Module):
         if not lstm and not isinstance(hx, torch.Tensor):
             raise TypeError(f"hx must be a torch.Tensor, got {type(hx).__name__}")
         count = len(self._keys)
+        if batch is None:
+            layout, expected = "(D * num_layers, hidden_size)", (count, self.hidden_size)
+        else:
+            layout = "(D * num_layers, batch, hidden_size)"
+            expected = (count, batch, self.hidden_size)
+        weight = self.weight_ih_l0
         states = []
         for label, part in zip(("h_0", "c_0") if lstm else ("hx",), parts or (hx,), strict=True):
-            ndim = 3 if batched else 2
-            if not isinstance(part, torch.Tensor) or part.dim() != ndim or part.shape[0] != count:
-                shape = (
-                    "(D * num_layers, batch, hidden_size)"
-                    if batched
-                    else ("(D * num_layers, hidden_size)")
-                )
-                got = tuple(part.shape) if isinstance(part, torch.Tensor) else type(part).__name__
+            if not isinstance(part, torch.Tensor):
+                raise TypeError(f"{label} must be a torch.Tensor, got {type(part).__name__}")
+            if tuple(part.shape) != expected:
                 raise ValueError(
-                    f"{label} must have shape {shape} with D * num_layers = {count}, got {got}"
+                    f"{label} must have shape {layout} with D * num_layers = {count}: "
+                    f"{expected}, got {tuple(part.shape)}"
                 )
-            states.append(part if batched else part.unsqueeze(1))
+            if part.dtype != weight.dtype:
+                raise TypeError(
+                    f"{label} must have the parameters' dtype {weight.dtype} (weight_ih_l0's), "
+                    f"got {part.dtype}"
+                )
+            if part.device != input.device:
+                raise ValueError(
+                    f"{label} is on device {part.device} but input is on device "
+                    f"{input.device}; move one of them with .to()"
+                )
+            states.append(part if batch is not None else part.unsqueeze(1))
         return [tuple(s[k] for s in states) if lstm else states[0][k] for k in range(count)]
 
     def flatten_parameters(self) -> None:
