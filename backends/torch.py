@@ -323,6 +323,53 @@ class TorchAdapter(Adapter):
         m2 = work.sub_(offset).square_().sum(dim=axes, keepdim=True)
         return math.prod(x.shape[a] for a in axes), offset + _first_values(x, axes), m2
 
+    def recurrent(self, xp, xs, states0, layer_params, *, cell, nonlinearity, bidirectional,
+                  batch_first, dropout):  # fmt: skip
+        """torch's own recurrent kernels (``torch._VF``, what ``torch.nn.LSTM`` runs), on the CPU.
+
+        normcore's params are views of torch's layout transposed (``W_x =
+        weight_ih.T``), so they are transposed back; the summed bias ``b`` of
+        the RNN and LSTM goes in as ``bias_ih`` with a zero ``bias_hh``. Only
+        float32/float64 CPU tensors whose layers share one hidden size: CUDA
+        (cuDNN) has not been run here, and torch's half-precision recurrent
+        kernels do not accumulate in float32. Not the LSTM under ``torch.compile``
+        (its CPU kernel does not compile): normcore's loop is compiled instead.
+        """
+        torch = sys.modules["torch"]
+        hidden = layer_params[0]["W_h"].shape[0]
+        if (
+            # torch 2.13 cannot compile its CPU LSTM kernel (aten.mkldnn_rnn_layer):
+            # aot_autograd fails on a None it saves, inductor on a None argument
+            (cell == "lstm" and torch.compiler.is_compiling())
+            or xs.device.type != "cpu"
+            or xs.dtype not in (torch.float32, torch.float64)
+            or any(p["W_h"].shape[0] != hidden for p in layer_params)
+        ):
+            return NotImplemented
+        weights = []
+        for p in layer_params:
+            gru = cell == "gru"  # the GRU keeps b_hn apart; the others' biases are summed in b
+            biases = (p["b_x"], p["b_h"]) if gru else (p["b"], torch.zeros_like(p["b"]))
+            weights += [p["W_x"].mT, p["W_h"].mT, *biases]
+        batch = xs.shape[0 if batch_first else 1]
+        zeros = xs.new_zeros((batch, hidden))
+        parts = 2 if cell == "lstm" else 1
+
+        def part(state, i):  # h (i = 0) or c of one layer's state; zeros for None
+            piece = state if state is None or parts == 1 else state[i]
+            return zeros if piece is None else piece
+
+        hx = [torch.stack([part(s, i) for s in states0]) for i in range(parts)]
+        directions = 2 if bidirectional else 1
+        args = (weights, True, len(layer_params) // directions, dropout, dropout > 0,
+                bidirectional, batch_first)  # fmt: skip
+        if cell == "lstm":
+            hs, h_n, c_n = torch._VF.lstm(xs, tuple(hx), *args)
+            return hs, [(h_n[k], c_n[k]) for k in range(len(layer_params))]
+        kernel = {"gru": torch._VF.gru, "rnn": getattr(torch._VF, f"rnn_{nonlinearity}")}[cell]
+        hs, h_n = kernel(xs, hx[0], *args)
+        return hs, [h_n[k] for k in range(len(layer_params))]
+
     def custom_gradient(self, forward, backward, inputs):
         """A ``torch.autograd.Function`` whose backward is ``backward``, when autograd records."""
         torch = sys.modules["torch"]

@@ -373,6 +373,32 @@ class Adapter:
         """
         return NotImplemented
 
+    def recurrent(
+        self,
+        xp: Namespace,
+        xs: Array,
+        states0: list,
+        layer_params: list,
+        *,
+        cell: str,
+        nonlinearity: str,
+        bidirectional: bool,
+        batch_first: bool,
+        dropout: float,
+    ) -> tuple[Array, list] | NotImplementedType:
+        """A stack of plain (not layer-normalized) recurrent layers with a native kernel.
+
+        Called by :func:`normcore._functional.rnn.stacked_rnn` for cells without
+        layer norm and without a mask, with validated arguments in its layout:
+        ``layer_params[k]`` and ``states0[k]`` (a state, None for zeros, or for
+        the LSTM ``(h, c)`` with either part None) belong to layer ``k // D``,
+        direction ``k % D``; ``dropout`` is the probability of dropout on every
+        layer's output but the last (0 outside training). Return ``(hs,
+        finals)`` as ``stacked_rnn`` does, differentiable by the library's
+        autodiff, or ``NotImplemented`` (the default) to run normcore's loop.
+        """
+        return NotImplemented
+
     def __repr__(self) -> str:
         return f"<normcore adapter {self.name!r} for {self.library!r}>"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 import pytest
 from _rnn_reference import reference
@@ -188,7 +190,7 @@ OPTIONS = {
 @pytest.mark.parametrize("layout", ["hx", "no-hx", "unbatched"])
 @pytest.mark.parametrize("options", [*OPTIONS, "relu", "relu-2-layers-bidirectional"])
 @pytest.mark.parametrize("cell", sorted(CELLS))
-def test_layers_and_directions_equal_torch(cell, options, layout):
+def test_layers_and_directions_equal_torch(path, cell, options, layout):
     if options.startswith("relu"):
         if cell != "rnn":
             pytest.skip("nonlinearity is torch.nn.RNN's option only")
@@ -303,3 +305,95 @@ def test_lstm_takes_torch_nn_constructor_arguments_positionally():
     torch.testing.assert_close(ours(x)[0], theirs(x)[0])
     with pytest.raises(TypeError, match=r"^proj_size must be an int, got float"):
         normcore.torch.LSTM(3, 4, proj_size=0.0)
+
+
+class _CountOps(torch.utils._python_dispatch.TorchDispatchMode):
+    """Count every aten op by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+# What normcore.torch adds around torch's kernel: its params as views of torch's
+# layout and back, the summed bias with a zero bias_hh, the stacked initial state.
+_SETUP_OPS = {"aten.permute", "aten.transpose", "aten.add", "aten.zeros_like", "aten.new_zeros",
+              "aten.stack", "aten.select", "aten.zeros"}  # fmt: skip
+
+
+@pytest.mark.parametrize("options", ["1-layer", "2-layers-bidirectional"])
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_plain_modules_run_torchs_own_kernel(cell, options):
+    # On the fast path a plain module runs the ops torch.nn's runs, plus setup ops
+    # whose number does not depend on the sequence's length; on the reference
+    # path (normcore's loop) the op counts differ at every step.
+    kwargs = OPTIONS.get(options, {})
+    ours, theirs = _pair(cell, torch.float32, 20, **kwargs)
+    x = torch.randn(20, 2, 3)
+    counts = []
+    for module in (ours, theirs):
+        with _CountOps() as counter:
+            module(x)
+        counts.append(counter.ops)
+    extra, missing = counts[0] - counts[1], counts[1] - counts[0]
+    assert set(extra) | set(missing) <= _SETUP_OPS, (extra, missing)
+    assert extra.total() <= 8 + 8 * len(ours._keys), extra
+
+
+def _packed(lengths, size, gen, dtype):
+    seqs = [torch.randn(n, size, generator=gen, dtype=dtype, requires_grad=True) for n in lengths]
+    return seqs, torch.nn.utils.rnn.pack_sequence(seqs, enforce_sorted=False)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_packed_sequences_equal_torch(path, cell, batch_first):
+    # Uneven lengths, not sorted: the output is packed like the input, the final
+    # state is each sequence's own in the caller's order, gradients reach each
+    # sequence and hx; two layers and dropout=0 exercise the mask in every layer.
+    ours, theirs = _pair(cell, torch.float64, 21, num_layers=2, batch_first=batch_first)
+    results = []
+    for module in (ours, theirs):
+        gen = torch.Generator().manual_seed(22)
+        seqs, packed = _packed([3, 6, 1, 4], 3, gen, torch.float64)
+        hx = _initial_state(cell, (2, 4, 4), torch.float64, gen)
+        output, final = module(packed, hx)
+        assert isinstance(output, torch.nn.utils.rnn.PackedSequence)
+        assert torch.equal(output.batch_sizes, packed.batch_sizes)
+        assert torch.equal(output.sorted_indices, packed.sorted_indices)
+        loss = (output.data * torch.randn(output.data.shape, generator=gen).double()).sum()
+        loss = loss + sum((f * torch.randn(f.shape, generator=gen).double()).sum()
+                          for f in _leaves(final))  # fmt: skip
+        loss.backward()
+        results.append((output.data, final, [s.grad for s in seqs],
+                        [h.grad for h in _leaves(hx)], grads(module)))  # fmt: skip
+    assert_all_close(results[0], results[1], 1e-12)
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_packed_layer_norm_sequences_equal_each_sequence_alone(path, cell):
+    # No torch.nn module to compare with: a packed batch must give each sequence
+    # what it gives when run alone (the padding never reaches a real step).
+    module = getattr(normcore.torch, CELLS[cell])(3, 4, layer_norm=True, dtype=torch.float64)
+    randomize(module, 23)
+    gen = torch.Generator().manual_seed(24)
+    seqs, packed = _packed([2, 5, 3], 3, gen, torch.float64)
+    output, final = module(packed)
+    padded, lengths = torch.nn.utils.rnn.pad_packed_sequence(output)
+    for b, seq in enumerate(seqs):
+        alone, alone_final = module(seq[:, None])
+        n = int(lengths[b])
+        torch.testing.assert_close(padded[:n, b], alone[:, 0], rtol=1e-12, atol=1e-12)
+        for f, g in zip(_leaves(final), _leaves(alone_final), strict=True):
+            torch.testing.assert_close(f[:, b], g[:, 0], rtol=1e-12, atol=1e-12)
+
+
+def test_packed_sequences_with_two_directions_are_refused():
+    module = normcore.torch.GRU(3, 4, bidirectional=True)
+    _, packed = _packed([2, 3], 3, torch.Generator().manual_seed(0), torch.float32)
+    with pytest.raises(ValueError, match=r"bidirectional=True does not take a PackedSequence"):
+        module(packed)

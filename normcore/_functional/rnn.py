@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from .._plumbing import dispatch
 from .._plumbing.compat import device_of, library_label, namespace_of
 from .._plumbing.registry import adapter_for
 from .._plumbing.validation import (
@@ -53,18 +54,27 @@ def _time_major(xp: Any, a: Any, batch_first: bool) -> Any:
     return xp.permute_dims(a, (1, 0, *range(2, a.ndim)))
 
 
-def _check_params(xs: Any, params: Any, cell: str, layer_norm: bool) -> int:
-    """Check keys, library, device, dtype and shape of every parameter; return H."""
+def _check_params(
+    xs: Any, params: Any, cell: str, layer_norm: bool, input_size: int | None = None
+) -> int:
+    """Check keys, library, device, dtype and shape of every parameter; return H.
+
+    ``input_size`` is the last axis of ``xs`` unless given (a stacked layer's).
+    """
     names = param_names(cell, layer_norm)
     what = f"for cell={cell!r}, layer_norm={layer_norm}"
     check_named_arrays(params, names, "params", what, xs=xs)
     hidden = matrix_size(params["W_h"], "params['W_h']", 0)
+    size, source = (
+        (xs.shape[-1], "the last axis of xs")
+        if input_size is None
+        else (input_size, "the layer below's outputs")
+    )
     check_shapes(
         params,
-        param_shapes(cell, xs.shape[-1], hidden, layer_norm),
+        param_shapes(cell, size, hidden, layer_norm),
         "params",
-        f"{what} with input size {xs.shape[-1]} (the last axis of xs) and hidden size "
-        f"{hidden} (the rows of W_h)",
+        f"{what} with input size {size} ({source}) and hidden size {hidden} (the rows of W_h)",
     )
     return hidden
 
@@ -126,8 +136,8 @@ def _check_mask(xs: Any, mask: Any, batch_first: bool) -> None:
         raise ValueError(f"mask must have shape {layout} = {expected}, got {tuple(mask.shape)}")
 
 
-def _prepare(xs, state0, params, cell, layer_norm, mask, eps, batch_first, nonlinearity):
-    """Validate a call; return ``(_Call, hidden)`` without computing anything."""
+def _check_options(xs, cell, layer_norm, eps, batch_first, nonlinearity):
+    """Check the options and ``xs`` of a call; return ``(xp, eps)``."""
     check_choice(cell, CELLS, "cell")
     check_bool(layer_norm, "layer_norm")
     check_choice(nonlinearity, NONLINEARITIES, "nonlinearity")
@@ -142,6 +152,12 @@ def _prepare(xs, state0, params, cell, layer_norm, mask, eps, batch_first, nonli
     if xs.ndim != 3:
         layout = "(batch, time, input)" if batch_first else "(time, batch, input)"
         raise ValueError(f"xs must be 3-D {layout}, got shape {tuple(xs.shape)}")
+    return xp, eps
+
+
+def _prepare(xs, state0, params, cell, layer_norm, mask, eps, batch_first, nonlinearity):
+    """Validate a call; return ``(_Call, hidden)`` without computing anything."""
+    xp, eps = _check_options(xs, cell, layer_norm, eps, batch_first, nonlinearity)
     hidden = _check_params(xs, params, cell, layer_norm)
     _check_mask(xs, mask, batch_first)
     adapter = adapter_for(xs)
@@ -426,6 +442,19 @@ def _stack(cell, layer_norm, eps, bidirectional, batch_first, mask, nonlinearity
     return _Stack(cell, layer_norm, eps, directions, int(batch_first), mask, nonlinearity)
 
 
+def _check_stack(xs: Any, states0: list, layer_params: list, stack: _Stack) -> None:
+    """Every check :func:`rnn` makes of each layer's call, before a native kernel runs them."""
+    _check_options(xs, stack.cell, stack.layer_norm, stack.eps, stack.time_axis == 1,
+                   stack.nonlinearity)  # fmt: skip
+    xs_tm = _time_major(namespace_of(xs), xs, stack.time_axis == 1)
+    size = None
+    for k, (state0, params) in enumerate(zip(states0, layer_params, strict=True)):
+        hidden = _check_params(xs, params, stack.cell, stack.layer_norm, size)
+        _check_state(xs_tm, state0, stack.cell, hidden, "state0")
+        if k % stack.directions == stack.directions - 1:
+            size = hidden * stack.directions
+
+
 def stacked_rnn(
     xs: Any,
     states0: list,
@@ -439,6 +468,7 @@ def stacked_rnn(
     mask: Any = None,
     nonlinearity: str = "tanh",
     between: Any = None,
+    dropout: float = 0.0,
     keep_inputs: bool = False,
 ) -> tuple[Any, list]:
     """Several layers, each in one or both directions: :func:`rnn` once per layer and direction.
@@ -453,9 +483,23 @@ def stacked_rnn(
     outputs concatenated on the last axis, and ``between`` (if given) maps it
     before the next layer (dropout). Returns ``(hs, finals)``, ``finals`` in the
     order of ``states0`` (and, with ``keep_inputs``, every layer's input third).
+
+    Plain cells without a mask go to the adapter's native kernel
+    (:meth:`normcore.adapter.Adapter.recurrent`) where it has one; ``dropout``
+    is then the probability that ``between`` applies, for a kernel that
+    draws the dropout itself (0: ``between`` is not dropout, or not training).
     """
     stack = _stack(cell, layer_norm, eps, bidirectional, batch_first, mask, nonlinearity)
     xp = check_arrays(xs, x_name="xs")
+    if not (layer_norm or keep_inputs or mask is not None) and (between is None or dropout):
+        _check_stack(xs, states0, layer_params, stack)
+        native = dispatch.recurrent(
+            adapter_for(xs), xp, xs, states0, layer_params, cell=cell,
+            nonlinearity=nonlinearity, bidirectional=bidirectional,
+            batch_first=batch_first, dropout=dropout,
+        )  # fmt: skip
+        if native is not NotImplemented:
+            return native
     layers = len(layer_params) // stack.directions
     finals: list = []
     inputs: list = []

@@ -80,6 +80,17 @@ def custom_gradient(adapter, forward, backward, inputs):
     return forward(*inputs) if result is NotImplemented else result
 
 
+def recurrent(adapter, xp, xs, states0, layer_params, **options):
+    """``adapter.recurrent`` (a native kernel for plain cells), or ``NotImplemented``.
+
+    ``NotImplemented`` inside :func:`~normcore.reference_path` or for an
+    empty sequence, so that normcore's own loop runs.
+    """
+    if using_reference_path() or is_empty(xs):
+        return NotImplemented
+    return adapter.recurrent(xp, xs, states0, layer_params, **options)
+
+
 def settle(values: tuple[Array, ...]) -> tuple[Array, ...]:
     """``values`` computed together where their adapter is lazy (``Adapter.settle``)."""
     from .registry import adapter_for

@@ -7,7 +7,10 @@ between layers; ``tanh`` or ``relu`` for the RNN. Each layer and direction is on
 modules are interchangeable with their ``torch.nn`` namesakes: constructor,
 ``state_dict`` keys (``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``,
 ``bias_hh_l0``, ``weight_ih_l0_reverse``, ..., ``weight_ih_l1``, ...),
-``forward(input, hx)`` and its return structure. With ``layer_norm=True`` the
+``forward(input, hx)`` and its return structure (``PackedSequence`` included,
+in one direction), and on float32/float64 CPU tensors they run torch's own
+kernels (the torch adapter's ``recurrent`` hook). They are not subclasses of
+``torch.nn.RNNBase``: dynamo refuses to compile any of those. With ``layer_norm=True`` the
 cells are Ba et al.'s layer-normalized ones and the layer norms' gains and
 biases are extra parameters named ``ln_<name>`` after :func:`normcore.rnn_params`
 (``ln_gain_x``, ...), with torch's suffix (``ln_gain_x_l1``,
@@ -116,9 +119,11 @@ class _Recurrent(torch.nn.Module):
 
         Parameters
         ----------
-        input : torch.Tensor
+        input : torch.Tensor or torch.nn.utils.rnn.PackedSequence
             ``(L, N, input_size)`` (``(N, L, input_size)`` with ``batch_first``),
-            or ``(L, input_size)`` for one unbatched sequence.
+            ``(L, input_size)`` for one unbatched sequence, or sequences of
+            different lengths packed by ``torch.nn.utils.rnn.pack_sequence``
+            (one direction only; they run as padded sequences with a mask).
         hx : torch.Tensor or tuple of two, optional
             Initial state ``(D * num_layers, N, hidden_size)``
             (``(D * num_layers, hidden_size)`` unbatched; ``D`` is 2 when
@@ -126,24 +131,27 @@ class _Recurrent(torch.nn.Module):
 
         Returns
         -------
-        output : torch.Tensor
+        output : torch.Tensor or torch.nn.utils.rnn.PackedSequence
             The last layer's outputs, ``(L, N, D * hidden_size)`` (the
-            directions concatenated; batch-first or unbatched like ``input``).
+            directions concatenated; batch-first or unbatched like ``input``);
+            packed like ``input`` if it is packed.
         h_n : torch.Tensor or tuple of two
             The final states, shaped like ``hx``.
 
         Raises
         ------
         TypeError
-            For a ``PackedSequence`` (not supported; pass a mask to
-            :func:`normcore.rnn` instead) or a wrong ``hx`` structure.
+            For a wrong ``hx`` structure.
         ValueError
             For an input that is not 2-D or 3-D, an ``hx`` whose first axis is
-            not ``D * num_layers``, and everything :func:`normcore.rnn` rejects.
+            not ``D * num_layers``, a ``PackedSequence`` with
+            ``bidirectional=True``, and everything :func:`normcore.rnn` rejects.
         """
         name = type(self).__name__
+        packed, mask = None, None
         if isinstance(input, torch.nn.utils.rnn.PackedSequence):
-            raise TypeError(f"normcore.torch.{name} does not take a PackedSequence")
+            packed = input
+            input, mask = self._unpack(packed, name)
         if not isinstance(input, torch.Tensor):
             raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
         if input.dim() not in (2, 3):
@@ -184,14 +192,53 @@ class _Recurrent(torch.nn.Module):
             nonlinearity=getattr(self, "nonlinearity", "tanh"),
             bidirectional=self.bidirectional,
             batch_first=self.batch_first,
+            mask=mask,
             between=between,
+            dropout=self.dropout if between is not None else 0.0,
         )
+        if packed is not None:
+            hs = self._pack(hs, packed, mask)
         parts = [f if isinstance(f, tuple) else (f,) for f in finals]
         stacked = tuple(torch.stack(part) for part in zip(*parts, strict=True))
         if not batched:
             hs = hs.squeeze(0 if self.batch_first else 1)
             stacked = tuple(f.squeeze(1) for f in stacked)
         return hs, stacked if self._cell == "lstm" else stacked[0]
+
+    def _unpack(self, packed: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The padded sequences of ``packed`` in the caller's order, and their mask.
+
+        The padded steps are masked (their state carried, their output
+        dropped), so each sequence's final state is that after its last step,
+        as torch.nn's. The reverse direction would have to start at each
+        sequence's own end: not supported.
+        """
+        if self.bidirectional:
+            raise ValueError(
+                f"normcore.torch.{name} with bidirectional=True does not take a PackedSequence "
+                "(the reverse direction would have to start at each sequence's own end); "
+                "pass sequences of one length as a tensor, or use bidirectional=False"
+            )
+        padded, lengths = torch.nn.utils.rnn.pad_packed_sequence(
+            packed, batch_first=self.batch_first
+        )
+        steps = torch.arange(padded.shape[1 if self.batch_first else 0])
+        mask = steps[:, None] < lengths[None, :]  # (T, N)
+        mask = mask.T if self.batch_first else mask
+        return padded, mask.to(padded.device)
+
+    def _pack(self, hs: torch.Tensor, packed: Any, mask: torch.Tensor) -> Any:
+        """``hs`` (padded, in the caller's order) packed as ``packed`` is: same sizes and order."""
+        utils = torch.nn.utils.rnn
+        time_major = hs.transpose(0, 1) if self.batch_first else hs
+        lengths = (mask.T if self.batch_first else mask).sum(dim=0).cpu()
+        if packed.sorted_indices is not None:
+            time_major = time_major.index_select(1, packed.sorted_indices)
+            lengths = lengths[packed.sorted_indices.cpu()]
+        data = utils.pack_padded_sequence(time_major, lengths, enforce_sorted=True).data
+        return utils.PackedSequence(
+            data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices
+        )
 
     def _states0(self, hx: Any, batch: int | None, input: torch.Tensor) -> list:
         """Split ``hx`` into the state of every layer and direction, checked with torch's names.
