@@ -157,7 +157,7 @@ def synced_backward(
     if stats.correction:
         sum_dy_xhat = sum_dy_xhat * (stats.count / (stats.count - stats.correction))
     slope = scale * sum_dy_xhat * rstd  # the projection, per feature, on x - mean
-    offset = scale * sum_dy if layout.center else xp.zeros_like(scale)
+    offset = scale * sum_dy  # batch norm is always centered
     dx = fixed.dx - ((xa - stats.mean) * slope + offset)
     return Gradients(
         as_dtype(xp, dx, x.dtype),

@@ -64,8 +64,7 @@ def _worker(rank: int, port: int, sizes, repeats: int, out: str) -> None:
             return buffer
 
     collectives = {"count": 0}  # torch.distributed calls, counted where they are made
-    names = [n for n in ("all_gather_single", "all_gather_into_tensor", "all_reduce")]
-    for name in names:
+    for name in ("all_gather_single", "all_gather_into_tensor", "all_reduce"):
         original = getattr(dist, name, None)
         if original is not None:
 
