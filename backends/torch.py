@@ -332,15 +332,17 @@ class TorchAdapter(Adapter):
         the RNN and LSTM goes in as ``bias_ih`` with a zero ``bias_hh``. Only
         float32/float64 CPU tensors whose layers share one hidden size: CUDA
         (cuDNN) has not been run here, and torch's half-precision recurrent
-        kernels do not accumulate in float32. Not the LSTM under ``torch.compile``
-        (its CPU kernel does not compile): normcore's loop is compiled instead.
+        kernels do not accumulate in float32. Not the LSTM under ``torch.compile``,
+        forward-mode AD or a ``torch.func`` transform (its CPU kernel supports
+        none of them): normcore's loop runs instead.
         """
         torch = sys.modules["torch"]
         hidden = layer_params[0]["W_h"].shape[0]
         if (
-            # torch 2.13 cannot compile its CPU LSTM kernel (aten.mkldnn_rnn_layer):
-            # aot_autograd fails on a None it saves, inductor on a None argument
-            (cell == "lstm" and torch.compiler.is_compiling())
+            # torch 2.13's CPU LSTM kernel (aten.mkldnn_rnn_layer) does not compile
+            # (aot_autograd fails on a None it saves, inductor on a None argument)
+            # and has no forward-mode AD nor functorch rules: the loop runs there
+            (cell == "lstm" and _transformed(torch))
             or xs.device.type != "cpu"
             or xs.dtype not in (torch.float32, torch.float64)
             or any(p["W_h"].shape[0] != hidden for p in layer_params)
@@ -380,6 +382,15 @@ class TorchAdapter(Adapter):
         saved: list[Any] = []
         y = _custom_function(torch).apply(forward, backward, saved, *inputs)
         return y, saved[0]
+
+
+def _transformed(torch) -> bool:
+    """Whether torch.compile traces, forward-mode AD records or a torch.func transform runs."""
+    return (
+        torch.compiler.is_compiling()
+        or torch.autograd.forward_ad._current_level >= 0
+        or torch._C._functorch.peek_interpreter_stack() is not None
+    )
 
 
 @functools.cache

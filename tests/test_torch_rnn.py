@@ -397,3 +397,54 @@ def test_packed_sequences_with_two_directions_are_refused():
     _, packed = _packed([2, 3], 3, torch.Generator().manual_seed(0), torch.float32)
     with pytest.raises(ValueError, match=r"bidirectional=True does not take a PackedSequence"):
         module(packed)
+
+
+def test_forward_mode_ad_of_the_lstm_equals_finite_differences():
+    # torch's float32 CPU LSTM kernel has no forward-mode AD: normcore's loop runs
+    # there. Expected: a central difference of torch.nn.LSTM in float64.
+    ours, theirs = _pair("lstm", torch.float32, 25)
+    gen = torch.Generator().manual_seed(26)
+    x, v = torch.randn(5, 2, 3, generator=gen), torch.randn(5, 2, 3, generator=gen)
+    with torch.autograd.forward_ad.dual_level():
+        output, _ = ours(torch.autograd.forward_ad.make_dual(x, v))
+        tangent = torch.autograd.forward_ad.unpack_dual(output).tangent
+    theirs.double()
+    step = 1e-6
+    plus, minus = (theirs(x.double() + s * v.double())[0] for s in (step, -step))
+    torch.testing.assert_close(tangent.double(), (plus - minus) / (2 * step), rtol=1e-4, atol=1e-5)
+
+
+def test_stacked_directions_of_different_hidden_sizes_equal_torch():
+    # normcore's stacked call allows each direction its own hidden size (the
+    # torch.nn modules do not): layer 1 takes 4 + 5 features. Expected: one
+    # torch.nn.GRU per layer and direction, the reverse one on the flipped sequence.
+    from normcore._functional.rnn import stacked_rnn
+
+    sizes = [(3, 4), (3, 5), (9, 4), (9, 4)]
+    modules = [torch.nn.GRU(i, h, dtype=torch.float64) for i, h in sizes]
+    for k, m in enumerate(modules):
+        randomize(m, 30 + k)
+    params = [normcore.rnn_params_from_torch(m.state_dict(), "gru") for m in modules]
+    x = torch.randn(5, 2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(27))
+    hs, _ = stacked_rnn(x, [None] * 4, params, cell="gru", layer_norm=False, eps=1e-5,
+                             bidirectional=True)  # fmt: skip
+    layer_input = x
+    for layer in range(2):
+        forward, reverse = modules[2 * layer], modules[2 * layer + 1]
+        backward_out = reverse(layer_input.flip(0))[0].flip(0)
+        layer_input = torch.cat([forward(layer_input)[0], backward_out], dim=-1)
+    torch.testing.assert_close(hs, layer_input, rtol=1e-12, atol=1e-12)
+
+
+def test_stacked_calls_check_their_lists():
+    from normcore._functional.rnn import stacked_rnn
+
+    params = normcore.rnn_params("gru", 3, 4, layer_norm=False, like=torch.zeros(1), seed=0)
+    x = torch.randn(5, 2, 3)
+    kwargs = {"cell": "gru", "layer_norm": False, "eps": 1e-5}
+    with pytest.raises(ValueError, match=r"positive multiple of 2 .* got 3 and 3"):
+        stacked_rnn(x, [None] * 3, [params] * 3, bidirectional=True, **kwargs)
+    with pytest.raises(ValueError, match=r"got 1 and 2"):
+        stacked_rnn(x, [None] * 2, [params], bidirectional=False, **kwargs)
+    with pytest.raises(ValueError, match=r"dropout"):
+        stacked_rnn(x, [None], [params], bidirectional=False, dropout=2.0, **kwargs)

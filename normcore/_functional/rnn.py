@@ -20,6 +20,7 @@ from .._plumbing.validation import (
     check_eps,
     check_eps_in,
     check_named_arrays,
+    check_real,
     check_shapes,
     matrix_size,
 )
@@ -446,13 +447,21 @@ def _check_stack(xs: Any, states0: list, layer_params: list, stack: _Stack) -> N
     """Every check :func:`rnn` makes of each layer's call, before a native kernel runs them."""
     _check_options(xs, stack.cell, stack.layer_norm, stack.eps, stack.time_axis == 1,
                    stack.nonlinearity)  # fmt: skip
+    count, directions = len(layer_params), stack.directions
+    if count == 0 or count % directions or len(states0) != count:
+        raise ValueError(
+            f"layer_params must hold a positive multiple of {directions} (the directions) "
+            f"parameter dicts and states0 one state (or None) for each, got "
+            f"{count} and {len(states0)}"
+        )
     xs_tm = _time_major(namespace_of(xs), xs, stack.time_axis == 1)
-    size = None
+    size, width = None, 0
     for k, (state0, params) in enumerate(zip(states0, layer_params, strict=True)):
         hidden = _check_params(xs, params, stack.cell, stack.layer_norm, size)
         _check_state(xs_tm, state0, stack.cell, hidden, "state0")
-        if k % stack.directions == stack.directions - 1:
-            size = hidden * stack.directions
+        width += hidden
+        if k % directions == directions - 1:  # the next layer takes the directions' outputs
+            size, width = width, 0
 
 
 def stacked_rnn(
@@ -495,8 +504,9 @@ def stacked_rnn(
         _check_stack(xs, states0, layer_params, stack)
         native = dispatch.recurrent(
             adapter_for(xs), xp, xs, states0, layer_params, cell=cell,
-            nonlinearity=nonlinearity, bidirectional=bidirectional,
-            batch_first=batch_first, dropout=dropout,
+            nonlinearity=nonlinearity, bidirectional=stack.directions == 2,
+            batch_first=stack.time_axis == 1,
+            dropout=float(check_real(dropout, "dropout", 0.0, 1.0)),
         )  # fmt: skip
         if native is not NotImplemented:
             return native
