@@ -156,7 +156,7 @@ def rows_forward(x, gain, bias, *, eps, center):
 
 @njit(**_JIT)
 def _rows_backward_kernel(
-    dy, x, g, eps, center, have_stats, mean, rstd, dx, nchunks, pg, pb, need_pg, need_pb
+    dy, x, g, eps, center, have_stats, mean, rstd, dx, nchunks, pg, pb, need_pg, need_pb, rstd_out
 ):
     rows, d = x.shape
     for c in prange(nchunks):
@@ -189,6 +189,8 @@ def _rows_backward_kernel(
                         sq += np.float64(row[j]) * np.float64(row[j])
                 out[0] = 1.0 / math.sqrt(sq / d + eps)
                 rs = out[0]
+            if rstd_out.shape[0]:
+                rstd_out[r] = rs
             su = 0.0
             sdy = 0.0
             for j in range(d):
@@ -208,12 +210,14 @@ def _rows_backward_kernel(
                 out[j] = _input_grad(drow[j] * g[j], u, beta, alpha, rs)
 
 
-def rows_backward(dy, x, gain, *, eps, center, need_dgain, need_dbias, mean=None, rstd=None):
+def rows_backward(
+    dy, x, gain, *, eps, center, need_dgain, need_dbias, mean=None, rstd=None, rstd_out=None
+):
     """See :func:`normcore.backends._numpy_kernels.rows_backward`."""
     if _delegate(x):
         return _numpy_kernels.rows_backward(
             dy, x, gain, eps=eps, center=center, need_dgain=need_dgain,
-            need_dbias=need_dbias, mean=mean, rstd=rstd,
+            need_dbias=need_dbias, mean=mean, rstd=rstd, rstd_out=rstd_out,
         )  # fmt: skip
     _set_threads()
     rows, d = x.shape
@@ -232,6 +236,7 @@ def rows_backward(dy, x, gain, *, eps, center, need_dgain, need_dbias, mean=None
         _rows_backward_kernel(
             dy, x, g, float(eps), bool(center), have_stats, mean, rstd, dx, nchunks,
             pg, pb, bool(need_dgain), bool(need_dbias),
+            empty if rstd_out is None else rstd_out,
         )  # fmt: skip
     dgain = pg.sum(axis=0).astype(pdtype) if need_dgain else None
     dbias = pb.sum(axis=0).astype(pdtype) if need_dbias else None
@@ -511,13 +516,23 @@ def _channels_last_dx_kernel(dy, x, shift, offset, rho, sigma, alpha, nra, dx):
 
 
 def channels_backward(
-    dy, x, gain, *, eps, need_dgain, need_dbias, mean=None, var=None, fixed_stats=False
+    dy,
+    x,
+    gain,
+    *,
+    eps,
+    need_dgain,
+    need_dbias,
+    mean=None,
+    var=None,
+    fixed_stats=False,
+    rstd_out=None,
 ):
     """See :func:`normcore.backends._numpy_kernels.channels_backward`."""
     if _delegate(x):
         return _numpy_kernels.channels_backward(
             dy, x, gain, eps=eps, need_dgain=need_dgain, need_dbias=need_dbias,
-            mean=mean, var=var, fixed_stats=fixed_stats,
+            mean=mean, var=var, fixed_stats=fixed_stats, rstd_out=rstd_out,
         )  # fmt: skip
     _set_threads()
     a_len, c_len, b_len = x.shape
@@ -533,6 +548,8 @@ def channels_backward(
             shift, v = _vector(mean, 0, acc, 0), _vector(var, 0, acc, 0)
             offset = np.zeros(c_len, acc)
         rstd = 1.0 / np.sqrt(np.asarray(v, np.float64) + eps)  # float64: see channels_forward
+        if rstd_out is not None:
+            rstd_out[:] = rstd
         alpha = rstd * _vector(gain, c_len, np.float64, 1)
         dx = np.empty(x.shape, acc)
         scale = alpha.astype(acc) if fixed_stats else np.empty(0, acc)

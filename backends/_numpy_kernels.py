@@ -225,12 +225,13 @@ def _chan_merge(count, m, m2):
     count = np.array(count, np.float64)
     parts = m.shape[0]
     step = 1
-    while step < parts:
-        into, part = slice(0, parts - step, 2 * step), slice(step, parts, 2 * step)
-        n_into, n_part = count[into, None], count[part, None]
-        _chan_update(m[into], m2[into], n_into, m[part], m2[part], n_part)
-        count[into] += count[part]
-        step *= 2
+    with np.errstate(all="ignore"):  # as in _run: non-finite statistics propagate silently
+        while step < parts:
+            into, part = slice(0, parts - step, 2 * step), slice(step, parts, 2 * step)
+            n_into, n_part = count[into, None], count[part, None]
+            _chan_update(m[into], m2[into], n_into, m[part], m2[part], n_part)
+            count[into] += count[part]
+            step *= 2
     return count[0], m[0], m2[0]
 
 
@@ -303,7 +304,7 @@ def _rows_forward_block(xb, yb, mean_b, rstd_b, g, b, eps, center, ones):
 
 
 def _rows_backward_block(
-    dyb, xb, dxb, mean_b, rstd_b, g, gvec, ones, ones_rows, eps, center, pg, pb
+    dyb, xb, dxb, mean_b, rstd_b, g, gvec, ones, ones_rows, eps, center, pg, pb, rstd_out=None
 ):
     """rows_backward on a block of whole rows; adds its dgain/dbias into pg/pb.
 
@@ -320,7 +321,7 @@ def _rows_backward_block(
     u = _scratch("u", (n, d), acc)
     if rstd_b is None:
         # Statistics not supplied: recompute them exactly as the forward does.
-        rstd_b = _scratch("rstd", (n,), acc)
+        rstd_b = _scratch("rstd", (n,), acc) if rstd_out is None else rstd_out
         u = _row_stats(xa, u, ones, eps, center, None, rstd_b)
     elif center:
         np.subtract(xa, mean_b[:, None], out=u)
@@ -672,7 +673,9 @@ def _long_rows_forward(x, y, mean, rstd, g, b, eps, acc):
     _affine(x2, lay.view(y), lay, acc, k, rstd, h.astype(acc), g, b)
 
 
-def rows_backward(dy, x, gain, *, eps, center, need_dgain, need_dbias, mean=None, rstd=None):
+def rows_backward(
+    dy, x, gain, *, eps, center, need_dgain, need_dbias, mean=None, rstd=None, rstd_out=None
+):
     """Gradients of rows_forward.
 
     dy, x: C-contiguous (R, D) of the same dtype.  mean/rstd as returned by
@@ -686,6 +689,8 @@ def rows_backward(dy, x, gain, *, eps, center, need_dgain, need_dbias, mean=None
 
     Returns (dx, dgain, dbias); dx has x.dtype.  dgain/dbias are accumulated
     per chunk of rows in the accumulation dtype and summed in a fixed order.
+    ``rstd_out`` (R,) in the accumulation dtype, if given, receives the rstd
+    used (so a caller can see a variance that overflowed: rstd 0 or NaN).
     """
     rows, d = x.shape
     acc = _acc_dtype(x.dtype)
@@ -705,7 +710,7 @@ def rows_backward(dy, x, gain, *, eps, center, need_dgain, need_dbias, mean=None
         mean = rstd = None
     if d > _MAX_ROW:
         dgain, dbias = _long_rows_backward(
-            dy, x, dx, g, eps, center, need_dgain, need_dbias, mean, rstd, acc
+            dy, x, dx, g, eps, center, need_dgain, need_dbias, mean, rstd, acc, rstd_out
         )
     else:
         step = max(1, _BLOCK // d)
@@ -737,9 +742,12 @@ def rows_backward(dy, x, gain, *, eps, center, need_dgain, need_dbias, mean=None
                     center,
                     None if pg is None else pg[c],
                     None if pb is None else pb[c],
+                    None if rstd_out is None or rstd is not None else rstd_out[r],
                 )
 
         _run(nchunks, work, x.size, d)
+        if rstd_out is not None and rstd is not None:
+            rstd_out[:] = rstd
         dgain = None if pg is None else pg.sum(axis=0)
         dbias = None if pb is None else pb.sum(axis=0)
     return (
@@ -749,7 +757,9 @@ def rows_backward(dy, x, gain, *, eps, center, need_dgain, need_dbias, mean=None
     )
 
 
-def _long_rows_backward(dy, x, dx, g, eps, center, need_dgain, need_dbias, mean, rstd, acc):
+def _long_rows_backward(
+    dy, x, dx, g, eps, center, need_dgain, need_dbias, mean, rstd, acc, rstd_out
+):
     """rows_backward for rows too long for one block.
 
     Pass 1 runs one task per column segment over all rows, so each task owns
@@ -766,6 +776,8 @@ def _long_rows_backward(dy, x, dx, g, eps, center, need_dgain, need_dbias, mean,
         else:
             var = _row_mean_square(x2, lay, acc)
         rstd = _rstd64(var, eps).astype(acc)
+    if rstd_out is not None:
+        rstd_out[:] = rstd
     ones = np.ones(max(lay.seg, lay.step), acc)
     dgain = np.zeros(d, acc) if need_dgain else None
     dbias = np.zeros(d, acc) if need_dbias else None
@@ -863,7 +875,17 @@ def channels_forward(x, gain, bias, *, eps, mean=None, var=None):
 
 
 def channels_backward(
-    dy, x, gain, *, eps, need_dgain, need_dbias, mean=None, var=None, fixed_stats=False
+    dy,
+    x,
+    gain,
+    *,
+    eps,
+    need_dgain,
+    need_dbias,
+    mean=None,
+    var=None,
+    fixed_stats=False,
+    rstd_out=None,
 ):
     """Gradients of channels_forward (same layout).
 
@@ -874,7 +896,8 @@ def channels_backward(
     ``dgain = sum_AB(dy * xhat)`` and ``dbias = sum_AB(dy)`` (None unless
     requested) are in gain's dtype (x's dtype if gain is None).  mean/var may
     be the batch statistics saved by the forward; with fixed_stats they are
-    required.  Returns (dx, dgain, dbias).
+    required.  Returns (dx, dgain, dbias); ``rstd_out`` (C,), if given,
+    receives the rstd used.
     """
     a_len, c_len, b_len = x.shape
     acc = _acc_dtype(x.dtype)
@@ -898,6 +921,8 @@ def channels_backward(
     else:
         shift, offset, var = _vector(mean, acc), None, _vector(var, acc)
     rstd = _rstd64(var, eps)
+    if rstd_out is not None:
+        rstd_out[:] = rstd
     alpha = rstd if gain is None else rstd * _vector(gain, np.float64)
     x2, dy2, dx2 = lay.view(x), lay.view(dy), lay.view(dx)
     shift_e = lay.expand(shift)

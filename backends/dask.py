@@ -36,6 +36,7 @@ only once the user has imported it.
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from dataclasses import replace
@@ -111,16 +112,33 @@ def _block_layout(layout, mean, var):
     return replace(layout, stats=Statistics(mean, var), correction=0.0)
 
 
-def _normalize_block(x, gain, bias, mean, var, *, layout, need_stats):
+def _normalize_block(x, gain, bias, mean, var, scale=None, *, layout, need_stats):
+    """One block's normalization, with the given statistics when ``var`` is given.
+
+    ``scale`` (given with ``mean`` and ``var``): the statistics' powers of two
+    from :func:`~normcore._reference.moments.scaled_moment_sums`; ``var`` is
+    then the variance of ``x / scale``. Where every scale is one (the block's
+    values are read here: a block is concrete) the block library's kernels
+    run; otherwise the reference normalizes ``x / scale`` with
+    ``eps / scale**2``, which gives the same result without forming a
+    variance beyond the dtype's range.
+    """
     from normcore._plumbing import dispatch
     from normcore._plumbing.compat import namespace_of
     from normcore._plumbing.registry import adapter_for
+    from normcore._reference import primitive
 
-    xp = namespace_of(x)
+    xp, adapter = namespace_of(x), adapter_for(x)
     gain = _unbroadcast(xp, gain, layout.param_axes)
     bias = _unbroadcast(xp, bias, layout.param_axes)
+    if scale is not None and not bool(xp.all(scale == 1)):
+        tiny = xp.finfo(var.dtype).smallest_normal
+        eps = xp.maximum(layout.eps / scale / scale, xp.asarray(tiny, dtype=var.dtype))
+        scaled = replace(layout, stats=Statistics(mean / scale, var + eps), eps=0.0, correction=0.0)
+        y = primitive.normalize(adapter, xp, x / scale, gain, bias, scaled).y
+        return primitive.as_dtype(xp, y, x.dtype)
     block = _block_layout(layout, mean, var)
-    result = dispatch.normalize(adapter_for(x), xp, x, gain, bias, block, need_stats=need_stats)
+    result = dispatch.normalize(adapter, xp, x, gain, bias, block, need_stats=need_stats)
     return tuple(result) if need_stats else result.y
 
 
@@ -156,14 +174,18 @@ def _pick_partial(parts, index, *, axes, ndim):
     return xp.reshape(partial, tuple(shape))
 
 
-def _chunk_moments(x, axis, keepdims=True, computing_meta=False, **kwargs):
-    """``(count, mean, M2)`` of one chunk: two passes over this chunk only."""
+def _chunk_moments(x, axis, keepdims=True, computing_meta=False, *, count, **kwargs):
+    """``(count, mean, M2, scale)`` of one chunk (``scaled_moment_sums``): this chunk only.
+
+    ``count`` is the number of values of the whole reduction, which the
+    chunk's scale must keep from overflowing once the chunks are merged.
+    """
     from normcore._plumbing.compat import namespace_of
-    from normcore._reference.moments import moment_sums
+    from normcore._reference.moments import scaled_moment_sums
 
     if computing_meta:
         return x
-    return moment_sums(namespace_of(x), x, tuple(axis))
+    return scaled_moment_sums(namespace_of(x), x, tuple(axis), count)
 
 
 def _flatten(parts):
@@ -173,8 +195,8 @@ def _flatten(parts):
 
 
 def _merge_moments(parts, axis=None, keepdims=True, computing_meta=False, **kwargs):
-    """Merge chunks' ``(count, mean, M2)`` pairwise (a balanced tree) with Chan's update."""
-    from normcore._reference.moments import chan_merge
+    """Merge chunks' scaled triples pairwise (a balanced tree) with Chan's update."""
+    from normcore._reference.moments import merge_scaled
 
     if computing_meta:
         return parts
@@ -182,7 +204,7 @@ def _merge_moments(parts, axis=None, keepdims=True, computing_meta=False, **kwar
     if not triples:
         return _flatten(parts)[0]
     while len(triples) > 1:
-        merged = [chan_merge(a, b) for a, b in zip(triples[::2], triples[1::2], strict=False)]
+        merged = [merge_scaled(a, b) for a, b in zip(triples[::2], triples[1::2], strict=False)]
         triples = merged + ([triples[-1]] if len(triples) % 2 else [])
     return triples[0]
 
@@ -234,20 +256,22 @@ class DaskAdapter(Adapter):
         if not layout.center:
             return NotImplemented
         acc = self.accumulation_dtype(xp, x.dtype)
-        count, mean, m2 = self.moments(
+        count, mean, m2, scale = self._scaled_moments(
             xp, x if x.dtype == acc else x.astype(acc), layout.reduce_axes
         )
-        var = m2 / (count - layout.correction)
-        y = self._blockwise(xp, x, gain, bias, mean, var, layout, need_stats=False).y
-        return Normalized(y, mean, var)
+        var = m2 / (count - layout.correction)  # the variance of x / scale
+        mean = mean * scale
+        y = self._blockwise(xp, x, gain, bias, mean, var, layout, False, scale).y
+        return Normalized(y, mean, var * scale * scale)
 
-    def _blockwise(self, xp, x, gain, bias, mean, var, layout, need_stats):
+    def _blockwise(self, xp, x, gain, bias, mean, var, layout, need_stats, scale=None):
         da = _da()
         axes = layout.param_axes
         args = (
             x,
             *(_aligned(_broadcast(p, axes, x.ndim), x) for p in (gain, bias)),
             *(_aligned(s, x) for s in (mean, var)),
+            *(() if scale is None else (_aligned(scale, x),)),
         )
         layout = replace(layout, stats=None)
         if not need_stats:
@@ -319,17 +343,34 @@ class DaskAdapter(Adapter):
         return tuple(da.from_array(v, chunks=v.shape) for v in dask.compute(*values))
 
     def moments(self, xp, x, axes):
-        """``(count, mean, M2)`` over ``axes`` as one tree reduction of per-chunk triples."""
+        """``(count, mean, M2)`` over ``axes`` as one tree reduction of per-chunk triples.
+
+        ``M2`` is infinite only where it is beyond the dtype's range (the
+        chunks' triples are merged in scaled form: see :meth:`_scaled_moments`).
+        """
+        count, mean, m2, scale = self._scaled_moments(xp, x, axes)
+        return count, mean * scale, m2 * scale * scale
+
+    def _scaled_moments(self, xp, x, axes):
+        """``(count, mean, M2, scale)`` as ``scaled_moment_sums`` returns, in one tree reduction.
+
+        Each chunk's triple is taken on its values over a power of two that
+        keeps the whole reduction's sums of squares in range, and the merges
+        bring both sides to the larger scale: one pass, finite for finite data.
+        """
         shape = tuple(x.shape)
         if any(not isinstance(shape[a], int) for a in axes):
             raise ValueError(_unknown_sizes_message(x, axes))
+        count = math.prod(shape[a] for a in axes)
         reduced = _da().reduction(
-            x, _chunk_moments, _merge_moments, combine=_merge_moments, axis=axes,
-            keepdims=True, dtype=x.dtype, concatenate=False, meta=x._meta, name="normcore-moments",
+            x, functools.partial(_chunk_moments, count=count), _merge_moments,
+            combine=_merge_moments, axis=axes, keepdims=True, dtype=x.dtype, concatenate=False,
+            meta=x._meta, name="normcore-moments",
         )  # fmt: skip
-        mean = reduced.map_blocks(_pick, 1, dtype=x.dtype, meta=x._meta)
-        m2 = reduced.map_blocks(_pick, 2, dtype=x.dtype, meta=x._meta)
-        return math.prod(shape[a] for a in axes), mean, m2
+        mean, m2, scale = (
+            reduced.map_blocks(_pick, i, dtype=x.dtype, meta=x._meta) for i in (1, 2, 3)
+        )
+        return count, mean, m2, scale
 
 
 adapter = DaskAdapter()

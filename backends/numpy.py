@@ -87,6 +87,15 @@ def _keepdims(v: Any, x: Any, axis: int) -> Any:
     return v.reshape(tuple(n if a == axis else 1 for a, n in enumerate(x.shape)))
 
 
+def _overflowed(rstd: Any) -> bool:
+    """Whether a statistic's variance overflowed (or was NaN): its ``rstd`` is 0 or NaN.
+
+    The kernels then decline and the reference path runs, which recomputes
+    such statistics on scaled values (see ``normcore._reference.primitive``).
+    """
+    return not rstd.min() > 0
+
+
 def _given(layout: Layout) -> dict[str, Any]:
     stats = layout.stats
     return {} if stats is None else {"mean": _flat(stats.mean), "var": _flat(stats.var)}
@@ -111,6 +120,9 @@ class NumPyAdapter(Adapter):
     def devices(self) -> list[str]:
         return ["cpu"]
 
+    def overflow_ignored(self):
+        return sys.modules["numpy"].errstate(over="ignore", invalid="ignore")
+
     def kernel_set(self) -> str:
         """The kernels NumPy arrays run on now: ``"numba"`` or ``"numpy"``."""
         return "numba" if _kernels().__name__.endswith("_numba_kernels") else "numpy"
@@ -119,12 +131,14 @@ class NumPyAdapter(Adapter):
         # The kernels compute the biased variance only.
         if layout.correction or not _supported(x, gain, bias):
             return NotImplemented
-        kernels = _kernels()
+        numpy, kernels = sys.modules["numpy"], _kernels()
         if layout.stats is None and not need_stats and layout.is_trailing(x.ndim):
             width = layout.count(x.shape)
-            y, _, _ = kernels.rows_forward(
+            y, _, rstd = kernels.rows_forward(
                 x.reshape(-1, width), _flat(gain), _flat(bias), eps=layout.eps, center=layout.center
             )
+            if _overflowed(rstd):
+                return NotImplemented
             return Normalized(y.reshape(x.shape), None, None)
         axis = layout.channel_axis(x.ndim)
         if axis is None or not layout.center or x.size < self.small_channels:
@@ -132,27 +146,34 @@ class NumPyAdapter(Adapter):
         y, mean, var = kernels.channels_forward(
             _as_channels(x, axis), gain, bias, eps=layout.eps, **_given(layout)
         )
+        if layout.stats is None and not numpy.isfinite(var).all():
+            return NotImplemented
         return Normalized(y.reshape(x.shape), _keepdims(mean, x, axis), _keepdims(var, x, axis))
 
     def normalize_backward(self, xp, dy, x, gain, bias, layout):
         if layout.correction or dy.dtype != x.dtype or not _supported(dy, x, gain):
             return NotImplemented
-        kernels = _kernels()
+        numpy, kernels = sys.modules["numpy"], _kernels()
         need = {"need_dgain": gain is not None, "need_dbias": bias is not None}
+        acc = self.accumulation_dtype(xp, x.dtype)
         if layout.stats is None and layout.is_trailing(x.ndim):
             width = layout.count(x.shape)
+            rstd = numpy.empty(x.size // width, acc)
             dx, dgain, dbias = kernels.rows_backward(
                 dy.reshape(-1, width), x.reshape(-1, width), _flat(gain), eps=layout.eps,
-                center=layout.center, **need,
+                center=layout.center, rstd_out=rstd, **need,
             )  # fmt: skip
         else:
             axis = layout.channel_axis(x.ndim)
             if axis is None or not layout.center or x.size < self.small_channels:
                 return NotImplemented
+            rstd = numpy.empty(x.shape[axis], acc)
             dx, dgain, dbias = kernels.channels_backward(
                 _as_channels(dy, axis), _as_channels(x, axis), gain, eps=layout.eps,
-                fixed_stats=layout.stats is not None, **need, **_given(layout),
+                fixed_stats=layout.stats is not None, rstd_out=rstd, **need, **_given(layout),
             )  # fmt: skip
+        if layout.stats is None and _overflowed(rstd):
+            return NotImplemented
         param_shape = tuple(x.shape[a] for a in layout.param_axes)
         return Gradients(
             dx.reshape(x.shape),

@@ -23,7 +23,16 @@ from normcore.adapter import Adapter, Gradients, Layout, Normalized
 __all__ = ["TorchAdapter", "adapter"]
 
 
-def _fused(torch, xp, x, gain, bias, layout: Layout) -> Normalized:
+def _overflowed(rstd) -> bool:
+    """Whether a statistic's variance overflowed (or was NaN): its ``rstd`` is 0 or NaN.
+
+    Reads one value on the host. The native kernels then decline and the
+    reference path runs, which recomputes such statistics on scaled values.
+    """
+    return not rstd.min().item() > 0
+
+
+def _fused(torch, xp, x, gain, bias, layout: Layout) -> Normalized | Any:
     """Statistics by torch's Welford ``var_mean``, then ``bias + (x - mean) * (gain * rstd)``.
 
     Two passes over ``x`` instead of the reference's six to eight, still
@@ -39,6 +48,8 @@ def _fused(torch, xp, x, gain, bias, layout: Layout) -> Normalized:
     else:
         mean, var = None, torch.mean(torch.square(x), dim=axes, keepdim=True)
     rstd = torch.rsqrt(var + layout.eps)
+    if stats is None and _overflowed(rstd):
+        return NotImplemented
     scale = rstd if gain is None else rstd * broadcast_param(xp, gain, layout.param_axes, x.ndim)
     centered = x if mean is None else x - mean
     if bias is None:
@@ -70,7 +81,7 @@ def _batch_norm_layout(x, layout: Layout) -> bool:
     return layout.param_axes == (1,) and layout.reduce_axes == (0, *range(2, x.ndim))
 
 
-def _native_batch_norm(torch, x, gain, bias, layout: Layout, need_stats: bool) -> Normalized:
+def _native_batch_norm(torch, x, gain, bias, layout: Layout, need_stats: bool) -> Normalized | Any:
     """torch's native ``batch_norm`` (and its fused backward) on shifted input.
 
     Batch statistics: the kernel runs in training mode on ``x - x[0, :, 0...]``
@@ -91,10 +102,14 @@ def _native_batch_norm(torch, x, gain, bias, layout: Layout, need_stats: bool) -
         return Normalized(y, mean, layout.stats.var)
     shift = _first_values(x, layout.reduce_axes)
     if not need_stats:
-        y = torch.batch_norm(x - shift, gain, bias, None, None, True, 0.0, layout.eps, cudnn)
-        return Normalized(y, None, None)
+        y, _, rstd = torch.native_batch_norm(
+            x - shift, gain, bias, None, None, True, 0.0, layout.eps
+        )
+        return NotImplemented if _overflowed(rstd) else Normalized(y, None, None)
     mean, var = (torch.zeros(channels, dtype=x.dtype, device=x.device) for _ in range(2))
-    y = torch.batch_norm(x - shift, gain, bias, mean, var, True, 1.0, layout.eps, cudnn)
+    y, _, rstd = torch.native_batch_norm(x - shift, gain, bias, mean, var, True, 1.0, layout.eps)
+    if _overflowed(rstd):
+        return NotImplemented
     count = layout.count(tuple(x.shape))  # > 1: batch-norm validation refused one value
     return Normalized(y, mean.reshape(shape) + shift, var.reshape(shape) * ((count - 1) / count))
 
@@ -125,7 +140,7 @@ def _group_norm_layout(x, layout: Layout) -> bool:
     )
 
 
-def _native_group_norm(torch, x, gain, bias, layout: Layout, need_stats: bool) -> Normalized:
+def _native_group_norm(torch, x, gain, bias, layout: Layout, need_stats: bool) -> Normalized | Any:
     """torch's native ``group_norm`` on ``x - x[:, :, 0, 0...]`` (see :func:`_first_values`).
 
     When the statistics are needed (instance norm's running statistics),
@@ -146,9 +161,12 @@ def _native_group_norm(torch, x, gain, bias, layout: Layout, need_stats: bool) -
         mean, var = mean.reshape(stats_shape), var.reshape(stats_shape)
     else:
         shifted = rows - _first_values(rows, (2,))
-    cudnn = torch.backends.cudnn.enabled
     flat = shifted.reshape(n, groups * size, -1)
-    y = torch.group_norm(flat, groups, gain, bias, layout.eps, cudnn)
+    y, _, rstd = torch.native_group_norm(
+        flat, gain, bias, n, groups * size, flat.shape[2], groups, layout.eps
+    )
+    if _overflowed(rstd):
+        return NotImplemented
     return Normalized(y.reshape(x.shape), mean, var)
 
 
@@ -213,6 +231,10 @@ class TorchAdapter(Adapter):
             torch.device("cuda", i) for i in range(torch.cuda.device_count())
         ]
 
+    def is_concrete(self, x: Any) -> bool:
+        """Not under torch.compile, forward-mode AD or torch.func, and not a ``meta`` tensor."""
+        return x.device.type != "meta" and not _transformed(sys.modules["torch"])
+
     def normalize(self, xp, x, gain, bias, layout, *, need_stats=False):
         """Native kernels for float32/float64: torch's layer/RMS/batch/group norm, else Welford.
 
@@ -236,19 +258,21 @@ class TorchAdapter(Adapter):
             return NotImplemented
         if layout.correction and not layout.center:  # torch's mean square has no correction
             return NotImplemented
+        if layout.stats is None and not self.is_concrete(x):
+            return NotImplemented  # the overflow check reads values: the reference's has no branch
         if (
             layout.stats is None
             and not need_stats
             and not layout.correction
+            and layout.center
             and layout.is_trailing(x.ndim)
         ):
-            functional = torch.nn.functional
             shape = tuple(x.shape[a] for a in layout.reduce_axes)
-            if layout.center:
-                y = functional.layer_norm(x, shape, gain, bias, layout.eps)
-            else:
-                y = functional.rms_norm(x, shape, gain, layout.eps)
-            return Normalized(y, None, None)
+            # on x - x[first] (see _first_values): torch's CPU backward of layer norm folds
+            # dx into x * a + b, which for a constant row of 1e5 in float32 is 100 % off
+            shifted = x - _first_values(x, layout.reduce_axes)
+            y, _, rstd = torch.native_layer_norm(shifted, shape, gain, bias, layout.eps)
+            return NotImplemented if _overflowed(rstd) else Normalized(y, None, None)
         if (
             layout.center
             and not layout.correction
@@ -293,11 +317,19 @@ class TorchAdapter(Adapter):
         # them with one read of x and no x-sized output.  Like the statistics saved
         # by a forward, they are constants to autograd: aten's double backward
         # accounts for their dependence on x itself (and has no derivative for them).
-        var, mean = torch.var_mean(x.detach(), dim=layout.reduce_axes, correction=0, keepdim=True)
+        if not self.is_concrete(x):
+            return NotImplemented
+        # Shifted as in the forward (torch's backward kernel cancels on large-mean rows).
+        shifted = x - _first_values(x, layout.reduce_axes)
+        var, mean = torch.var_mean(
+            shifted.detach(), dim=layout.reduce_axes, correction=0, keepdim=True
+        )
         rstd = torch.rsqrt(var + layout.eps)
+        if _overflowed(rstd):
+            return NotImplemented
         need_dgain = gain is not None
         dx, dgain, _ = torch.ops.aten.native_layer_norm_backward(
-            dy, x, shape, mean, rstd, gain, None, [True, need_dgain, False]
+            dy, shifted, shape, mean, rstd, gain, None, [True, need_dgain, False]
         )
         # dbias is the plain sum of dy; aten only computes it next to a weight.
         # (torch's sum over dim=() would reduce everything: a 1-D x needs a copy.)
@@ -349,8 +381,8 @@ class TorchAdapter(Adapter):
         ):
             return NotImplemented
         weights = []
+        gru = cell == "gru"  # the GRU keeps b_hn apart; the others' biases are summed in b
         for p in layer_params:
-            gru = cell == "gru"  # the GRU keeps b_hn apart; the others' biases are summed in b
             biases = (p["b_x"], p["b_h"]) if gru else (p["b"], torch.zeros_like(p["b"]))
             weights += [p["W_x"].mT, p["W_h"].mT, *biases]
         batch = xs.shape[0 if batch_first else 1]

@@ -32,8 +32,10 @@ fast path to the reference.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -267,6 +269,31 @@ class Adapter:
         """Return whether the adapter's library has been imported by anyone."""
         # A library that failed to import (or was blocked) is None in sys.modules.
         return sys.modules.get(self.library) is not None
+
+    def is_concrete(self, x: Array) -> bool:
+        """Return whether ``x``'s values can be read on the host here (``bool()``, ``float()``).
+
+        False for arrays whose values do not exist yet or must not be read:
+        lazy arrays (dask), traced ones (inside ``jax.jit``, ``torch.compile``
+        or ``torch.func`` transforms) and arrays without values (torch's
+        ``meta`` tensors). The reference path branches on values only where
+        this is true (its overflow check of the statistics); elsewhere it runs
+        branch-free. The default asks ``array_api_compat.is_lazy_array``.
+        """
+        import array_api_compat
+
+        return not array_api_compat.is_lazy_array(x)
+
+    def overflow_ignored(self) -> AbstractContextManager:
+        """Return a context in which floating-point overflow is not reported.
+
+        The reference path computes a batch's statistics as they are first
+        and, where a variance overflows, again on scaled values; the first
+        try's overflow is expected and must not reach the user as a warning.
+        The default is a context that does nothing; NumPy's adapter returns
+        ``numpy.errstate(over="ignore", invalid="ignore")`` (thread-local).
+        """
+        return contextlib.nullcontext()
 
     def adopt(self, xp: Namespace, x: Array, other: Any) -> Array | None:
         """Return ``other``, an array of another library, as a parameter of this library's ``x``.

@@ -255,3 +255,36 @@ def test_lstm_digits_example_writes_under_normcore_results(tmp_path, monkeypatch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["normcore-results"]
     assert [p.name for p in (tmp_path / "normcore-results").iterdir()] == ["lstm_digits.png"]
     assert "wrote normcore-results/lstm_digits.png" in capsys.readouterr().out
+
+
+def _figures():
+    """docs/experiments_figures.py, the script that writes the page's figures."""
+    path = pathlib.Path(__file__).resolve().parent.parent / "docs" / "experiments_figures.py"
+    spec = importlib.util.spec_from_file_location("experiments_figures", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("key", ["batch-size table", "rnn table", "invariance table"])
+def test_docs_tables_are_what_the_code_gives(key, tmp_path):
+    """docs/experiments.md's NumPy tables, run again at the defaults, to the last digit.
+
+    Training amplifies round-off, so the tables depend on the libraries and the
+    BLAS kernel as well as on the code: they are compared on the platform the
+    page names (the page says how to regenerate them).
+    """
+    pytest.importorskip("matplotlib")
+    figures = _figures()
+    page = figures.PAGE.read_text()
+    recorded = figures.section(page, "platform").rpartition(", on ")[0]
+    if recorded != figures.platform_key():
+        pytest.skip(
+            f"the tables were made on {recorded}, this is {figures.platform_key()}: "
+            "python docs/experiments_figures.py regenerates them here"
+        )
+    name, backend = figures.TABLES[key]
+    table, _ = figures.run(name, backend, tmp_path)
+    assert [line.strip() for line in _table_lines(table)] == _table_lines(
+        figures.section(page, key)
+    )

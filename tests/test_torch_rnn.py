@@ -294,6 +294,25 @@ def test_recurrent_input_dtype_must_match_the_parameters():
         normcore.torch.GRU(3, 4)(torch.zeros(5, 2, 3, dtype=torch.float64))
 
 
+@pytest.mark.parametrize(
+    ("attribute", "replacement", "error", "message"),
+    [
+        ("weight_hh_l1", lambda p: torch.zeros(16, 5), ValueError,
+         r"^LSTM: weight_hh_l1 must have shape \(16, 4\) .* got \(16, 5\)"),
+        ("bias_ih_l0", lambda p: p.detach().double(), TypeError,
+         r"^LSTM: bias_ih_l0 must have weight_ih_l0's dtype torch.float32, got torch.float64"),
+        ("weight_ih_l1", lambda p: p.detach().to("meta"), ValueError,
+         r"^LSTM: weight_ih_l1 is on device meta but weight_ih_l0 is on cpu"),
+    ],
+)  # fmt: skip
+def test_a_replaced_parameter_is_named_in_torch_terms(attribute, replacement, error, message):
+    """Not as normcore's internal params['W_x'] with the transposed shape."""
+    module = normcore.torch.LSTM(3, 4, num_layers=2)
+    setattr(module, attribute, torch.nn.Parameter(replacement(getattr(module, attribute))))
+    with pytest.raises(error, match=message):
+        module(torch.zeros(5, 2, 3))
+
+
 def test_lstm_takes_torch_nn_constructor_arguments_positionally():
     """input, hidden, num_layers, bias, batch_first, dropout, bidirectional, proj_size."""
     args = (3, 4, 1, True, True, 0.0, False, 0)

@@ -37,10 +37,12 @@ class LayerNormRNN(Benchmark):
 class TorchRecurrentTraining(Benchmark):
     """Forward + backward by autograd of ``normcore.torch.LSTM/GRU`` vs ``torch.nn``'s.
 
-    ``impl``: ``torch.nn`` (the native module), ``plain`` (normcore's loop on the
-    same cell) or ``layer_norm`` (the LN cell). Over ``T`` the ratio to
-    ``torch.nn`` must stay flat: the cost per step does not grow with the
-    sequence (the steps are taken once, by ``unstack``). ``forward`` times the
+    ``impl``: ``torch.nn`` (the native module), ``plain`` (``normcore.torch``'s
+    plain module, which runs torch's own recurrent kernel through
+    ``Adapter.recurrent``) or ``layer_norm`` (the LN cell, normcore's loop).
+    Over ``T`` the LN cell's ratio to ``torch.nn`` must stay flat: the cost per
+    step does not grow with the sequence (the steps are taken once, by
+    ``unstack``). ``forward`` times the
     forward alone, ``backward`` forward + backward.
     """
 

@@ -12,14 +12,39 @@ from __future__ import annotations
 
 import math
 
-from ..typing import Array, Namespace
+from ..typing import Array, DType, Namespace
 
-__all__ = ["batch_moments", "centered_moments", "chan_merge", "merge_stacked", "moment_sums"]
+__all__ = [
+    "batch_moments",
+    "centered_moments",
+    "chan_merge",
+    "first_along",
+    "merge_scaled",
+    "merge_stacked",
+    "moment_sums",
+    "overflow_limit",
+    "overflow_scale",
+    "power_of_two_scale",
+    "scaled_moment_sums",
+    "shifted_mean",
+]
 
 
-def _first_along(x: Array, axes: tuple[int, ...]) -> Array:
+def first_along(x: Array, axes: tuple[int, ...]) -> Array:
     index = tuple(slice(0, 1) if a in axes else slice(None) for a in range(x.ndim))
     return x[index]
+
+
+def shifted_mean(xp: Namespace, x: Array, axes: tuple[int, ...]) -> tuple[Array, Array, Array]:
+    """``(shift, offset, centered)``: the first values, the mean of ``x - shift``, ``x - mean``.
+
+    The mean is ``shift + offset``; ``centered = (x - shift) - offset``, which
+    is exactly 0 for a constant slice (the first pass of :func:`centered_moments`).
+    """
+    shift = first_along(x, axes)
+    shifted = x - shift
+    offset = xp.mean(shifted, axis=axes, keepdims=True)
+    return shift, offset, shifted - offset
 
 
 def centered_moments(
@@ -32,11 +57,8 @@ def centered_moments(
     exactly zero ``x - mean`` (so its normalized output is exactly the bias).
     ``var`` divides the sum of squares by ``count - correction``.
     """
-    shift = _first_along(x, axes)
-    shifted = x - shift
-    offset = xp.mean(shifted, axis=axes, keepdims=True)
-    centered = shifted - offset
-    count = math.prod(x.shape[a] for a in axes)
+    shift, offset, centered = shifted_mean(xp, x, axes)
+    count = math.prod([x.shape[a] for a in axes])
     var = xp.sum(centered * centered, axis=axes, keepdims=True) / (count - correction)
     return shift + offset, centered, var
 
@@ -50,10 +72,81 @@ def moment_sums(xp: Namespace, x: Array, axes: tuple[int, ...]) -> tuple[int, Ar
     """
     mean, centered, _ = centered_moments(xp, x, axes)
     return (
-        math.prod(x.shape[a] for a in axes),
+        math.prod([x.shape[a] for a in axes]),
         mean,
         xp.sum(centered * centered, axis=axes, keepdims=True),
     )
+
+
+def overflow_scale(
+    xp: Namespace, x: Array, axes: tuple[int, ...], count: int, where: Array | None = None
+) -> Array:
+    """Per statistic over ``axes``, a power of two to divide ``x`` by: no sum of squares overflows.
+
+    ``count`` is the number of values each statistic will be taken over (all
+    of ``x`` along ``axes``, or more when chunks are merged). The scale is one
+    (no scaling) unless the largest magnitude ``a`` exceeds
+    ``sqrt(max / (16 * count))``: the shift by a first value doubles
+    magnitudes at most, centering doubles them again, and ``count`` squares
+    are summed. Otherwise it is ``2**floor(log2(a))`` (at most ``2**(emax - 1)``,
+    whose reciprocal is still a normal number), which brings the values into
+    ``[-4, 4]``; a power of two divides them without rounding.
+    ``where`` (broadcastable to the statistics) limits the scaling to where
+    it is true. NaN magnitudes keep the scale one (NaN statistics stay NaN).
+    """
+    amax = xp.max(xp.abs(x), axis=axes, keepdims=True)
+    needed = amax > overflow_limit(xp, x.dtype, count)
+    return power_of_two_scale(xp, amax, needed if where is None else needed & where)
+
+
+def overflow_limit(xp: Namespace, dtype: DType, count: int) -> float:
+    """The magnitude above which sums of ``count`` centered squares may overflow ``dtype``."""
+    return math.sqrt(xp.finfo(dtype).max / (16 * count))
+
+
+def power_of_two_scale(xp: Namespace, magnitude: Array, needed: Array) -> Array:
+    """``2**floor(log2(magnitude))`` where ``needed``, else one.
+
+    At most ``2**(emax - 1)``: its reciprocal is a normal number (subnormal
+    ones may be flushed to zero), and values up to ``magnitude`` come out of
+    the division within ``[-4, 4]``.
+    """
+    top = math.frexp(xp.finfo(magnitude.dtype).max)[1] - 2  # max < 2**emax; log2 rounds up
+    exponent = xp.minimum(xp.floor(xp.log2(magnitude)), xp.full_like(magnitude, top))
+    return xp.where(needed, 2.0**exponent, xp.ones_like(magnitude))
+
+
+def scaled_moment_sums(
+    xp: Namespace, x: Array, axes: tuple[int, ...], count: int
+) -> tuple[int, Array, Array, Array]:
+    """``(n, mean, M2, scale)``: :func:`moment_sums` of ``x / scale`` (:func:`overflow_scale`).
+
+    The triple of ``x`` itself is ``(n, mean * scale, M2 * scale**2)``; in
+    this form it is finite for any finite ``x``, even where ``M2`` itself is
+    beyond the dtype's range. ``count`` is as in :func:`overflow_scale`.
+    """
+    scale = overflow_scale(xp, x, axes, count)
+    return (*moment_sums(xp, x / scale, axes), scale)
+
+
+def merge_scaled(
+    a: tuple[int, Array, Array, Array], b: tuple[int, Array, Array, Array]
+) -> tuple[int, Array, Array, Array]:
+    """:func:`chan_merge` of two :func:`scaled_moment_sums` triples, in the larger scale.
+
+    Each side is brought to ``max(scale_a, scale_b)`` (a power of two over
+    the other: exact, up to values that become subnormal next to the
+    largest) and merged; the result carries that scale.
+    """
+    from .._plumbing.compat import namespace_of
+
+    scale = namespace_of(a[3]).maximum(a[3], b[3])
+
+    def rescaled(t):
+        ratio = t[3] / scale
+        return t[0], t[1] * ratio, t[2] * ratio * ratio
+
+    return (*chan_merge(rescaled(a), rescaled(b)), scale)
 
 
 def batch_moments(xp: Namespace, x: Array, axis: int) -> tuple[int, Array, Array]:
@@ -64,7 +157,7 @@ def batch_moments(xp: Namespace, x: Array, axis: int) -> tuple[int, Array, Array
     """
     reduce_axes = tuple(a for a in range(x.ndim) if a != axis)
     mean, _, var = centered_moments(xp, x, reduce_axes)
-    return math.prod(x.shape[a] for a in reduce_axes), mean, var
+    return math.prod([x.shape[a] for a in reduce_axes]), mean, var
 
 
 def chan_merge(

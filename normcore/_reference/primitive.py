@@ -26,9 +26,17 @@ module is the reference they are tested against.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from ..adapter import Adapter, Gradients, Layout, Normalized
 from ..typing import Array, DType, Namespace
-from .moments import centered_moments
+from .moments import (
+    first_along,
+    overflow_limit,
+    overflow_scale,
+    power_of_two_scale,
+    shifted_mean,
+)
 
 __all__ = ["as_dtype", "broadcast_param", "normalize", "normalize_backward", "sum_to_param"]
 
@@ -58,25 +66,126 @@ def sum_to_param(xp: Namespace, t: Array, param_axes: tuple[int, ...]) -> Array:
     return xp.permute_dims(total, perm) if perm != tuple(range(len(perm))) else total
 
 
-def _standardize(xp: Namespace, xa: Array, layout: Layout) -> tuple[Array, Array, Array, Array]:
-    """Return ``(xhat, mean, var, rstd)`` for ``xa`` already in the accumulation dtype."""
-    axes, correction = layout.reduce_axes, layout.correction
-    if layout.stats is None:
-        if layout.center:
-            mean, centered, var = centered_moments(xp, xa, axes, correction)
-        else:
-            mean, centered = None, xa
-            var = xp.mean(xa * xa, axis=axes, keepdims=True)
-            if correction:
-                count = layout.count(tuple(xa.shape))
-                var = var * (count / (count - correction))
-    else:
-        stats = layout.stats
+def _standardize(
+    adapter: Adapter, xp: Namespace, x: Array, layout: Layout
+) -> tuple[Array, Array | None, Array, Array]:
+    """Return ``(xhat, mean, var, rstd)`` of ``x``, in the accumulation dtype.
+
+    Batch statistics never overflow for finite data: where a statistic's
+    values are so large that their squares would leave the dtype's range, it
+    is computed on its values divided by a power of two
+    (:func:`~.moments.overflow_scale`). The statistics are computed as they
+    are first; those whose variance is not finite are redone scaled (with
+    concrete values, ``adapter.is_concrete``: a branch on the host). Lazy and
+    traced values (dask, ``jax.jit``, ``torch.compile``) take the scaled
+    statistics at once, with no branch on values (one more reduction,
+    :func:`_traced_scale`), where the scale is one wherever the values are
+    small, and so give the same results there. A
+    constant statistic is never scaled: it cannot overflow (its centered
+    values are exactly 0), and so its rstd stays ``1 / sqrt(eps)`` for
+    autodiff as well. The overflow of a first try is not reported
+    (``adapter.overflow_ignored``): the result does not overflow.
+    """
+    xa = as_dtype(xp, x, adapter.accumulation_dtype(xp, x.dtype))
+    stats = layout.stats
+    if stats is not None:
         mean = None if stats.mean is None else as_dtype(xp, stats.mean, xa.dtype)
         var = as_dtype(xp, stats.var, xa.dtype)
         centered = xa - mean if layout.center else xa
-    rstd = 1.0 / xp.sqrt(var + layout.eps)
-    return centered * rstd, mean, var, rstd
+        rstd = 1.0 / xp.sqrt(var + layout.eps)
+        return centered * rstd, mean, var, rstd
+    with adapter.overflow_ignored():
+        if adapter.is_concrete(x):
+            moments = _moments(xp, xa, layout, None)
+            finite = xp.isfinite(moments.var)
+            if not bool(xp.all(finite)):  # only the statistics that overflowed
+                count = layout.count(tuple(xa.shape))
+                scale = overflow_scale(xp, xa, layout.reduce_axes, count, where=~finite)
+                moments = _moments(xp, xa, layout, scale)
+        else:
+            moments = _moments(xp, xa, layout, _traced_scale(xp, xa, layout))
+        return _normalized(xp, xa, moments), moments.mean, moments.var, moments.rstd
+
+
+def _traced_scale(xp: Namespace, xa: Array, layout: Layout) -> Array:
+    """The scale of every statistic that may overflow, decided without reading values.
+
+    One reduction: with ``d = x - x[first]``, ``spread = max|d|`` bounds what
+    the centered sums see and ``|x[first]| + spread`` every ``|x|``. A
+    constant statistic has spread 0 and is never scaled. RMS norm squares
+    ``x`` itself: its bound is ``max|x|``. (A conditional that ran the
+    rescaled statistics only when needed, ``jax.lax.cond``, was measured
+    slower on the CPU: it keeps XLA from fusing the statistics' passes.)
+    """
+    axes = layout.reduce_axes
+    limit = overflow_limit(xp, xa.dtype, layout.count(tuple(xa.shape)))
+    if not layout.center:
+        amax = xp.max(xp.abs(xa), axis=axes, keepdims=True)
+        return power_of_two_scale(xp, amax, amax > limit)
+    first = first_along(xa, axes)
+    spread = xp.max(xp.abs(xa - first), axis=axes, keepdims=True)
+    return power_of_two_scale(xp, xp.abs(first) + spread, spread > limit)
+
+
+class _Moments(NamedTuple):
+    """A batch's statistics, with what forming ``xhat`` needs (:func:`_normalized`).
+
+    ``xhat = ((x * inverse - shift) - offset) * scaled_rstd``: ``inverse`` is
+    ``1 / scale`` (None: no scaling), ``shift`` the first value and ``offset``
+    the mean of the shifted scaled values (both None for RMS norm),
+    ``scaled_rstd`` the scaled values' ``1 / sqrt(var + eps / scale**2)``.
+    ``mean``, ``var`` and ``rstd`` are the statistics of ``x`` itself.
+    """
+
+    inverse: Array | None
+    shift: Array | None
+    offset: Array | None
+    scaled_rstd: Array
+    mean: Array | None
+    var: Array
+    rstd: Array
+
+
+def _moments(xp: Namespace, xa: Array, layout: Layout, scale: Array | None) -> _Moments:
+    """The statistics of ``xa``, computed on ``xa / scale`` (a power of two per statistic).
+
+    Normalization does not change when a statistic's values and its ``eps``
+    are divided by the same factor (``eps / scale**2``, kept at least the
+    smallest normal number, as the eps rule keeps ``eps``). A scaled
+    statistic is never constant, so its scaled variance is at least about the
+    square of its values' last place, which that floor (or ``eps / scale**2``
+    itself, below ``eps / 1e17**2`` in float32) cannot change. ``mean``,
+    ``var`` and ``rstd`` are scaled back (a variance beyond the dtype's range
+    is then infinite: it is not representable, the normalization still is).
+    """
+    axes, correction, eps = layout.reduce_axes, layout.correction, layout.eps
+    inverse = None if scale is None else 1.0 / scale  # a normal power of two: exact
+    xs = xa if inverse is None else xa * inverse
+    if scale is not None:
+        eps = eps * inverse * inverse
+        eps = xp.maximum(eps, xp.full_like(eps, xp.finfo(xa.dtype).smallest_normal))
+    count = layout.count(tuple(xa.shape))
+    if layout.center:
+        shift, offset, centered = shifted_mean(xp, xs, axes)
+        squares = centered * centered
+    else:
+        shift = offset = None
+        squares = xs * xs
+    var = xp.sum(squares, axis=axes, keepdims=True) / (count - correction)
+    scaled_rstd = 1.0 / xp.sqrt(var + eps)
+    mean = None if shift is None else shift + offset
+    rstd = scaled_rstd
+    if scale is not None:
+        mean = None if mean is None else mean * scale
+        var, rstd = var * scale * scale, scaled_rstd * inverse
+    return _Moments(inverse, shift, offset, scaled_rstd, mean, var, rstd)
+
+
+def _normalized(xp: Namespace, xa: Array, m: _Moments) -> Array:
+    """``xhat`` from :func:`_moments`: centered (or not) in the scaled units, times rstd."""
+    xs = xa if m.inverse is None else xa * m.inverse
+    centered = xs if m.shift is None else (xs - m.shift) - m.offset
+    return centered * m.scaled_rstd
 
 
 def normalize(
@@ -97,7 +206,7 @@ def normalize(
     (``need_stats`` changes nothing here).
     """
     acc = adapter.accumulation_dtype(xp, x.dtype)
-    xhat, mean, var, _ = _standardize(xp, as_dtype(xp, x, acc), layout)
+    xhat, mean, var, _ = _standardize(adapter, xp, x, layout)
     y = xhat
     if gain is not None:
         y = y * broadcast_param(xp, as_dtype(xp, gain, acc), layout.param_axes, x.ndim)
@@ -125,7 +234,7 @@ def normalize_backward(
     """
     acc = adapter.accumulation_dtype(xp, x.dtype)
     param_axes, reduce_axes = layout.param_axes, layout.reduce_axes
-    xhat, _, _, rstd = _standardize(xp, as_dtype(xp, x, acc), layout)
+    xhat, _, _, rstd = _standardize(adapter, xp, x, layout)
     grad = as_dtype(xp, dy, acc)
     dgain = None if gain is None else sum_to_param(xp, grad * xhat, param_axes)
     dbias = None if bias is None else sum_to_param(xp, grad, param_axes)

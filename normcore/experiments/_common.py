@@ -20,7 +20,7 @@ __all__ = [
 ]
 
 # module -> the package that provides it (what ``pip install normcore[experiments]`` adds)
-EXTRAS = {"sklearn": "scikit-learn", "matplotlib": "matplotlib"}
+EXTRAS = {"sklearn": "scikit-learn", "matplotlib": "matplotlib", "threadpoolctl": "threadpoolctl"}
 
 
 class ExperimentError(Exception):

@@ -80,6 +80,7 @@ class _Recurrent(torch.nn.Module):
         # torch.nn raises RuntimeError for an unknown device; normcore a ValueError naming it
         factory = {"device": resolve_device(torch, device), "dtype": dtype}
         self._keys = []  # per (layer, direction), torch's order: {layout key: attribute}
+        self._shapes = {}  # {attribute: shape}: what forward checks parameters against
         for layer in range(self.num_layers):
             size = self.input_size if layer == 0 else self.hidden_size * directions
             shapes = torch_shapes(self._cell, size, self.hidden_size, layer_norm)
@@ -88,6 +89,7 @@ class _Recurrent(torch.nn.Module):
                 for key, name in keys.items():
                     empty = torch.empty(shapes[key], **factory)
                     self.register_parameter(name, torch.nn.Parameter(empty))
+                    self._shapes[name] = tuple(shapes[key])
                 self._keys.append(keys)
         self.reset_parameters()
 
@@ -171,6 +173,7 @@ class _Recurrent(torch.nn.Module):
                 f"{name}: input is on device {input.device} but the parameters (weight_ih_l0) "
                 f"are on device {self.weight_ih_l0.device}; move one of them with .to()"
             )
+        self._check_parameters(name)
         batched = input.dim() == 3
         batch = input.shape[0 if self.batch_first else 1] if batched else None
         states0 = [None] * len(self._keys) if hx is None else self._states0(hx, batch, input)
@@ -204,6 +207,37 @@ class _Recurrent(torch.nn.Module):
             hs = hs.squeeze(0 if self.batch_first else 1)
             stacked = tuple(f.squeeze(1) for f in stacked)
         return hs, stacked if self._cell == "lstm" else stacked[0]
+
+    def _check_parameters(self, name: str) -> None:
+        """Every parameter a tensor of its constructed shape, with weight_ih_l0's dtype and device.
+
+        A parameter replaced by one of another shape, dtype or device is
+        reported under its own name and in torch's layout, before normcore's
+        checks (which would name their internal ``params['W_x']``) run.
+        """
+        first = self.weight_ih_l0
+        # (a module pickled before the shapes were recorded is checked by normcore alone)
+        for attribute, shape in getattr(self, "_shapes", {}).items():
+            p = getattr(self, attribute)
+            if not isinstance(p, torch.Tensor):
+                raise TypeError(
+                    f"{name}: {attribute} must be a torch.Tensor, got {type(p).__name__}"
+                )
+            if tuple(p.shape) != shape:
+                raise ValueError(
+                    f"{name}: {attribute} must have shape {shape} for input_size="
+                    f"{self.input_size}, hidden_size={self.hidden_size}, got {tuple(p.shape)}"
+                )
+            if p.dtype != first.dtype:
+                raise TypeError(
+                    f"{name}: {attribute} must have weight_ih_l0's dtype {first.dtype}, got "
+                    f"{p.dtype} (convert the module with .to(dtype))"
+                )
+            if p.device != first.device:
+                raise ValueError(
+                    f"{name}: {attribute} is on device {p.device} but weight_ih_l0 is on "
+                    f"{first.device}; move the module with .to(device)"
+                )
 
     def _unpack(self, packed: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The padded sequences of ``packed`` in the caller's order, and their mask.
