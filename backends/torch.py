@@ -161,7 +161,8 @@ def _native_group_norm(torch, x, gain, bias, layout: Layout, need_stats: bool) -
         mean, var = mean.reshape(stats_shape), var.reshape(stats_shape)
     else:
         shifted = rows - _first_values(rows, (2,))
-    flat = shifted.reshape(n, groups * size, -1)
+    # native_group_norm wants a contiguous input (torch.group_norm made one itself)
+    flat = shifted.reshape(n, groups * size, -1).contiguous()
     y, _, rstd = torch.native_group_norm(
         flat, gain, bias, n, groups * size, flat.shape[2], groups, layout.eps
     )
