@@ -47,7 +47,9 @@ def _fused(torch, xp, x, gain, bias, layout: Layout) -> Normalized | Any:
         var, mean = torch.var_mean(x, dim=axes, correction=layout.correction, keepdim=True)
     else:
         mean, var = None, torch.mean(torch.square(x), dim=axes, keepdim=True)
-    rstd = torch.rsqrt(var + layout.eps)
+    # 1 / sqrt, not rsqrt: autograd differentiates rsqrt as -rstd**3 / 2, which is subnormal
+    # (and loses digits) from var ~ 1e26 in float32 (1e205 in float64); 1 / sqrt's chain is not
+    rstd = 1.0 / torch.sqrt(var + layout.eps)
     if stats is None and _overflowed(rstd):
         return NotImplemented
     scale = rstd if gain is None else rstd * broadcast_param(xp, gain, layout.param_axes, x.ndim)
