@@ -209,6 +209,52 @@ def _merge_moments(parts, axis=None, keepdims=True, computing_meta=False, **kwar
     return triples[0]
 
 
+def _parts_along(x: Any, axis: int | None, sizes: tuple[int, ...]) -> list:
+    """``x`` cut into ``len(sizes)`` parts along ``axis`` (each whole along its other axes).
+
+    As delayed objects, one per part; an argument shared by every part
+    (``axis`` None) is one object, whole, given to each; None stays None.
+    """
+    if x is None:
+        return [None] * len(sizes)
+    da = _da()
+    if not isinstance(x, da.Array):
+        x = da.from_array(x, chunks=-1)
+    if axis is None:
+        (whole,) = x.rechunk(-1).to_delayed().ravel()
+        return [whole] * len(sizes)
+    chunks = tuple(sizes if a == axis else -1 for a in range(x.ndim))
+    return list(x.rechunk(chunks).to_delayed().ravel())
+
+
+def _empty_part(x: Any, axis: int | None) -> Any:
+    """A part of ``x`` with no batch elements, in the blocks' library (for dask-style meta)."""
+    if x is None:
+        return None
+    from normcore._plumbing.compat import namespace_of
+
+    meta = x._meta if isinstance(x, _da().Array) else x
+    shape = tuple(0 if a == axis else n for a, n in enumerate(x.shape))
+    return namespace_of(meta).zeros(shape, dtype=x.dtype)
+
+
+def _apply_to_part(function, tree, *leaves):
+    """``function`` of one part's arguments (rebuilt from ``tree``), its results as a flat tuple."""
+    from normcore._plumbing import trees
+
+    return tuple(trees.flatten(function(*trees.unflatten(tree, list(leaves))))[0])
+
+
+def _batch_total(parts: list, dtype: Any) -> Any:
+    """The sum of the parts' results (a tree reduction), accumulated in at least float32."""
+    if len(parts) == 1:
+        return parts[0]
+    import numpy as np
+
+    stacked = _da().stack(parts)
+    return stacked.sum(axis=0, dtype=np.promote_types(dtype, np.float32)).astype(dtype)
+
+
 def _unknown_sizes_message(x: Any, axes: tuple[int, ...]) -> str:
     return (
         f"the statistics of a dask array need the sizes of its chunks along axes {axes}, "
@@ -328,6 +374,56 @@ class DaskAdapter(Adapter):
             return summed if order == tuple(range(len(order))) else summed.transpose(order)
 
         return Gradients(dx, total(1, gain), total(2, bias))
+
+    # -- computations independent along a batch ------------------------------------
+    def map_batches(self, function, args, in_axes, out_axes):
+        """One task per chunk of the batch axis, each running ``function`` on its part.
+
+        The batch is cut as the first batched argument's chunks along its batch
+        axis; every batched argument is rechunked to those parts and to one
+        chunk along its other axes (a recurrent layer's sequence: all its
+        steps in one block, so one part of the batch must fit in a worker's
+        memory), and shared ones to one chunk. Each task computes its part
+        with the blocks' library (NumPy's kernels for NumPy-backed arrays).
+        The results' shapes and dtypes come from ``function`` applied to a
+        part with no batch elements, as dask's ``map_blocks`` infers ``meta``.
+        Results with a batch axis are the parts concatenated; results
+        without one are summed over the parts.
+        """
+        import dask
+
+        from normcore._plumbing import trees
+
+        leaves, tree = trees.flatten(args)
+        axes = trees.leaf_specs(in_axes, args)
+        batched = [(x, a) for x, a in zip(leaves, axes, strict=True)
+                   if a is not None and isinstance(x, _da().Array)]  # fmt: skip
+        if not batched:
+            return NotImplemented
+        first, axis = batched[0]
+        sizes = first.chunks[axis]
+        if any(math.isnan(size) for size in sizes):
+            raise ValueError(_unknown_sizes_message(first, (axis,)))
+        columns = [_parts_along(x, a, sizes) for x, a in zip(leaves, axes, strict=True)]
+        empty = [_empty_part(x, a) for x, a in zip(leaves, axes, strict=True)]
+        metas, out_tree = trees.flatten(function(*trees.unflatten(tree, empty)))
+        out_specs = trees.leaf_specs(out_axes, trees.unflatten(out_tree, metas))
+        task = dask.delayed(_apply_to_part, pure=True, nout=len(metas))
+        results = [task(function, tree, *(column[k] for column in columns))
+                   for k in range(len(sizes))]  # fmt: skip
+        outputs = []
+        for i, (meta, out_axis) in enumerate(zip(metas, out_specs, strict=True)):
+            shapes = [tuple(size if a == out_axis else n for a, n in enumerate(meta.shape))
+                      for size in sizes]  # fmt: skip
+            parts = [
+                _da().from_delayed(result[i], shape=shape, dtype=meta.dtype, meta=meta)
+                for result, shape in zip(results, shapes, strict=True)
+            ]
+            total = out_axis is None
+            outputs.append(
+                _batch_total(parts, meta.dtype) if total else _da().concatenate(parts, out_axis)
+            )
+        return trees.unflatten(out_tree, outputs)
 
     # -- statistics -------------------------------------------------------------
     def settle(self, values):

@@ -11,7 +11,10 @@ Two parts, each measured side by side in one process (medians of repeats):
    spilled to disk during each.
 2. In-memory data with the threaded scheduler: ``normcore.layer_norm`` of a
    dask array (``--chunk-rows`` rows per chunk) against the NumPy fast path
-   on the same NumPy array.
+   on the same NumPy array, with the blocks computed alone and dask's own
+   copy beside it (what assembling the result into one array costs).
+3. A layer-normalized LSTM's forward + backward on a batch of sequences
+   chunked along the batch (one task per chunk) against NumPy.
 
 Run::
 
@@ -131,6 +134,12 @@ def threads_part(args) -> None:
         normcore.layer_norm(x)
         numpy_s = _median_time(lambda: normcore.layer_norm(x), args.repeats)
         dask_s = _median_time(lambda: normcore.layer_norm(dx).compute(), args.repeats)
+        # the blocks alone: compute() then copies them into one array, which NumPy never does
+        blocks_s = _median_time(
+            lambda: dask.compute(*normcore.layer_norm(dx).to_delayed().ravel()), args.repeats
+        )
+        copy_s = _median_time(lambda: x.copy(), args.repeats)
+        dask_copy_s = _median_time(lambda: dx.map_blocks(np.copy).compute(), args.repeats)
         with normcore.reference_path():
             reference_s = _median_time(lambda: normcore.layer_norm(dx).compute(), args.repeats)
     print(
@@ -138,8 +147,52 @@ def threads_part(args) -> None:
         f"{args.chunk_rows} rows, threaded scheduler ({os.cpu_count()} cores)"
     )
     print(f"  layer_norm NumPy fast path        {numpy_s:7.3f} s")
-    for name, seconds in (("fast path", dask_s), ("reference path", reference_s)):
+    for name, seconds in (
+        ("fast path", dask_s),
+        ("blocks only", blocks_s),
+        ("reference path", reference_s),
+    ):
         print(f"  layer_norm dask ({name:14s}) {seconds:7.3f} s  ratio {seconds / numpy_s:.2f}")
+    print(
+        f"  copy: NumPy x.copy() {copy_s:.3f} s, dask x.map_blocks(np.copy).compute() "
+        f"{dask_copy_s:.3f} s (the assembly into one array: {dask_copy_s - copy_s:.3f} s)"
+    )
+
+
+def recurrent_part(args) -> None:
+    import dask
+    import dask.array as da
+
+    import normcore
+
+    steps, batch, size = args.rnn_steps, args.rnn_batch, args.rnn_size
+    rng = np.random.default_rng(0)
+    params = normcore.rnn_params("lstm", size, size, dtype="float32", seed=0)
+    xs = rng.normal(size=(steps, batch, size)).astype(np.float32)
+    dhs = rng.normal(size=(steps, batch, size)).astype(np.float32)
+    chunks = (steps, args.rnn_chunk, size)
+    lazy = {k: da.from_array(v) for k, v in params.items()}
+
+    def numpy_step():
+        normcore.rnn(xs, None, params, cell="lstm")
+        normcore.rnn_backward(dhs, xs, None, params, cell="lstm")
+
+    def dask_step():
+        dxs, ddhs = da.from_array(xs, chunks=chunks), da.from_array(dhs, chunks=chunks)
+        hs, _ = normcore.rnn(dxs, None, lazy, cell="lstm")
+        grads = normcore.rnn_backward(ddhs, dxs, None, lazy, cell="lstm")
+        dask.compute(hs, grads)
+
+    with dask.config.set(scheduler="threads"):
+        dask_step()  # warm up both
+        numpy_step()
+        numpy_s = _median_time(numpy_step, args.repeats)
+        dask_s = _median_time(dask_step, args.repeats)
+    print(
+        f"LN-LSTM forward + backward, T={steps}, B={batch}, I=H={size} float32, dask chunks of "
+        f"{args.rnn_chunk} sequences, threaded scheduler"
+    )
+    print(f"  NumPy {numpy_s:.3f} s, dask {dask_s:.3f} s  ratio {dask_s / numpy_s:.2f}")
 
 
 def main() -> None:
@@ -150,17 +203,24 @@ def main() -> None:
     parser.add_argument("--memory-limit", default="256MiB")
     parser.add_argument("--memory-rows", type=int, default=200_000)
     parser.add_argument("--chunk-rows", type=int, default=10_000)
+    parser.add_argument("--rnn-steps", type=int, default=50)
+    parser.add_argument("--rnn-batch", type=int, default=256)
+    parser.add_argument("--rnn-size", type=int, default=128)
+    parser.add_argument("--rnn-chunk", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat")
-    parser.add_argument("--part", choices=("all", "cluster", "threads"), default="all")
+    parser.add_argument("--part", choices=("all", "cluster", "threads", "recurrent"), default="all")
     args = parser.parse_args()
     if args.quick:
         args.rows, args.memory_rows, args.repeats = 40_000, 20_000, 1
         args.cluster_chunk_rows = args.chunk_rows = 5_000
+        args.rnn_steps, args.rnn_batch = 5, 16
     if args.part in ("all", "cluster"):
         cluster_part(args)
     if args.part in ("all", "threads"):
         threads_part(args)
+    if args.part in ("all", "recurrent"):
+        recurrent_part(args)
 
 
 if __name__ == "__main__":

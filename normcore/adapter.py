@@ -426,6 +426,29 @@ class Adapter:
         """
         return NotImplemented
 
+    def map_batches(
+        self,
+        function: Callable[..., Any],
+        args: tuple,
+        in_axes: tuple,
+        out_axes: Any,
+    ) -> Any:
+        """``function(*args)`` computed part by part along a batch axis, or ``NotImplemented``.
+
+        For libraries whose arrays are made of parts (dask's chunks), so that a
+        computation whose batch elements are independent (a recurrent layer
+        over a batch of sequences) runs as one task per part on the parts'
+        own library, instead of as one lazy graph of every step. ``in_axes``
+        gives each argument's batch axis (None: the argument is shared whole
+        by every part) and ``out_axes`` each result's, with None for a result
+        that is a sum over the batch (a parameter's gradient); as with
+        ``jax.vmap``, one entry may stand for a whole nested argument or
+        result (:mod:`normcore._plumbing.trees`). Arguments are validated
+        already, and ``function`` is picklable. The default returns
+        ``NotImplemented``: ``function`` runs on the whole arrays.
+        """
+        return NotImplemented
+
     def __repr__(self) -> str:
         return f"<normcore adapter {self.name!r} for {self.library!r}>"
 

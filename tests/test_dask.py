@@ -226,6 +226,98 @@ def test_unknown_chunk_sizes(rng):
     np.testing.assert_allclose(stats.var.compute(), kept.var(0, ddof=1), rtol=1e-12)
 
 
+def _recurrent_case(rng, cell, steps, batch=6, inputs=3, hidden=4):
+    shapes = normcore.rnn_params(cell, inputs, hidden, dtype="float64")
+    params = {
+        k: (1.0 if k.startswith("gain") else 0.0) + 0.5 * rng.normal(size=v.shape)
+        for k, v in shapes.items()
+    }
+    xs = rng.normal(size=(steps, batch, inputs))
+    parts = 2 if cell == "lstm" else 1
+    states = tuple(0.5 * rng.normal(size=(batch, hidden)) for _ in range(parts))
+    return xs, states, params, rng.normal(size=(steps, batch, hidden))
+
+
+def _lazy(params):
+    return {k: da.from_array(v) for k, v in params.items()}
+
+
+def _public(states):
+    return states if len(states) == 2 else states[0]
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_recurrent_layers_are_one_task_per_batch_chunk_whatever_the_length(rng, cell):
+    """The fast path maps each batch chunk to one task: the graph does not grow with T."""
+    sizes = {}
+    for steps in (4, 16):
+        xs, states, params, dhs = _recurrent_case(rng, cell, steps)
+        dxs = da.from_array(xs, chunks=(steps, 2, 3))
+        h0 = _public(tuple(map(da.from_array, states)))
+        hs, _ = normcore.rnn(dxs, h0, _lazy(params), cell=cell)
+        grads = normcore.rnn_backward(da.from_array(dhs), dxs, None, _lazy(params), cell=cell)
+        sizes[steps] = (len(_graph(hs)), len(_graph(grads.dparams["W_x"])))
+        hs_np, _ = normcore.rnn(xs, _public(states), params, cell=cell)
+        np.testing.assert_allclose(hs.compute(), hs_np, rtol=1e-13, atol=1e-13)
+    assert sizes[4] == sizes[16]
+    with normcore.reference_path():
+        hs, _ = normcore.rnn(dxs, None, _lazy(params), cell=cell)
+    assert len(_graph(hs)) > 10 * sizes[16][0]  # the loop over steps itself, as a graph
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_the_recurrent_reference_on_dask_equals_torch(rng, cell):
+    """The shared suite runs the recurrent layers' fast path on dask; this, the loop itself.
+
+    The reference path on dask arrays is one lazy graph of every step (batch
+    and time chunked here), forward and backward, held to float64 torch.
+    """
+    from _rnn_reference import reference
+
+    xs, states, params, dhs = _recurrent_case(rng, cell, steps=3)
+    dfinal = tuple(rng.normal(size=s.shape) for s in states)
+    want = reference(cell, True, xs, states, params, dhs, dfinal)
+    chunked = lambda a: da.from_array(a, chunks=tuple(max(1, n // 2) for n in a.shape))  # noqa: E731
+    state0, lazy = _public(tuple(map(chunked, states))), _lazy(params)
+    with normcore.reference_path():
+        hs, final = normcore.rnn(chunked(xs), state0, lazy, cell=cell)
+        grads = normcore.rnn_backward(
+            chunked(dhs), chunked(xs), state0, lazy, cell=cell,
+            dfinal_state=_public(tuple(map(chunked, dfinal))),
+        )  # fmt: skip
+    got = dask.compute(hs, final, grads.dxs, grads.dstate0, grads.dparams)
+    as_tuple = lambda s: s if isinstance(s, tuple) else (s,)  # noqa: E731
+    for g, w in zip([got[0], *as_tuple(got[1]), got[2], *as_tuple(got[3])],
+                    [want[0], *want[1], want[2], *want[3]], strict=True):  # fmt: skip
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+    for name, w in want[4].items():
+        np.testing.assert_allclose(got[4][name], w, rtol=1e-11, atol=1e-12)
+
+
+def test_recurrent_arguments_chunked_differently_are_aligned(rng):
+    """States and mask are cut as xs's batch; NumPy parameters are taken with dask sequences."""
+    xs, (h, _), params, _ = _recurrent_case(rng, "lstm", steps=5, batch=7)
+    mask = rng.random((7, 5)) < 0.8
+    bf = lambda a: np.swapaxes(a, 0, 1)  # noqa: E731
+    args = dict(cell="lstm", batch_first=True, mask=mask)
+    hs, (hT, cT) = normcore.rnn(
+        da.from_array(bf(xs), chunks=(3, 2, 3)), (da.from_array(h, chunks=(2, 4)), None),
+        params, **{**args, "mask": da.from_array(mask, chunks=(4, 5))},
+    )  # fmt: skip
+    want_hs, (want_h, want_c) = normcore.rnn(bf(xs), (h, None), params, **args)
+    for g, w in ((hs, want_hs), (hT, want_h), (cT, want_c)):
+        np.testing.assert_allclose(g.compute(), w, rtol=1e-13, atol=1e-13)
+    assert hs.chunks[0] == (3, 3, 1)  # the batch is cut as xs is
+
+
+def test_recurrent_layers_need_known_batch_chunk_sizes(rng):
+    xs, _, params, _ = _recurrent_case(rng, "gru", steps=4, batch=8)
+    dxs = da.from_array(np.swapaxes(xs, 0, 1), chunks=(4, 4, 3))
+    picked = dxs[dxs[:, 0, 0] > -10]
+    with pytest.raises(ValueError, match=r"compute_chunk_sizes\(\)"):
+        normcore.rnn(picked, None, _lazy(params), cell="gru", batch_first=True)
+
+
 @pytest.mark.cluster
 def test_population_stats_and_layer_norm_on_a_local_cluster(rng):
     """Two worker processes on loopback; the same code path as the synchronous scheduler."""
@@ -246,8 +338,19 @@ def test_population_stats_and_layer_norm_on_a_local_cluster(rng):
     ):
         stats = normcore.population_stats([dx], dtype="float64")
         y = normcore.layer_norm(dx, gain, bias)
-        mean, var, y_values = client.compute([stats.mean, stats.var, y], sync=True)
+        xs, _, params, dhs = _recurrent_case(rng, "lstm", steps=5, batch=8)
+        dxs = da.from_array(xs, chunks=(5, 4, 3))
+        hs, _ = normcore.rnn(dxs, None, _lazy(params), cell="lstm")
+        grads = normcore.rnn_backward(da.from_array(dhs), dxs, None, _lazy(params), cell="lstm")
+        mean, var, y_values, hs, dparams = client.compute(
+            [stats.mean, stats.var, y, hs, grads.dparams], sync=True
+        )
     x64 = x.astype(np.float64)
     np.testing.assert_allclose(mean, x64.mean(0), rtol=1e-12)
     np.testing.assert_allclose(var, x64.var(0, ddof=1), rtol=1e-12)
     np.testing.assert_allclose(y_values, _layer_norm64(x, gain, bias), rtol=1e-4, atol=1e-4)
+    # the recurrent layers: one task per batch chunk, sent to the workers
+    np.testing.assert_allclose(hs, normcore.rnn(xs, None, params, cell="lstm")[0], rtol=1e-13)
+    want = normcore.rnn_backward(dhs, xs, None, params, cell="lstm").dparams
+    for name, value in want.items():
+        np.testing.assert_allclose(dparams[name], value, rtol=1e-12, atol=1e-13)

@@ -159,8 +159,7 @@ class Benchmark(abc.ABC):
                     call()
 
     def _timed(self, call):
-        call()
-        self.backend.sync()
+        self.backend.finish(call())  # computed: dask's calls only build a graph
 
     def time_forward(self, *params):
         self._timed(self.forward_call)
@@ -171,7 +170,7 @@ class Benchmark(abc.ABC):
     def _host_memory(self, call):
         if self.backend.gpu:
             raise SkipNotImplemented("peakmem_ sees host memory only, not the GPU's")
-        call()
+        self.backend.finish(call())
 
     def peakmem_forward(self, *params):
         self._host_memory(self.forward_call)

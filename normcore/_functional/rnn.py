@@ -7,6 +7,7 @@ loop and backpropagation through time, written once for every cell, are
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -64,7 +65,8 @@ def _check_params(
     """
     names = param_names(cell, layer_norm)
     what = f"for cell={cell!r}, layer_norm={layer_norm}"
-    check_named_arrays(params, names, "params", what, xs=xs)
+    # adopted: a dask xs takes NumPy parameters (Adapter.adopt; every other adapter refuses)
+    check_named_arrays(params, names, "params", what, adopt=True, xs=xs)
     hidden = matrix_size(params["W_h"], "params['W_h']", 0)
     size, source = (
         (xs.shape[-1], "the last axis of xs")
@@ -156,12 +158,13 @@ def _check_options(xs, cell, layer_norm, eps, batch_first, nonlinearity):
     return xp, eps
 
 
-def _prepare(xs, state0, params, cell, layer_norm, mask, eps, batch_first, nonlinearity):
+def _prepare(xs, state0, params, *, cell, layer_norm, mask, eps, batch_first, nonlinearity):
     """Validate a call; return ``(_Call, hidden)`` without computing anything."""
     xp, eps = _check_options(xs, cell, layer_norm, eps, batch_first, nonlinearity)
     hidden = _check_params(xs, params, cell, layer_norm)
     _check_mask(xs, mask, batch_first)
     adapter = adapter_for(xs)
+    params = {k: dispatch.adopt(adapter, xp, xs, v) for k, v in params.items()}
     if layer_norm:  # the rule of every layer norm: eps must be a normal number where it is added
         check_eps_in(eps, xp, adapter.accumulation_dtype(xp, xs.dtype))
     xs_tm = _time_major(xp, xs, batch_first)
@@ -294,11 +297,25 @@ def rnn(
     >>> bool(np.array_equal(hs[-1], h))
     True
     """
-    call, hidden = _prepare(
-        xs, state0, params, cell, layer_norm, mask, eps, batch_first, nonlinearity
-    )
+    options = dict(cell=cell, layer_norm=layer_norm, eps=eps, batch_first=batch_first,
+                   nonlinearity=nonlinearity)  # fmt: skip
+    call, hidden = _prepare(xs, state0, params, mask=mask, **options)
+    batch = 0 if batch_first else 1
+    mapped = dispatch.map_batches(
+        call.seq.ctx.adapter, functools.partial(_rnn_part, **options),
+        (xs, state0, params, mask), in_axes=(batch, 0, None, batch), out_axes=(batch, 0),
+    )  # fmt: skip
+    return _run(call, hidden) if mapped is NotImplemented else mapped
+
+
+def _run(call: _Call, hidden: int) -> tuple[Any, Any]:
     outputs, final, _ = recurrence.forward(call.seq, save=False)
     return _stack_outputs(call, outputs, hidden), _public_state(final)
+
+
+def _rnn_part(xs, state0, params, mask, **options) -> tuple[Any, Any]:
+    """:func:`rnn` of one part of a batch (``Adapter.map_batches``; checked as a whole already)."""
+    return _run(*_prepare(xs, state0, params, mask=mask, **options))
 
 
 def _check_output_grads(call, hidden, dhs, dfinal_state, cell) -> tuple[Any, tuple | None]:
@@ -369,11 +386,29 @@ def rnn_backward(
     >>> grads.dxs.shape, grads.dstate0.shape, sorted(grads.dparams)
     ((5, 2, 3), (2, 4), ['W_h', 'W_x', 'bias_h', 'bias_hn', 'bias_x', 'bias_xn', 'gain_h', 'gain_hn', 'gain_x', 'gain_xn'])
     """  # noqa: E501
-    call, hidden = _prepare(
-        xs, state0, params, cell, layer_norm, mask, eps, batch_first, nonlinearity
-    )
-    dhs, dfinal = _check_output_grads(call, hidden, dhs, dfinal_state, cell)
+    options = dict(cell=cell, layer_norm=layer_norm, eps=eps, batch_first=batch_first,
+                   nonlinearity=nonlinearity)  # fmt: skip
+    call, hidden = _prepare(xs, state0, params, mask=mask, **options)
+    checked = _check_output_grads(call, hidden, dhs, dfinal_state, cell)
+    batch = 0 if batch_first else 1
+    mapped = dispatch.map_batches(
+        call.seq.ctx.adapter, functools.partial(_rnn_backward_part, **options),
+        (dhs, xs, state0, params, mask, dfinal_state),
+        in_axes=(batch, batch, 0, None, batch, 0), out_axes=RNNGradients(batch, 0, None),
+    )  # fmt: skip
+    return _run_backward(call, *checked, cell) if mapped is NotImplemented else mapped
+
+
+def _rnn_backward_part(dhs, xs, state0, params, mask, dfinal_state, **options) -> RNNGradients:
+    """:func:`rnn_backward` of one part of a batch (``Adapter.map_batches``)."""
+    call, hidden = _prepare(xs, state0, params, mask=mask, **options)
+    cell = options["cell"]
+    return _run_backward(call, *_check_output_grads(call, hidden, dhs, dfinal_state, cell), cell)
+
+
+def _run_backward(call: _Call, dhs: Any, dfinal: tuple | None, cell: str) -> RNNGradients:
     seq, xp = call.seq, call.seq.ctx.xp
+    params, batch_first = seq.ctx.params, call.batch_first
     dfinal = _zeros_for_none(dfinal, xp.zeros_like(seq.state0[0]), cell)
     if seq.xs.shape[0] == 0:
         dparams = {k: xp.zeros_like(v) for k, v in params.items()}

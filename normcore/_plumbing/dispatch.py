@@ -91,6 +91,17 @@ def recurrent(adapter, xp, xs, states0, layer_params, **options):
     return adapter.recurrent(xp, xs, states0, layer_params, **options)
 
 
+def map_batches(adapter, function, args, *, in_axes, out_axes):
+    """``adapter.map_batches`` (one task per batch part), or ``NotImplemented``.
+
+    ``NotImplemented`` inside :func:`~normcore.reference_path`: the caller
+    then computes on the whole arrays, the reference on any library.
+    """
+    if using_reference_path():
+        return NotImplemented
+    return adapter.map_batches(function, args, in_axes, out_axes)
+
+
 def settle(values: tuple[Array, ...]) -> tuple[Array, ...]:
     """``values`` computed together where their adapter is lazy (``Adapter.settle``)."""
     from .registry import adapter_for

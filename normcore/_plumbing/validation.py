@@ -517,13 +517,20 @@ def check_real(
 
 
 def check_named_arrays(
-    arrays: Any, names: tuple[str, ...], name: str, what: str = "", **like: Any
+    arrays: Any,
+    names: tuple[str, ...],
+    name: str,
+    what: str = "",
+    *,
+    adopt: bool = False,
+    **like: Any,
 ) -> Any:
     """Check that ``arrays`` maps exactly ``names`` to arrays of one library, device and dtype.
 
     The entries are compared with the one array in ``like`` (keyword: its name
     in messages), or else with the first of ``names``. Messages name an entry
-    ``name[key]``; ``what`` is added to the keys' message. Returns the namespace.
+    ``name[key]``; ``what`` is added to the keys' message; ``adopt`` as for
+    :func:`check_arrays`. Returns the namespace.
     """
     check_keys(arrays, names, name, what)
     labelled = {f"{name}[{key!r}]": arrays[key] for key in names}
@@ -531,7 +538,7 @@ def check_named_arrays(
         first = next(iter(labelled))
         like = {first: labelled.pop(first)}
     ((like_name, reference),) = like.items()
-    return check_arrays(reference, x_name=like_name, exact_dtype=True, **labelled)
+    return check_arrays(reference, x_name=like_name, exact_dtype=True, adopt=adopt, **labelled)
 
 
 def matrix_size(a: Any, label: str, axis: int) -> int:

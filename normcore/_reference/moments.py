@@ -112,8 +112,10 @@ def power_of_two_scale(xp: Namespace, magnitude: Array, needed: Array) -> Array:
     the division within ``[-4, 4]``.
     """
     top = math.frexp(xp.finfo(magnitude.dtype).max)[1] - 2  # max < 2**emax; log2 rounds up
-    exponent = xp.minimum(xp.floor(xp.log2(magnitude)), xp.full_like(magnitude, top))
-    return xp.where(needed, 2.0**exponent, xp.ones_like(magnitude))
+    one = xp.ones_like(magnitude)
+    # the logarithm of one where no scale is needed: never of zero (a warning on NumPy blocks)
+    exponent = xp.floor(xp.log2(xp.where(needed, magnitude, one)))
+    return xp.where(needed, 2.0 ** xp.minimum(exponent, xp.full_like(magnitude, top)), one)
 
 
 def scaled_moment_sums(
