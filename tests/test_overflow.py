@@ -305,17 +305,12 @@ def test_hypothesis_sweep_of_scales(backend, dtype, data):
 
 
 @pytest.mark.parametrize("name", ["layer_norm", "group_norm", "instance_norm", "batch_norm"])
-def test_torch_compile_traces_the_branch_free_statistics(rng, monkeypatch, name):
+def test_torch_compile_traces_the_branch_free_statistics(rng, name):
     """torch.compile(fullgraph=True) of normcore.torch modules: no value is read on the host."""
     torch = pytest.importorskip("torch")
     import normcore.torch as nt
-    from normcore._plumbing import config
     from normcore._tools.backends import by_name
 
-    # Once reference_path() has been entered in a process, the dispatch reads a ContextVar,
-    # which dynamo cannot trace (a graph break: tests/test_torch_layer_norm.py); none is
-    # entered here, so the process-wide setting is the one in force.
-    monkeypatch.setattr(config, "_context_switch_used", False)
     torch._dynamo.reset()
 
     method = METHODS[name]

@@ -119,8 +119,7 @@ def test_unknown_attribute_is_an_attribute_error():
 # Dynamo notes that it traces through array-api-compat's lru_cache'd type checks.
 @pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`")
 def test_torch_compile_matches_eager():
-    # The aot_eager backend traces through normcore (graph breaks at the dispatch
-    # switch, a ContextVar dynamo cannot trace) without invoking a C++ compiler;
+    # The aot_eager backend traces through normcore without invoking a C++ compiler;
     # the default inductor backend also works here but compiles for ~40 s.
     torch._dynamo.reset()
     ours, theirs = _random_pair("layer", 8, "cpu", torch.float32, 5)

@@ -51,8 +51,8 @@ def test_torch_compile_matches_eager():
         assert_all_close(dict(ours.state_dict()), dict(theirs.state_dict()), 1e-6)
 
 
-# A fresh process: the suite's own reference_path() blocks would otherwise put the
-# (untraceable) ContextVar lookup back into every call.
+# A fresh process: what a user's first compile sees, with no earlier compile's caches
+# or the suite's reference_path() blocks (test_compiled_modules_follow_reference_path).
 _FULLGRAPH_SCRIPT = textwrap.dedent(
     """
     import warnings
@@ -103,6 +103,37 @@ def test_modules_compile_with_fullgraph_and_match_torch_nn():
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "fullgraph ok" in done.stdout
+
+
+def test_compiled_modules_follow_reference_path():
+    """reference_path() neither breaks a compiled graph nor is baked into it.
+
+    Entered before compiling (once, it made every later compiled call break the
+    graph: dynamo cannot trace a ContextVar) and entered around a compiled call
+    (dynamo guards on the setting and compiles the reference path's graph).
+    """
+    with normcore.reference_path():
+        pass
+    torch._dynamo.reset()
+    graphs = []
+
+    def record(gm, inputs):
+        graphs.append(str(gm.graph))
+        return gm.forward
+
+    gru = normcore.torch.GRU(3, 4)
+    compiled = torch.compile(gru, fullgraph=True, backend=record)
+    x = torch.randn(5, 2, 3)
+    fast = compiled(x)[0]
+    with normcore.reference_path():
+        reference = compiled(x)[0]
+    again = compiled(x)[0]
+    assert len(graphs) == 2  # the third call reused the first graph
+    assert "torch.gru" in graphs[0]  # torch's own kernel
+    assert "torch.gru" not in graphs[1]  # normcore's loop, the reference
+    torch.testing.assert_close(fast, gru(x)[0])
+    torch.testing.assert_close(reference, fast)
+    torch.testing.assert_close(again, fast)
 
 
 @pytest.mark.parametrize(

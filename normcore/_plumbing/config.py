@@ -23,8 +23,8 @@ change for a process.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import os
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -79,12 +79,20 @@ def from_environment(environ: Mapping[str, str] = os.environ) -> Settings:
 #: The settings of this process, read from the environment at ``import normcore``.
 settings = from_environment()
 
-_FORCE_REFERENCE: contextvars.ContextVar[bool | None] = contextvars.ContextVar(
-    "normcore_force_reference", default=None
-)
+
+class _Forced(threading.local):
+    """The reference_path() setting of this thread (None: none set, the process's holds)."""
+
+    value: bool | None = None
+
+
+# Per thread, and a thread-local rather than a ContextVar: torch.compile traces an
+# attribute of a threading.local (and guards on it, recompiling when a block changes
+# it), while ContextVar.get is a graph break for dynamo, which made every compiled
+# normcore call break once any reference_path() block had been entered.
+_FORCED = _Forced()
 # Whether any reference_path() block was ever entered in this process. Until
-# then no context can hold a setting, so the lookup skips the ContextVar, which
-# torch.compile cannot trace (a graph break in every normcore call).
+# then no thread can hold a setting, so the lookup is the process's setting alone.
 _context_switch_used = False
 
 
@@ -96,7 +104,7 @@ def using_reference_path() -> bool:
     """
     if not _context_switch_used:
         return settings.reference_path
-    forced = _FORCE_REFERENCE.get()
+    forced = _FORCED.value
     return settings.reference_path if forced is None else forced
 
 
@@ -107,7 +115,8 @@ def reference_path(enabled: bool = True) -> Iterator[None]:
     Inside the block every normcore call runs the backend-neutral reference
     implementation, ignoring the fast kernels of the adapters. Use it to
     check a result or a gradient against the reference, or to rule a fast path
-    out while debugging. The setting is per thread / per asyncio task. Setting
+    out while debugging. The setting is per thread (a block around an
+    ``await`` holds for whatever else runs on that thread meanwhile). Setting
     the environment variable ``NORMCORE_REFERENCE_PATH=1`` has the same effect
     for a whole process.
 
@@ -136,8 +145,8 @@ def reference_path(enabled: bool = True) -> Iterator[None]:
         raise TypeError(f"enabled must be True or False, got {type(enabled).__name__}")
     global _context_switch_used
     _context_switch_used = True
-    token = _FORCE_REFERENCE.set(enabled)
+    previous, _FORCED.value = _FORCED.value, enabled
     try:
         yield
     finally:
-        _FORCE_REFERENCE.reset(token)
+        _FORCED.value = previous
