@@ -231,11 +231,32 @@ def test_stacked_object_equals_torch_nn(rng, cell, stack, batch_first):
         np.testing.assert_allclose(ours_grads[base + suffix], want, rtol=1e-12, atol=1e-12)
 
 
-def test_stacked_object_refuses_mask_with_both_directions_and_bad_states():
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_masked_sequences_in_both_directions_equal_each_sequence_alone(rng, cell):
+    """With a mask, each direction of each layer sees each sequence as if it ran alone."""
+    layer = CELLS[cell](I, H, num_layers=2, bidirectional=True, dtype="float64", seed=3)
+    lengths = [T, 2, 1]  # B sequences, uneven, one of them whole
+    xs = rng.normal(size=(T, B, I))
+    mask = np.arange(T)[:, None] < np.asarray(lengths)[None, :]
+    xs_padded = np.where(mask[..., None], xs, 1e3)  # the padding must never be read
+    hs, finals = layer(xs_padded, mask=mask)
+    dhs = rng.normal(size=hs.shape)
+    dxs = layer.backward(dhs)
+    for b, n in enumerate(lengths):
+        alone, alone_finals = layer(xs[:n, b : b + 1])
+        np.testing.assert_allclose(hs[:n, b], alone[:, 0], rtol=1e-12, atol=1e-12)
+        np.testing.assert_array_equal(hs[n:, b], 0.0)
+        for got, want in zip(finals, alone_finals, strict=True):
+            for g, w in zip(_tuple(got), _tuple(want), strict=True):
+                np.testing.assert_allclose(g[b], w[0], rtol=1e-12, atol=1e-12)
+        alone_dxs = layer.backward(dhs[:n, b : b + 1])
+        np.testing.assert_allclose(dxs[:n, b], alone_dxs[:, 0], rtol=1e-12, atol=1e-12)
+        np.testing.assert_array_equal(dxs[n:, b], 0.0)
+
+
+def test_stacked_object_refuses_bad_states():
     layer = normcore.GRU(I, H, bidirectional=True, dtype="float64")
     xs = np.zeros((T, B, I))
-    with pytest.raises(ValueError, match=r"mask with bidirectional=True is not supported"):
-        layer(xs, mask=np.ones((T, B), bool))
     with pytest.raises(TypeError, match=r"state0 .* must be None or a list of 2 states"):
         layer(xs, np.zeros((B, H)))
     assert sorted(layer.parameters())[:3] == ["W_h", "W_h_l0_reverse", "W_x"]

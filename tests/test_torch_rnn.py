@@ -368,18 +368,21 @@ def _packed(lengths, size, gen, dtype):
     return seqs, torch.nn.utils.rnn.pack_sequence(seqs, enforce_sorted=False)
 
 
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["one-way", "bidirectional"])
 @pytest.mark.parametrize("batch_first", [False, True])
 @pytest.mark.parametrize("cell", sorted(CELLS))
-def test_packed_sequences_equal_torch(path, cell, batch_first):
+def test_packed_sequences_equal_torch(path, cell, batch_first, bidirectional):
     # Uneven lengths, not sorted: the output is packed like the input, the final
     # state is each sequence's own in the caller's order, gradients reach each
-    # sequence and hx; two layers and dropout=0 exercise the mask in every layer.
-    ours, theirs = _pair(cell, torch.float64, 21, num_layers=2, batch_first=batch_first)
+    # sequence and hx; two layers and dropout=0 exercise the mask in every layer,
+    # and the reverse direction starts at each sequence's own last step.
+    ours, theirs = _pair(cell, torch.float64, 21, num_layers=2, batch_first=batch_first,
+                         bidirectional=bidirectional)  # fmt: skip
     results = []
     for module in (ours, theirs):
         gen = torch.Generator().manual_seed(22)
         seqs, packed = _packed([3, 6, 1, 4], 3, gen, torch.float64)
-        hx = _initial_state(cell, (2, 4, 4), torch.float64, gen)
+        hx = _initial_state(cell, (2 * (1 + bidirectional), 4, 4), torch.float64, gen)
         output, final = module(packed, hx)
         assert isinstance(output, torch.nn.utils.rnn.PackedSequence)
         assert torch.equal(output.batch_sizes, packed.batch_sizes)
@@ -409,13 +412,6 @@ def test_packed_layer_norm_sequences_equal_each_sequence_alone(path, cell):
         torch.testing.assert_close(padded[:n, b], alone[:, 0], rtol=1e-12, atol=1e-12)
         for f, g in zip(_leaves(final), _leaves(alone_final), strict=True):
             torch.testing.assert_close(f[:, b], g[:, 0], rtol=1e-12, atol=1e-12)
-
-
-def test_packed_sequences_with_two_directions_are_refused():
-    module = normcore.torch.GRU(3, 4, bidirectional=True)
-    _, packed = _packed([2, 3], 3, torch.Generator().manual_seed(0), torch.float32)
-    with pytest.raises(ValueError, match=r"bidirectional=True does not take a PackedSequence"):
-        module(packed)
 
 
 def test_forward_mode_ad_of_the_lstm_equals_finite_differences():

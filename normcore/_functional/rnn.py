@@ -430,50 +430,47 @@ class _Stack(NamedTuple):
     nonlinearity: str
 
     def run(self, x: Any, state0: Any, params: Any, direction: int) -> tuple[Any, Any]:
-        """:func:`rnn` of one layer in one direction (the reverse on the reversed sequence)."""
-        xp = namespace_of(x)
-        flip = direction == 1
-        hs, final = rnn(
-            xp.flip(x, axis=self.time_axis) if flip else x,
-            state0,
-            params,
-            **self.options(),
-        )
-        return (xp.flip(hs, axis=self.time_axis) if flip else hs), final
+        """:func:`rnn` of one layer in one direction (the reverse on the reversed sequence).
+
+        The reverse direction runs over the sequence and its mask reversed in
+        time: its masked steps (a padded sequence's end, now first) carry the
+        initial state unchanged, so each sequence starts at its own last step,
+        as ``torch.nn``'s reverse direction of a ``PackedSequence`` does.
+        """
+        flip = self._flip(direction)
+        hs, final = rnn(flip(x), state0, params, **self.options(flip))
+        return flip(hs), final
 
     def run_backward(self, dhs, x, state0, params, dfinal, direction) -> RNNGradients:
         """:func:`rnn_backward` of :meth:`run`."""
-        xp = namespace_of(x)
-        flip = direction == 1
+        flip = self._flip(direction)
         g = rnn_backward(
-            xp.flip(dhs, axis=self.time_axis) if flip else dhs,
-            xp.flip(x, axis=self.time_axis) if flip else x,
-            state0,
-            params,
-            dfinal_state=dfinal,
-            **self.options(),
+            flip(dhs), flip(x), state0, params, dfinal_state=dfinal, **self.options(flip)
         )
-        dxs = xp.flip(g.dxs, axis=self.time_axis) if flip else g.dxs
-        return RNNGradients(dxs, g.dstate0, g.dparams)
+        return RNNGradients(flip(g.dxs), g.dstate0, g.dparams)
 
-    def options(self) -> dict:
+    def _flip(self, direction: int) -> Any:
+        """The sequences of ``direction`` in time order: reversed for the reverse one."""
+
+        def flip(a: Any) -> Any:
+            if direction == 0 or a is None:
+                return a
+            return namespace_of(a).flip(a, axis=self.time_axis)
+
+        return flip
+
+    def options(self, flip: Any = None) -> dict:
         return {
             "cell": self.cell,
             "layer_norm": self.layer_norm,
             "eps": self.eps,
-            "mask": self.mask,
+            "mask": self.mask if flip is None else flip(self.mask),
             "batch_first": self.time_axis == 1,
             "nonlinearity": self.nonlinearity,
         }
 
 
 def _stack(cell, layer_norm, eps, bidirectional, batch_first, mask, nonlinearity) -> _Stack:
-    if bidirectional and mask is not None:
-        raise ValueError(
-            "mask with bidirectional=True is not supported: the reverse direction would "
-            "have to reverse each sequence within its own length; run sequences of one "
-            "length together instead"
-        )
     directions = 2 if bidirectional else 1
     return _Stack(cell, layer_norm, eps, directions, int(batch_first), mask, nonlinearity)
 

@@ -153,7 +153,7 @@ class _Recurrent(torch.nn.Module):
         packed, mask = None, None
         if isinstance(input, torch.nn.utils.rnn.PackedSequence):
             packed = input
-            input, mask = self._unpack(packed, name)
+            input, mask = self._unpack(packed)
         if not isinstance(input, torch.Tensor):
             raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
         if input.dim() not in (2, 3):
@@ -239,20 +239,14 @@ class _Recurrent(torch.nn.Module):
                     f"{first.device}; move the module with .to(device)"
                 )
 
-    def _unpack(self, packed: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _unpack(self, packed: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """The padded sequences of ``packed`` in the caller's order, and their mask.
 
         The padded steps are masked (their state carried, their output
         dropped), so each sequence's final state is that after its last step,
-        as torch.nn's. The reverse direction would have to start at each
-        sequence's own end: not supported.
+        as torch.nn's; the reverse direction, run on the sequences and mask
+        reversed, starts at each sequence's own last step.
         """
-        if self.bidirectional:
-            raise ValueError(
-                f"normcore.torch.{name} with bidirectional=True does not take a PackedSequence "
-                "(the reverse direction would have to start at each sequence's own end); "
-                "pass sequences of one length as a tensor, or use bidirectional=False"
-            )
         padded, lengths = torch.nn.utils.rnn.pad_packed_sequence(
             packed, batch_first=self.batch_first
         )
