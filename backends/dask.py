@@ -246,7 +246,8 @@ def _apply_to_part(function, tree, *leaves):
 
 
 def _batch_total(parts: list, dtype: Any) -> Any:
-    """The sum of the parts' results (a tree reduction), accumulated in at least float32."""
+    """The sum of the parts' results by a tree reduction (each part's own sum is in ``dtype``;
+    the parts are added in at least float32)."""
     if len(parts) == 1:
         return parts[0]
     import numpy as np
@@ -379,8 +380,8 @@ class DaskAdapter(Adapter):
     def map_batches(self, function, args, in_axes, out_axes):
         """One task per chunk of the batch axis, each running ``function`` on its part.
 
-        The batch is cut as the first batched argument's chunks along its batch
-        axis; every batched argument is rechunked to those parts and to one
+        The batch is cut as the first batched (dask) argument is chunked along
+        its batch axis; every batched argument is rechunked to those parts and to one
         chunk along its other axes (a recurrent layer's sequence: all its
         steps in one block, so one part of the batch must fit in a worker's
         memory), and shared ones to one chunk. Each task computes its part
@@ -413,6 +414,9 @@ class DaskAdapter(Adapter):
                    for k in range(len(sizes))]  # fmt: skip
         outputs = []
         for i, (meta, out_axis) in enumerate(zip(metas, out_specs, strict=True)):
+            if meta is None:  # a None result (of every part alike)
+                outputs.append(None)
+                continue
             shapes = [tuple(size if a == out_axis else n for a, n in enumerate(meta.shape))
                       for size in sizes]  # fmt: skip
             parts = [

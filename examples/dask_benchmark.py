@@ -214,7 +214,7 @@ def main() -> None:
     if args.quick:
         args.rows, args.memory_rows, args.repeats = 40_000, 20_000, 1
         args.cluster_chunk_rows = args.chunk_rows = 5_000
-        args.rnn_steps, args.rnn_batch = 5, 16
+        args.rnn_steps, args.rnn_batch, args.rnn_chunk = 5, 16, 4
     if args.part in ("all", "cluster"):
         cluster_part(args)
     if args.part in ("all", "threads"):

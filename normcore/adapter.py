@@ -443,7 +443,8 @@ class Adapter:
         by every part) and ``out_axes`` each result's, with None for a result
         that is a sum over the batch (a parameter's gradient); as with
         ``jax.vmap``, one entry may stand for a whole nested argument or
-        result (:mod:`normcore._plumbing.trees`). Arguments are validated
+        result (:mod:`normcore._plumbing.trees`). The first batched argument
+        decides how the batch is cut (its chunks); arguments are validated
         already, and ``function`` is picklable. The default returns
         ``NotImplemented``: ``function`` runs on the whole arrays.
         """

@@ -43,7 +43,7 @@ def _register_plugins() -> None:
 _register_plugins()
 
 
-# Test files of the recurrent layers: a backend row with recurrent=False skips them.
+# Test files of the recurrent layers: they run on the code paths of a row's Backend.recurrent.
 RECURRENT_TESTS = ("test_recurrent", "test_rnn_modules")
 
 

@@ -255,7 +255,9 @@ def test_recurrent_layers_are_one_task_per_batch_chunk_whatever_the_length(rng, 
         dxs = da.from_array(xs, chunks=(steps, 2, 3))
         h0 = _public(tuple(map(da.from_array, states)))
         hs, _ = normcore.rnn(dxs, h0, _lazy(params), cell=cell)
+        # dhs in one chunk: the batch is still cut as xs is
         grads = normcore.rnn_backward(da.from_array(dhs), dxs, None, _lazy(params), cell=cell)
+        assert hs.chunks[1] == grads.dxs.chunks[1] == (2, 2, 2)
         sizes[steps] = (len(_graph(hs)), len(_graph(grads.dparams["W_x"])))
         hs_np, _ = normcore.rnn(xs, _public(states), params, cell=cell)
         np.testing.assert_allclose(hs.compute(), hs_np, rtol=1e-13, atol=1e-13)
@@ -308,6 +310,20 @@ def test_recurrent_arguments_chunked_differently_are_aligned(rng):
     for g, w in ((hs, want_hs), (hT, want_h), (cT, want_c)):
         np.testing.assert_allclose(g.compute(), w, rtol=1e-13, atol=1e-13)
     assert hs.chunks[0] == (3, 3, 1)  # the batch is cut as xs is
+
+
+def test_recurrent_parameters_in_any_mapping(rng):
+    from types import MappingProxyType
+
+    xs, _, params, dhs = _recurrent_case(rng, "gru", steps=3)
+    dxs = da.from_array(xs, chunks=(3, 3, 3))
+    for given in (MappingProxyType(params), MappingProxyType(_lazy(params))):
+        hs, _ = normcore.rnn(dxs, None, given, cell="gru")
+        grads = normcore.rnn_backward(da.from_array(dhs), dxs, None, given, cell="gru")
+        np.testing.assert_allclose(hs.compute(), normcore.rnn(xs, None, params, cell="gru")[0])
+        want = normcore.rnn_backward(dhs, xs, None, params, cell="gru").dparams
+        assert list(grads.dparams) == list(want)
+        np.testing.assert_allclose(grads.dparams["W_h"].compute(), want["W_h"], rtol=1e-12)
 
 
 def test_recurrent_layers_need_known_batch_chunk_sizes(rng):

@@ -301,9 +301,10 @@ def rnn(
                    nonlinearity=nonlinearity)  # fmt: skip
     call, hidden = _prepare(xs, state0, params, mask=mask, **options)
     batch = 0 if batch_first else 1
-    mapped = dispatch.map_batches(
+    mapped = dispatch.map_batches(  # the parameters as checked and adopted: a dict of arrays
         call.seq.ctx.adapter, functools.partial(_rnn_part, **options),
-        (xs, state0, params, mask), in_axes=(batch, 0, None, batch), out_axes=(batch, 0),
+        (xs, state0, call.seq.ctx.params, mask), in_axes=(batch, 0, None, batch),
+        out_axes=(batch, 0),
     )  # fmt: skip
     return _run(call, hidden) if mapped is NotImplemented else mapped
 
@@ -391,15 +392,15 @@ def rnn_backward(
     call, hidden = _prepare(xs, state0, params, mask=mask, **options)
     checked = _check_output_grads(call, hidden, dhs, dfinal_state, cell)
     batch = 0 if batch_first else 1
-    mapped = dispatch.map_batches(
+    mapped = dispatch.map_batches(  # xs first: its chunks cut the batch
         call.seq.ctx.adapter, functools.partial(_rnn_backward_part, **options),
-        (dhs, xs, state0, params, mask, dfinal_state),
+        (xs, dhs, state0, call.seq.ctx.params, mask, dfinal_state),
         in_axes=(batch, batch, 0, None, batch, 0), out_axes=RNNGradients(batch, 0, None),
     )  # fmt: skip
     return _run_backward(call, *checked, cell) if mapped is NotImplemented else mapped
 
 
-def _rnn_backward_part(dhs, xs, state0, params, mask, dfinal_state, **options) -> RNNGradients:
+def _rnn_backward_part(xs, dhs, state0, params, mask, dfinal_state, **options) -> RNNGradients:
     """:func:`rnn_backward` of one part of a batch (``Adapter.map_batches``)."""
     call, hidden = _prepare(xs, state0, params, mask=mask, **options)
     cell = options["cell"]

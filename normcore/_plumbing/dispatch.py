@@ -21,6 +21,7 @@ __all__ = [
     "adopted",
     "custom_gradient",
     "is_empty",
+    "map_batches",
     "moments",
     "normalize",
     "normalize_backward",

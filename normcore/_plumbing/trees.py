@@ -75,16 +75,42 @@ def leaf_specs(prefix: Any, node: Any) -> list:
     """One entry of ``prefix`` per leaf of ``node``; a leaf of ``prefix`` covers a whole subtree.
 
     As ``jax.vmap``'s ``in_axes``: ``leaf_specs((1, 0, None), (xs, (h, c), params))``
-    is ``[1, 0, 0, None, ...]`` with one None per entry of ``params``.
+    is ``[1, 0, 0, None, ...]`` with one None per entry of ``params``. A
+    container of ``prefix`` must be one of ``node``'s kind (a dict with the
+    same keys, matched by key; a tuple or list of the same length).
     """
     spec_parts = _children(prefix)
     if spec_parts is None:
         return [prefix] * len(flatten(node)[0])
     node_parts = _children(node)
-    if node_parts is None or len(node_parts[2]) != len(spec_parts[2]):
-        raise ValueError(f"the specification {prefix!r} does not match the structure {node!r}")
-    return [
-        spec
-        for sub, child in zip(spec_parts[2], node_parts[2], strict=True)
-        for spec in leaf_specs(sub, child)
-    ]
+    if node_parts is None or not _same_kind(spec_parts, node_parts):
+        raise ValueError(
+            f"the specification {_outline(prefix)} does not match the structure {_outline(node)}"
+        )
+    if spec_parts[0] is dict:
+        pairs = [(prefix[key], node[key]) for key in node]
+    else:
+        pairs = list(zip(spec_parts[2], node_parts[2], strict=True))
+    return [spec for sub, child in pairs for spec in leaf_specs(sub, child)]
+
+
+def _same_kind(spec: tuple, node: tuple) -> bool:
+    (spec_kind, spec_keys, spec_children), (kind, keys, children) = spec, node
+    if (spec_kind is dict) != (kind is dict):
+        return False
+    if kind is dict:
+        return set(spec_keys) == set(keys)
+    return len(spec_children) == len(children)
+
+
+def _outline(node: Any) -> str:
+    """``node``'s structure with its leaves as their type names (no array values)."""
+    parts = _children(node)
+    if parts is None:
+        return "None" if node is None else type(node).__name__
+    kind, keys, children = parts
+    if kind is dict:
+        items = zip(keys, children, strict=True)
+        return "{" + ", ".join(f"{k!r}: {_outline(c)}" for k, c in items) + "}"
+    inner = ", ".join(_outline(c) for c in children)
+    return f"[{inner}]" if kind is list else f"({inner}{',' if len(children) == 1 else ''})"
