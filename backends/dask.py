@@ -246,8 +246,10 @@ def _apply_to_part(function, tree, *leaves):
 
 
 def _batch_total(parts: list, dtype: Any) -> Any:
-    """The sum of the parts' results by a tree reduction (each part's own sum is in ``dtype``;
-    the parts are added in at least float32)."""
+    """The sum of the parts' results, by a tree reduction in at least float32.
+
+    Each part's own sum over its batch elements is already in ``dtype``.
+    """
     if len(parts) == 1:
         return parts[0]
     import numpy as np

@@ -6,7 +6,10 @@ axes span chunks, the structure of the graphs (one task per block for the
 fast paths, one pass over the chunks for the statistics, a balanced merge
 over many batches), NumPy parameters with dask inputs, unknown chunk sizes,
 and a ``dask.distributed`` cluster of two worker processes.
-Expected values come from float64 NumPy formulas written here.
+Expected values come from float64 NumPy formulas written here, from float64
+torch (the recurrent layers' reference path), and, for how the recurrent
+layers cut a batch into tasks, from the same call on the in-memory NumPy
+arrays (normcore's NumPy path, which the shared suite holds to torch).
 """
 
 from __future__ import annotations
