@@ -53,11 +53,13 @@ def platform_key() -> str:
     import sklearn
     import threadpoolctl
 
-    blas = [
+    # sorted: threadpoolctl lists the loaded BLAS libraries in the order they were loaded,
+    # which differs between runs of the same platform (NumPy's and SciPy's OpenBLAS)
+    blas = sorted(
         f"{info['internal_api']} {info['version']} ({info.get('architecture', '?')})"
         for info in threadpoolctl.threadpool_info()
         if info["user_api"] == "blas"
-    ]
+    )
     return (
         f"NumPy {numpy.__version__} / scikit-learn {sklearn.__version__} / "
         f"Python {platform.python_version()} / {', '.join(blas) or 'no BLAS'}"
