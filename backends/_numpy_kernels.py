@@ -29,6 +29,8 @@ Constant rows/channels therefore give exactly ``xhat == 0``.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
 import math
 import os
@@ -85,7 +87,7 @@ _pool_workers = 0
 _local = threading.local()
 
 
-def _num_threads(nelem):
+def threads_for(nelem):
     """Threads to use for an operation touching ``nelem`` elements."""
     if nelem < _PARALLEL_MIN:
         return 1
@@ -106,28 +108,25 @@ def _executor(workers):
         return _pool
 
 
-def _run(ntasks, work, nelem, rowlen):
-    """Call ``work(i)`` for every ``i < ntasks``, spread over threads.
+def spread(ntasks, work, nthreads, context=contextlib.nullcontext):
+    """Call ``work(i)`` for every ``i < ntasks`` on ``nthreads`` threads, this one included.
 
     Tasks are taken from a shared counter (``itertools.count`` is atomic under
     the GIL), so a thread slowed down by other load simply takes fewer tasks.
-    Floating-point warnings are silenced: NaN/inf rows propagate like in the
-    reference implementations, without warnings.
+    Each thread enters ``context()`` once around its tasks.  The pool's idle
+    workers wait on a queue (they sleep; nothing spins between calls).  This
+    is the one thread pool of both kernel sets (``_numba_kernels`` too).
     """
-    unbuffered = rowlen >= _UNBUFFERED_ROW
-    nthreads = min(_num_threads(nelem), ntasks)
 
     def loop(next_task):
-        with np.errstate(all="ignore"):
-            if unbuffered:
-                np.setbufsize(16)  # restored when the errstate context exits
+        with context():
             while (i := next_task()) < ntasks:
                 work(i)
 
-    if nthreads <= 1:
-        loop(itertools.count().__next__)
-        return
     next_task = itertools.count().__next__
+    if nthreads <= 1:
+        loop(next_task)
+        return
     futures = [_executor(nthreads - 1).submit(loop, next_task) for _ in range(nthreads - 1)]
     try:
         loop(next_task)
@@ -135,6 +134,22 @@ def _run(ntasks, work, nelem, rowlen):
         wait(futures)
     for f in futures:
         f.result()
+
+
+@contextlib.contextmanager
+def _quiet(unbuffered):
+    """Floating-point warnings off (NaN/inf rows propagate silently, as in the
+    reference), and minimal ufunc buffering for long rows (see the module doc)."""
+    with np.errstate(all="ignore"):
+        if unbuffered:
+            np.setbufsize(16)  # restored when the errstate context exits
+        yield
+
+
+def _run(ntasks, work, nelem, rowlen):
+    """Call ``work(i)`` for every ``i < ntasks``, spread over threads (see :func:`spread`)."""
+    nthreads = min(threads_for(nelem), ntasks)
+    spread(ntasks, work, nthreads, functools.partial(_quiet, rowlen >= _UNBUFFERED_ROW))
 
 
 def _scratch(slot, shape, dtype):

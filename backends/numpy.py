@@ -12,9 +12,9 @@ Kernel selection (``_kernels``, the one place it happens): with
 ``NORMCORE_NUMBA=1`` (read at ``import normcore``; install the ``numba``
 extra) the compiled kernels of :mod:`normcore.backends._numba_kernels` run
 instead (same interface and numerical contract; float16 is handed to the
-NumPy kernels, numba has no CPU float16). They are opt-in because numba's
-OpenMP worker threads keep spinning for a while after each kernel, which on
-small machines slows torch and other threaded code in the same process.
+NumPy kernels, numba has no CPU float16). They run on the NumPy kernels'
+thread pool, not numba's OpenMP threads (see ``_numba_kernels``); they are
+still opt-in while the switch of the default (issue #16) is measured.
 numba is imported when a NumPy array first reaches a kernel with the setting
 on, and the first call per dtype compiles the kernels (or loads them from
 numba's on-disk cache).
