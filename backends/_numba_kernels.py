@@ -37,6 +37,7 @@ Importing this module imports numba and raises ImportError without it.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -88,8 +89,19 @@ def _spread(kernel, ntasks, nelem, *args):
 def _vector(v, n, dtype, fill):
     """gain/bias as a contiguous ``dtype`` vector; None becomes ``fill`` (exact)."""
     if v is None:
-        return np.full(n, fill, dtype)
+        return _constant(n, np.dtype(dtype), fill)
     return np.ascontiguousarray(v, dtype=dtype).reshape(-1)
+
+
+@functools.lru_cache(maxsize=64)
+def _constant(n, dtype, fill):
+    """A vector of ``n`` times ``fill``, made once: small calls without gain/bias reuse it.
+
+    Shared between calls, so nothing may write to it; the kernels only read
+    their gain and bias. (Marking it read-only would give numba another array
+    type, and every kernel another compilation.)
+    """
+    return np.full(n, fill, dtype)
 
 
 # The per-element formulas, shared by every kernel and layout below (numba
@@ -163,9 +175,9 @@ def rows_forward(x, gain, bias, *, eps, center):
     mean = np.empty(rows, x.dtype)
     rstd = np.empty(rows, x.dtype)
     g, b = _vector(gain, d, x.dtype, 1), _vector(bias, d, x.dtype, 0)
-    with np.errstate(all="ignore"):
-        args = (x, g, b, float(eps), bool(center), y, mean, rstd)
-        _spread(_rows_forward_kernel, rows, x.size, *args)
+    # No np.errstate: compiled code does not consult NumPy's error state.
+    args = (x, g, b, float(eps), bool(center), y, mean, rstd)
+    _spread(_rows_forward_kernel, rows, x.size, *args)
     return y, (mean if center else None), rstd
 
 
@@ -247,13 +259,12 @@ def rows_backward(
     pg = np.zeros(partials if need_dgain else (1, 1))
     pb = np.zeros(partials if need_dbias else (1, 1))
     dx = np.empty((rows, d), x.dtype)
-    with np.errstate(all="ignore"):
-        _spread(
-            _rows_backward_kernel, nchunks, x.size,
-            dy, x, g, float(eps), bool(center), have_stats, mean, rstd, dx, nchunks,
-            pg, pb, bool(need_dgain), bool(need_dbias),
-            empty if rstd_out is None else rstd_out,
-        )  # fmt: skip
+    _spread(
+        _rows_backward_kernel, nchunks, x.size,
+        dy, x, g, float(eps), bool(center), have_stats, mean, rstd, dx, nchunks,
+        pg, pb, bool(need_dgain), bool(need_dbias),
+        empty if rstd_out is None else rstd_out,
+    )  # fmt: skip
     dgain = pg.sum(axis=0).astype(pdtype) if need_dgain else None
     dbias = pb.sum(axis=0).astype(pdtype) if need_dbias else None
     return dx, dgain, dbias

@@ -8,16 +8,17 @@ C-contiguous, and batch-norm inputs too small for the channel kernels' fixed
 costs to pay off (:attr:`NumPyAdapter.small_channels`) run the reference path.
 NumPy is imported only when a NumPy array reaches normcore.
 
-Kernel selection (``_kernels``, the one place it happens): with
-``NORMCORE_NUMBA=1`` (read at ``import normcore``; install the ``numba``
-extra) the compiled kernels of :mod:`normcore.backends._numba_kernels` run
-instead (same interface and numerical contract; float16 is handed to the
-NumPy kernels, numba has no CPU float16). They run on the NumPy kernels'
-thread pool, not numba's OpenMP threads (see ``_numba_kernels``); they are
-still opt-in while the switch of the default (issue #16) is measured.
-numba is imported when a NumPy array first reaches a kernel with the setting
-on, and the first call per dtype compiles the kernels (or loads them from
-numba's on-disk cache).
+Kernel selection (``_kernels``, the one place it happens): by default the
+compiled kernels of :mod:`normcore.backends._numba_kernels` run (same
+interface and numerical contract; float16 is handed to the NumPy kernels,
+numba has no CPU float16). ``NORMCORE_NUMBA=0`` (read at ``import normcore``)
+selects the NumPy-only kernels of :mod:`normcore.backends._numpy_kernels`,
+which also run, with a warning, when numba cannot be imported. Both kernel
+sets run on one thread pool, not numba's OpenMP threads (see
+``_numba_kernels``), so that they do not fight torch's or the BLAS's
+threads. numba is imported when a NumPy array first reaches a kernel
+(about 0.2 s), and the first call per dtype compiles the kernels, or loads
+them from numba's on-disk cache.
 """
 
 from __future__ import annotations
@@ -36,12 +37,29 @@ __all__ = ["NumPyAdapter", "adapter"]
 
 
 def _kernels() -> ModuleType:
-    """The kernel module to use: numba's when asked for and importable, else NumPy's."""
-    if settings.numba:
+    """The kernel module NumPy arrays run on under the current setting (it may change)."""
+    return _kernel_module(settings.numba)
+
+
+@functools.cache
+def _kernel_module(numba_on: bool) -> ModuleType:
+    """numba's kernels when on and importable, else NumPy's; decided once per setting.
+
+    Cached: a warm call pays a dictionary lookup, not an import statement, and a
+    missing numba warns once per process.
+    """
+    if numba_on:
         try:
             import numba  # noqa: F401 (a missing or broken numba is the user's to fix)
         except Exception as error:
-            _warn_numba_missing(f"{type(error).__name__}: {error}")
+            warnings.warn(
+                f"numba cannot be imported ({type(error).__name__}: {error}), so NumPy arrays "
+                "run on normcore's NumPy-only kernels, about half as fast: reinstall numba (a "
+                "dependency of normcore), or set NORMCORE_NUMBA=0 to choose those kernels "
+                "without this warning",
+                RuntimeWarning,
+                stacklevel=6,
+            )
         else:
             from . import _numba_kernels  # an error here is normcore's: it propagates
 
@@ -49,16 +67,6 @@ def _kernels() -> ModuleType:
     from . import _numpy_kernels
 
     return _numpy_kernels
-
-
-@functools.cache
-def _warn_numba_missing(reason: str) -> None:
-    warnings.warn(
-        f"NORMCORE_NUMBA=1 asks for the numba kernels, but numba cannot be imported ({reason}; "
-        "pip install numba, or the 'numba' extra); using the NumPy kernels",
-        RuntimeWarning,
-        stacklevel=5,
-    )
 
 
 def _supported(*arrays: Any) -> bool:

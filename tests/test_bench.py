@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import pytest
+from normcore.backends.numpy import adapter as numpy_adapter
 
 import normcore
 from normcore._plumbing import config
@@ -26,9 +27,12 @@ def test_cli_quick_prints_the_table(capsys):
     assert "PASS" not in out and "MISS" not in out  # small arrays: ratios shown, not graded
     assert "(<=2.00)" in out
     assert out.rstrip().endswith("(run without --quick to check them)")
-    assert out.splitlines()[0].endswith("normcore's NumPy path: NumPy kernels") or (
-        "numba" in out.splitlines()[0]
-    )
+    numba = numpy_adapter.kernel_set() == "numba"
+    kernels = "numba kernels (the default)" if numba else "NumPy-only"
+    assert f"normcore's NumPy path: {kernels}" in out.splitlines()[0]
+    interleaved = out.split("\ninterleaved in one process:")[1]
+    for layout in ("beside torch LN", "beside 128^2 matmul"):
+        assert any(line.startswith(f"layer_norm  {layout}") for line in interleaved.splitlines())
 
 
 def test_every_targeted_figure_gets_a_verdict():
@@ -71,7 +75,7 @@ def test_header_names_the_path_the_numpy_rows_measure(monkeypatch):
     monkeypatch.setattr(config.settings, "numba", False)
     out = io.StringIO()
     _bench.run(out=out, plan=TINY)
-    assert out.getvalue().splitlines()[0].endswith("normcore's NumPy path: NumPy kernels")
+    assert "normcore's NumPy path: NumPy-only kernels (NORMCORE_NUMBA=0" in out.getvalue()
     out = io.StringIO()
     with normcore.reference_path():
         _bench.run(out=out, plan=TINY)

@@ -27,16 +27,17 @@ def _import_normcore(**env: str) -> subprocess.CompletedProcess:
 def test_defaults_without_variables():
     done = _import_normcore()
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["False", "False", "None"]
+    assert done.stdout.split() == ["False", "True", "None"]
 
 
 @pytest.mark.parametrize(
     ("env", "expected"),
     [
-        ({"NORMCORE_REFERENCE_PATH": "yes"}, ["True", "False", "None"]),
+        ({"NORMCORE_REFERENCE_PATH": "yes"}, ["True", "True", "None"]),
         ({"NORMCORE_NUMBA": " ON "}, ["False", "True", "None"]),
         ({"NORMCORE_NUMBA": "0", "NORMCORE_NUM_THREADS": "3"}, ["False", "False", "3"]),
-        ({"NORMCORE_REFERENCE_PATH": ""}, ["False", "False", "None"]),
+        ({"NORMCORE_NUMBA": " Off"}, ["False", "False", "None"]),
+        ({"NORMCORE_REFERENCE_PATH": "", "NORMCORE_NUMBA": ""}, ["False", "True", "None"]),
     ],
 )
 def test_variables_are_parsed_at_import(env, expected):
@@ -64,7 +65,7 @@ def test_a_value_not_understood_fails_at_import_naming_the_variable(name, value,
 
 def test_from_environment_reads_only_normcores_variables():
     parsed = config.from_environment({"NORMCORE_NUM_THREADS": "2", "OTHER": "x"})
-    assert parsed == config.Settings(reference_path=False, numba=False, num_threads=2)
+    assert parsed == config.Settings(reference_path=False, numba=True, num_threads=2)
 
 
 def test_reference_path_needs_a_bool():

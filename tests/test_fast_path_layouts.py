@@ -12,6 +12,7 @@ without numba), selected with the setting NORMCORE_NUMBA sets (``config.settings
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import numpy as np
 import pytest
@@ -47,7 +48,7 @@ def kernels(request, backend, monkeypatch):
     if use_numba:
         if backend.library != "numpy":
             pytest.skip("only NumPy arrays reach the numba kernels")
-        pytest.importorskip("numba", reason="numba is not installed (extra 'numba')")
+        pytest.importorskip("numba", reason="numba cannot be imported")
     monkeypatch.setattr(config.settings, "numba", use_numba)
     return request.param
 
@@ -139,21 +140,37 @@ def test_numpy_fast_paths_allocate_no_full_size_temporaries(shape, axis):
         assert peak - outputs <= 0.15 * x.nbytes, (peak - outputs) / x.nbytes
 
 
-def test_numba_kernels_are_opt_in(monkeypatch):
-    """The NumPy kernels unless NORMCORE_NUMBA=1 (the setting); then numba's, or a warning."""
+def test_numba_kernels_are_the_default(monkeypatch):
+    """numba's kernels unless NORMCORE_NUMBA=0 (the setting off); a missing numba warns."""
     monkeypatch.setattr(config.settings, "numba", False)
-    assert numpy_adapter._kernels().__name__.endswith("._numpy_kernels")
-    monkeypatch.setattr(config.settings, "numba", False)
-    assert numpy_adapter._kernels().__name__.endswith("._numpy_kernels")
-    monkeypatch.setattr(config.settings, "numba", True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # turned off on purpose: no warning
+        assert numpy_adapter._kernels().__name__.endswith("._numpy_kernels")
+    monkeypatch.setattr(config.settings, "numba", config.Settings().numba)
     try:
         import numba  # noqa: F401
     except ImportError:
-        numpy_adapter._warn_numba_missing.cache_clear()
-        with pytest.warns(RuntimeWarning, match=r"NORMCORE_NUMBA=1 .* numba cannot be imported"):
+        numpy_adapter._kernel_module.cache_clear()
+        with pytest.warns(RuntimeWarning, match=r"numba cannot be imported .* NORMCORE_NUMBA=0"):
             assert numpy_adapter._kernels().__name__.endswith("._numpy_kernels")
     else:
         assert numpy_adapter._kernels().__name__.endswith("._numba_kernels")
+
+
+def test_numba_kernels_never_start_numbas_own_threads(monkeypatch):
+    """The kernels run on normcore's pool: numba's OpenMP/TBB threads (which spin) never start."""
+    pytest.importorskip("numba", reason="numba cannot be imported")
+    from numba.np.ufunc import parallel
+
+    monkeypatch.setattr(config.settings, "numba", True)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(512, 1024)).astype(np.float32)  # large enough to be spread
+    normcore.layer_norm_backward(x, normcore.layer_norm(x))
+    channels = x.reshape(16, 32, 32, 32)
+    normcore.batch_norm_backward(channels, normcore.batch_norm(channels, axis=1), axis=1)
+    normcore.batch_norm(channels, axis=-1)
+    assert numpy_adapter.adapter.kernel_set() == "numba"
+    assert not parallel._is_initialized
 
 
 def test_a_broken_numba_falls_back_with_its_error_in_the_warning(monkeypatch):
@@ -169,10 +186,13 @@ def test_a_broken_numba_falls_back_with_its_error_in_the_warning(monkeypatch):
 
     monkeypatch.setattr(config.settings, "numba", True)
     monkeypatch.setattr(builtins, "__import__", broken_numba)
-    numpy_adapter._warn_numba_missing.cache_clear()
+    numpy_adapter._kernel_module.cache_clear()
     with pytest.warns(RuntimeWarning, match=r"cannot be imported \(AttributeError: module 'numpy'"):
         assert numpy_adapter._kernels().__name__.endswith("._numpy_kernels")
-    numpy_adapter._warn_numba_missing.cache_clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per process, not on every call
+        assert numpy_adapter._kernels().__name__.endswith("._numpy_kernels")
+    numpy_adapter._kernel_module.cache_clear()
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -180,7 +200,7 @@ def test_a_broken_numba_falls_back_with_its_error_in_the_warning(monkeypatch):
 def test_kernels_constant_and_nan_rows(monkeypatch, dtype, kernel_set):
     """A constant row/channel gives exactly the bias; a NaN row stays isolated."""
     if kernel_set == "1":
-        pytest.importorskip("numba", reason="numba is not installed (extra 'numba')")
+        pytest.importorskip("numba", reason="numba cannot be imported")
     monkeypatch.setattr(config.settings, "numba", kernel_set == "1")
     rng = np.random.default_rng(3)
     x = (1e3 + rng.normal(size=(6, 300))).astype(dtype)
@@ -252,7 +272,7 @@ def _kernel_cases(rng, dtype):
 def test_kernel_sets_match_the_reference_on_every_branch(monkeypatch, dtype, kernel_set):
     """Both NumPy kernel sets against the reference path, output by output (NaN where it is)."""
     if kernel_set == "1":
-        pytest.importorskip("numba", reason="numba is not installed (extra 'numba')")
+        pytest.importorskip("numba", reason="numba cannot be imported")
     monkeypatch.setattr(config.settings, "numba", kernel_set == "1")
     tol = {"float16": 4e-3, "float32": 2e-5, "float64": 1e-11}[dtype]
     for name, call in _kernel_cases(np.random.default_rng(7), dtype).items():
@@ -277,7 +297,7 @@ def test_kernel_sets_match_the_reference_on_every_branch(monkeypatch, dtype, ker
 def test_numba_channel_statistics_across_sub_blocks(monkeypatch, shape, axis):
     """Tiny numba sub-blocks: many Chan merges per task, in both channel layouts."""
     numba_kernels = pytest.importorskip(
-        "normcore.backends._numba_kernels", reason="numba is not installed (extra 'numba')"
+        "normcore.backends._numba_kernels", reason="numba cannot be imported"
     )
     monkeypatch.setattr(config.settings, "numba", True)
     monkeypatch.setattr(numba_kernels, "_SUB_BLOCK", 7)
@@ -302,7 +322,7 @@ def test_numba_channel_statistics_across_sub_blocks(monkeypatch, shape, axis):
 )
 def test_numba_kernels_normalize_float32_beyond_float32_squares(monkeypatch, method):
     """Deviations near 1e20: float32 squares overflow, numba's float64 sums do not."""
-    pytest.importorskip("numba", reason="numba is not installed (extra 'numba')")
+    pytest.importorskip("numba", reason="numba cannot be imported")
     monkeypatch.setattr(config.settings, "numba", True)
     row = np.array([1e20, -1e20, 3e19, 0.0, 2e19, -5e19], np.float32)
     rows = np.stack([row, row[::-1]])  # (2, 6): layer norm over each row
@@ -349,7 +369,7 @@ def _fast_and_reference(call):
 def test_random_contiguous_layouts_match_the_reference(kernel_set, data):
     """Hypothesis: shapes, channel axes, dtypes and data scales through a kernel set."""
     if kernel_set == "1":
-        pytest.importorskip("numba", reason="numba is not installed (extra 'numba')")
+        pytest.importorskip("numba", reason="numba cannot be imported")
     ndim = data.draw(st.integers(2, 4))
     sizes = st.one_of(st.integers(1, 6), st.sampled_from([17, 130, 300]))
     shape = tuple(data.draw(st.lists(sizes, min_size=ndim, max_size=ndim)))

@@ -12,8 +12,9 @@ Every benchmark class is parametrized over ``backend x impl x shape x dtype``:
   - ``normcore``: the public function as users call it (adapter fast paths on);
   - ``reference``: the same call inside ``normcore.reference_path()``, the
     backend-neutral Array API code;
-  - ``numba``: as ``normcore``, with the setting of ``NORMCORE_NUMBA=1`` (the optional
-    compiled kernels of the NumPy adapter); NumPy only, and skips without numba;
+  - ``numpy-kernels``: as ``normcore``, with the setting of ``NORMCORE_NUMBA=0``
+    (the NumPy adapter's NumPy-only kernels, its fallback when numba cannot be
+    imported, instead of its default numba kernels); NumPy only;
   - ``native``: the library's own kernel (``torch.nn.functional``; forward
     and, through autograd, its native backward); NumPy and CuPy have none
     and skip;
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import importlib.util
 from typing import Any
 
 import numpy as np
@@ -70,9 +70,9 @@ BACKENDS = _available_backends()
 # Load normcore's adapters (entry points) once, here in asv's forkserver, so that the
 # forked benchmarks do not pay for it in their first (with --quick: their only) timing.
 normcore.layer_norm(np.ones((1, 2)))
-IMPLS = ["normcore", "reference", "numba", "native", "copy"]
+IMPLS = ["normcore", "reference", "numpy-kernels", "native", "copy"]
 # The impls that call normcore (the others call torch or copy).
-NORMCORE_IMPLS = ("normcore", "reference", "numba")
+NORMCORE_IMPLS = ("normcore", "reference", "numpy-kernels")
 DTYPES = ["float32", "float64"]
 
 # Inputs have a mean far from zero: E[x^2] - E[x]^2 in float32 would lose about
@@ -97,16 +97,14 @@ def functional(be: Backend) -> Any:
     return torch.nn.functional
 
 
-def use_numba_kernels(be: Backend) -> None:
-    """Switch this (forked, per-benchmark) process to the NumPy adapter's numba kernels, or skip.
+def use_numpy_kernels(be: Backend) -> None:
+    """Switch this (forked, per-benchmark) process to the NumPy-only kernels, or skip.
 
-    The setting ``NORMCORE_NUMBA=1`` gives at import; the process was forked after it.
+    The setting ``NORMCORE_NUMBA=0`` gives at import; the process was forked after it.
     """
     if be.name != "numpy":
-        raise SkipNotImplemented("the numba kernels serve NumPy arrays only")
-    if importlib.util.find_spec("numba") is None:
-        raise SkipNotImplemented("numba is not installed")
-    config.settings.numba = True
+        raise SkipNotImplemented("the NumPy-only kernels serve NumPy arrays only")
+    config.settings.numba = False
 
 
 def reference_path_if(enabled: bool) -> contextlib.AbstractContextManager:
@@ -136,7 +134,7 @@ class Benchmark(abc.ABC):
     """time_/peakmem_ benchmarks of a forward and a backward call on one backend.
 
     Subclasses take ``(backend, impl, ...)`` parameters and build the two calls
-    in :meth:`calls`; the backend row, the numba switch and the warm-up are
+    in :meth:`calls`; the backend row, the kernel switch and the warm-up are
     handled here, once for every benchmark file.
     """
 
@@ -149,10 +147,10 @@ class Benchmark(abc.ABC):
     def setup(self, backend_name, impl, *params):
         self.backend = be = backend(backend_name)
         self.impl = impl
-        if impl == "numba":
-            use_numba_kernels(be)
+        if impl == "numpy-kernels":
+            use_numpy_kernels(be)
         self.forward_call, self.backward_call = self.calls(be, impl, *params)
-        if impl == "numba":
+        if impl in NORMCORE_IMPLS:
             # numba compiles on the first call (or loads its disk cache): not what is timed.
             for call in (self.forward_call, self.backward_call):
                 with contextlib.suppress(SkipNotImplemented):

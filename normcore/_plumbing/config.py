@@ -7,9 +7,11 @@ imported, and nowhere else:
 ``NORMCORE_REFERENCE_PATH``  ``1``/``true``/``yes``/``on``: every call runs the
                              backend-neutral reference path (as inside
                              :func:`normcore.reference_path`). Default: off.
-``NORMCORE_NUMBA``           ``1``/...: NumPy arrays use the compiled numba kernels
-                             (the ``numba`` extra); ``0``/``false``/``no``/``off``:
-                             the NumPy kernels. Default: the NumPy kernels.
+``NORMCORE_NUMBA``           ``0``/``false``/``no``/``off``: NumPy arrays use the
+                             NumPy-only kernels. Default (unset, or ``1``/...): the
+                             compiled numba kernels (numba is a dependency; if it
+                             cannot be imported, a warning says so and the NumPy-only
+                             kernels run).
 ``NORMCORE_NUM_THREADS``     A whole number >= 1: the most threads a NumPy-array
                              kernel uses. Default: every core (``os.cpu_count()``).
 =========================  ==========================================================
@@ -31,7 +33,7 @@ from dataclasses import dataclass
 __all__ = ["Settings", "from_environment", "reference_path", "settings", "using_reference_path"]
 
 _TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off", "")
+_FALSE = ("0", "false", "no", "off")
 
 
 @dataclass
@@ -39,19 +41,21 @@ class Settings:
     """The process-wide settings (see the module docstring for their variables)."""
 
     reference_path: bool = False
-    numba: bool = False
+    numba: bool = True
     num_threads: int | None = None
 
 
-def _flag(environ: Mapping[str, str], name: str) -> bool:
+def _flag(environ: Mapping[str, str], name: str, default: bool = False) -> bool:
     value = environ.get(name, "").strip().lower()
+    if not value:  # unset or empty: the default
+        return default
     if value in _TRUE:
         return True
     if value in _FALSE:
         return False
     raise ValueError(
         f"the environment variable {name}={environ[name]!r} is not understood: set it to "
-        f"one of {', '.join(_TRUE)} (on) or {', '.join(_FALSE[:-1])} (off), or unset it"
+        f"one of {', '.join(_TRUE)} (on) or {', '.join(_FALSE)} (off), or unset it"
     )
 
 
@@ -71,7 +75,7 @@ def from_environment(environ: Mapping[str, str] = os.environ) -> Settings:
     """Parse normcore's environment variables; ``ValueError`` for a value not understood."""
     return Settings(
         reference_path=_flag(environ, "NORMCORE_REFERENCE_PATH"),
-        numba=_flag(environ, "NORMCORE_NUMBA"),
+        numba=_flag(environ, "NORMCORE_NUMBA", default=True),
         num_threads=_count(environ, "NORMCORE_NUM_THREADS"),
     )
 

@@ -65,6 +65,7 @@ class Row:
 
 
 COLUMNS = ("x copy", "vs torch", "peak mem")
+INTERLEAVE_COLUMNS = ("this side", "other side")
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,37 @@ def median_times(calls: dict[str, Callable[[], Any]], plan: Plan) -> dict[str, f
     for _ in range(plan.repeats):
         for name, call in calls.items():
             samples[name].append(_sample(call, numbers[name]))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def interleaved_times(
+    ours: Callable[[], Any], other: Callable[[], Any], plan: Plan
+) -> dict[str, float]:
+    """Median seconds per call of ``ours`` and ``other``, each alone and each beside the other.
+
+    "Beside" times every call of an ``ours(); other()`` loop separately, so each
+    side's figure includes whatever the other's threads left running (spinning
+    OpenMP workers, a busy BLAS pool) and nothing of the other's own work.
+    """
+    pair = max(_sample(ours, 1) + _sample(other, 1), 1e-7)  # also the warm-up
+    number = max(1, int(plan.min_sample_s / pair))
+    samples: dict[str, list[float]] = {
+        k: [] for k in ("ours alone", "other alone", "ours beside", "other beside")
+    }
+    clock = time.perf_counter
+    for _ in range(plan.repeats):
+        samples["ours alone"].append(_sample(ours, number))
+        samples["other alone"].append(_sample(other, number))
+        spent_ours = spent_other = 0.0
+        for _ in range(number):
+            start = clock()
+            ours()
+            middle = clock()
+            other()
+            spent_ours += middle - start
+            spent_other += clock() - middle
+        samples["ours beside"].append(spent_ours / number)
+        samples["other beside"].append(spent_other / number)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
@@ -272,17 +304,48 @@ def _batch_norm_rows(plan: Plan, normcore: Any, torch: Any) -> Iterator[Row]:
             )
 
 
+def _interleave_rows(plan: Plan, normcore: Any, torch: Any) -> Iterator[Row]:
+    """normcore's layer norm in turns with torch's and with a BLAS matmul, in one process.
+
+    Each side's time beside the other over its time alone: the cost of one
+    library's threads (spinning, or still busy) to the other. The last row is
+    the same figure for torch's layer norm beside the matmul, without normcore:
+    the fight the two other libraries have with each other, for scale.
+    """
+    d = plan.dims[0]
+    x = _data((plan.elements // d, d), 0, mean=3.0)
+    gain, bias = _data((d,), 2, 1.0, 0.1), _data((d,), 3, 0.0, 0.1)
+    side = 1024 if plan.graded else 128
+    a, b = _data((side, side), 4), _data((side, side), 5)
+    ours = functools.partial(normcore.layer_norm, x, gain, bias, eps=EPS)
+    matmul = functools.partial(np.matmul, a, b)
+    pairs = [(f"beside {side}^2 matmul", ours, matmul, "normcore")]
+    if torch is not None:
+        tensors = (torch.from_numpy(t) for t in (x, gain, bias))
+        native = functools.partial(_layer_norm, *tensors)
+        pairs.insert(0, ("beside torch LN", ours, native, "normcore"))
+        pairs.append((f"beside {side}^2 matmul", native, matmul, "torch"))
+    for layout, first, second, who in pairs:
+        times = interleaved_times(first, second, plan)
+        limit = 1.10 if who == "normcore" else None
+        row = Row("layer_norm", layout, d, "numpy" if who == "normcore" else who, "forward")
+        row.time_s = times["ours alone"]
+        row.figures["this side"] = Figure(times["ours beside"] / times["ours alone"], limit)
+        row.figures["other side"] = Figure(times["other beside"] / times["other alone"], limit)
+        yield row
+
+
 # --- the report --------------------------------------------------------------------------
 
 
-def _table(rows: list[Row], graded: bool = True) -> list[str]:
-    header = ["method", "layout", "D", "backend", "dir", "time", *COLUMNS]
+def _table(rows: list[Row], graded: bool = True, columns: tuple[str, ...] = COLUMNS) -> list[str]:
+    header = ["method", "layout", "D", "backend", "dir", "time", *columns]
     body = []
     for row in rows:
         time_text = "n/a" if row.time_s is None else f"{row.time_s * 1e3:.3f} ms"
-        cells = [row.figures[c].render(graded) if c in row.figures else "" for c in COLUMNS]
+        cells = [row.figures[c].render(graded) if c in row.figures else "" for c in columns]
         if row.note:
-            cells = [row.note, "", ""]
+            cells = [row.note] + [""] * (len(columns) - 1)
         body.append([row.method, row.layout, str(row.d), row.backend, row.direction, time_text])
         body[-1].extend(cells)
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
@@ -322,6 +385,15 @@ def run(quick: bool = False, out: Any = None, plan: Plan | None = None) -> list[
     for group in (_layer_norm_rows, _small_torch_row, _batch_norm_rows):
         rows.extend(group(plan, normcore, torch))
     print("\n".join(_table(rows, plan.graded)), file=out)
+    print(
+        "\ninterleaved in one process: this side's time per call beside the other library's "
+        "calls (in turns) over its time alone, and the same for the other side",
+        file=out,
+        flush=True,
+    )
+    beside = list(_interleave_rows(plan, normcore, torch))
+    print("\n".join(_table(beside, plan.graded, INTERLEAVE_COLUMNS)), file=out)
+    rows.extend(beside)
     if not plan.graded:
         print(
             f"--quick: {plan.elements} elements per array, far below the 2**24 the targets "
@@ -345,5 +417,5 @@ def _numpy_path(normcore: Any) -> str:
     from normcore.backends.numpy import adapter
 
     if adapter.kernel_set() == "numba":
-        return "numba kernels (NORMCORE_NUMBA=1)"
-    return "NumPy kernels"
+        return "numba kernels (the default)"
+    return "NumPy-only kernels (NORMCORE_NUMBA=0, or numba missing)"
