@@ -1,17 +1,25 @@
 """Adapter for PyTorch tensors: native kernels where they keep normcore's numerics.
 
 torch is imported only when a tensor reaches normcore (by then the user has
-imported it). Layer/RMS norm layouts run ``torch.nn.functional``'s native,
-autograd-aware kernels. Batch-norm and group-norm (and so instance-norm)
-layouts run torch's native ``batch_norm``/``group_norm`` on shifted input
-(:func:`_native_batch_norm`, :func:`_native_group_norm`); other layouts run
-torch's Welford statistics and one fused elementwise op. Everything else runs
+imported it). Plain, contiguous float32/float64 CPU tensors that autograd does
+not record (no ``requires_grad``, or inside ``torch.no_grad()``) run the NumPy
+adapter's compiled kernels on NumPy views of their memory
+(:func:`_on_numpy_kernels`): those are exact in one pass, where torch's
+native kernels need a shifted copy of the input first, and 2-3x faster. The
+rest, below, is what autograd records, CUDA tensors and everything under
+``torch.compile``/``torch.func``. Layer/RMS norm layouts run
+``torch.nn.functional``'s native, autograd-aware kernels. Batch-norm and
+group-norm (and so instance-norm) layouts run torch's native
+``batch_norm``/``group_norm`` on shifted input (:func:`_native_batch_norm`,
+:func:`_native_group_norm`); other layouts run torch's Welford statistics and
+one fused elementwise op. Everything else runs
 the reference path, which is composed of torch operations and therefore
 differentiable as well.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import sys
@@ -21,6 +29,62 @@ from normcore._reference.primitive import broadcast_param
 from normcore.adapter import Adapter, Gradients, Layout, Normalized
 
 __all__ = ["TorchAdapter", "adapter"]
+
+
+def _numpy_views(torch, tensors) -> list | None:
+    """NumPy views of plain, contiguous float32/float64 CPU tensors autograd does not record.
+
+    None when any tensor is not such a tensor.
+
+    Such calls run the NumPy adapter's compiled kernels on the tensors' own
+    memory (:func:`_on_numpy_kernels`): one pass over the input where torch's
+    native kernels would need a shifted copy first to keep normcore's
+    accuracy. A tensor subclass, a conjugate or negative view, or any tensor
+    that autograd would record keeps torch's own kernels.
+    """
+    if torch.jit.is_tracing():  # the trace would record no operation, only a constant
+        return None
+    recording = torch.is_grad_enabled()
+    views = []
+    for t in tensors:
+        if t is None:
+            views.append(None)
+            continue
+        if (
+            type(t) is not torch.Tensor
+            or t.dtype not in (torch.float32, torch.float64)
+            or t.device.type != "cpu"
+            or t.layout != torch.strided
+            or not t.is_contiguous()
+            or (recording and t.requires_grad)
+            or t.is_conj()
+            or t.is_neg()
+        ):
+            return None
+        views.append(t.detach().numpy())
+    return views
+
+
+def _on_numpy_kernels(torch, method: str, tensors, layout: Layout, **options) -> Any:
+    """The NumPy adapter's ``method`` on NumPy views of ``tensors`` (and the layout's
+    statistics), its results as tensors sharing their memory; or ``NotImplemented``
+    when the tensors do not qualify (:func:`_numpy_views`) or the NumPy adapter declines."""
+    stats = layout.stats
+    views = _numpy_views(torch, [*tensors, *(() if stats is None else stats)])
+    if views is None:
+        return NotImplemented
+    from normcore.backends.numpy import adapter as numpy_adapter
+
+    from normcore._plumbing.compat import namespace_of
+    from normcore.adapter import Statistics
+
+    if stats is not None:
+        *views, mean, var = views
+        layout = dataclasses.replace(layout, stats=Statistics(mean, var))
+    result = getattr(numpy_adapter, method)(namespace_of(views[0]), *views, layout, **options)
+    if result is NotImplemented:
+        return NotImplemented
+    return type(result)(*(None if a is None else torch.from_numpy(a) for a in result))
 
 
 def _overflowed(rstd) -> bool:
@@ -263,6 +327,12 @@ class TorchAdapter(Adapter):
             return NotImplemented
         if layout.stats is None and not self.is_concrete(x):
             return NotImplemented  # the overflow check reads values: the reference's has no branch
+        if self.is_concrete(x):
+            result = _on_numpy_kernels(
+                torch, "normalize", (x, gain, bias), layout, need_stats=need_stats
+            )
+            if result is not NotImplemented:
+                return result
         if (
             layout.stats is None
             and not need_stats
@@ -296,6 +366,10 @@ class TorchAdapter(Adapter):
         """aten's ``native_layer_norm_backward`` for the layer-norm layout, and
         ``native_batch_norm_backward`` for the batch-norm layout with fixed statistics."""
         torch = sys.modules["torch"]
+        if self.is_concrete(x):
+            result = _on_numpy_kernels(torch, "normalize_backward", (dy, x, gain, bias), layout)
+            if result is not NotImplemented:
+                return result
         if (
             layout.stats is not None
             and layout.center

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 
@@ -133,3 +134,59 @@ def test_torch_compile_matches_eager():
     torch.testing.assert_close(y, y_ref)
     torch.testing.assert_close(x.grad, x_ref.grad)
     torch.testing.assert_close(ours.weight.grad, theirs.weight.grad)
+
+
+class _Ops(torch.utils._python_dispatch.TorchDispatchMode):
+    """The aten operations a block runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("recorded", ["plain", "no_grad", "requires_grad"])
+@pytest.mark.parametrize("method", ["layer_norm", "batch_norm"])
+def test_cpu_tensors_autograd_does_not_record_run_the_numpy_kernels(recorded, method):
+    """Plain CPU tensors that autograd does not record run the NumPy adapter's kernels on
+    their own memory (one pass; torch's native kernels need a shifted copy first to be
+    exact); tensors autograd records keep torch's native kernels. Both give exactly the
+    bias for constant rows/channels of 1e5 and the float64 result elsewhere."""
+    axis, shape = (-1, (64, 300)) if method == "layer_norm" else (1, (64, 3, 16, 16))
+    width = shape[axis]
+    gen = torch.Generator().manual_seed(0)
+    x = 1e5 + torch.randn(shape, generator=gen, dtype=torch.float64)
+    x[1] = 1e5  # a constant row (layer norm); a constant channel needs all of x[:, c]
+    if method == "batch_norm":
+        x[:, 2] = 1e5
+    x = x.float()
+    gain = torch.randn(width, generator=gen)
+    bias = torch.randn(width, generator=gen)
+    if recorded == "requires_grad":
+        x.requires_grad_(True)
+    call = getattr(normcore, method)
+    with _Ops() as ops, torch.no_grad() if recorded == "no_grad" else contextlib.nullcontext():
+        y = call(x, gain, bias, axis=axis)
+    native = {"layer_norm": "native_layer_norm", "batch_norm": "native_batch_norm"}[method]
+    assert (native in str(ops.names)) == (recorded == "requires_grad"), ops.names
+    assert y.requires_grad == (recorded == "requires_grad")
+    assert y.dtype == torch.float32 and type(y) is torch.Tensor
+    y = y.detach()
+    if method == "layer_norm":
+        assert torch.equal(y[1], bias)
+        reduce = (-1,)
+        view = (1, width)
+    else:
+        assert torch.equal(y[:, 2], bias[2].expand_as(y[:, 2]))
+        reduce = (0, 2, 3)
+        view = (1, width, 1, 1)
+    x64 = x.detach().double()
+    centred = x64 - x64.mean(reduce, keepdim=True)
+    var = (centred**2).mean(reduce, keepdim=True)
+    expected = centred / torch.sqrt(var + 1e-5) * gain.double().view(view) + bias.double().view(
+        view
+    )
+    torch.testing.assert_close(y.double(), expected, rtol=0, atol=2e-4)
