@@ -112,6 +112,9 @@ def median_times(calls: dict[str, Callable[[], Any]], plan: Plan) -> dict[str, f
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+_SETTLE_S = 0.2
+
+
 def interleaved_times(
     ours: Callable[[], Any], other: Callable[[], Any], plan: Plan
 ) -> dict[str, float]:
@@ -122,14 +125,21 @@ def interleaved_times(
     OpenMP workers, a busy BLAS pool) and nothing of the other's own work.
     """
     pair = max(_sample(ours, 1) + _sample(other, 1), 1e-7)  # also the warm-up
-    number = max(1, int(plan.min_sample_s / pair))
+    # Three times the repeats and at least three calls per sample: a ratio of two
+    # noisy times needs more samples than one time does.
+    number = max(3, int(plan.min_sample_s / pair))
     samples: dict[str, list[float]] = {
         k: [] for k in ("ours alone", "other alone", "ours beside", "other beside")
     }
     clock = time.perf_counter
-    for _ in range(plan.repeats):
-        samples["ours alone"].append(_sample(ours, number))
-        samples["other alone"].append(_sample(other, number))
+    for _ in range(3 * plan.repeats):
+        # Each "alone" sample starts after a pause and an untimed call of the same
+        # function: a BLAS pool spins for up to about 0.1 s after its last call (and an
+        # OpenMP team for its spin count), which would otherwise be timed as "alone".
+        for name, call in (("ours alone", ours), ("other alone", other)):
+            time.sleep(_SETTLE_S)
+            call()
+            samples[name].append(_sample(call, number))
         spent_ours = spent_other = 0.0
         for _ in range(number):
             start = clock()
