@@ -89,8 +89,14 @@ def _spread(kernel, ntasks, nelem, *args):
 def _vector(v, n, dtype, fill):
     """gain/bias as a contiguous ``dtype`` vector; None becomes ``fill`` (exact)."""
     if v is None:
-        return _constant(n, np.dtype(dtype), fill)
+        return (
+            _constant(n, np.dtype(dtype), fill) if n <= _CONSTANT_MAX else np.full(n, fill, dtype)
+        )
     return np.ascontiguousarray(v, dtype=dtype).reshape(-1)
+
+
+# Only small calls gain from reusing the vector; a large one must not stay cached.
+_CONSTANT_MAX = 1 << 14
 
 
 @functools.lru_cache(maxsize=64)

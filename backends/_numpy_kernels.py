@@ -87,6 +87,20 @@ _pool_workers = 0
 _local = threading.local()
 
 
+def _forget_pool_after_fork() -> None:
+    """In a forked child (a DataLoader worker, a multiprocessing.Pool): a new pool.
+
+    Only the forking thread survives a fork, so the parent's pool has no threads
+    in the child, and work submitted to it would wait forever; its lock may even
+    have been held at the fork.
+    """
+    global _pool, _pool_lock, _pool_workers
+    _pool, _pool_lock, _pool_workers = None, threading.Lock(), 0
+
+
+os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
 def threads_for(nelem):
     """Threads to use for an operation touching ``nelem`` elements."""
     if nelem < _PARALLEL_MIN:

@@ -39,8 +39,9 @@ def _numpy_views(torch, tensors) -> list | None:
     Such calls run the NumPy adapter's compiled kernels on the tensors' own
     memory (:func:`_on_numpy_kernels`): one pass over the input where torch's
     native kernels would need a shifted copy first to keep normcore's
-    accuracy. A tensor subclass, a conjugate or negative view, or any tensor
-    that autograd would record keeps torch's own kernels.
+    accuracy. A tensor subclass (other than ``Parameter``), a conjugate or
+    negative view, or any tensor that autograd would record keeps torch's own
+    kernels.
     """
     if torch.jit.is_tracing():  # the trace would record no operation, only a constant
         return None
@@ -51,7 +52,7 @@ def _numpy_views(torch, tensors) -> list | None:
             views.append(None)
             continue
         if (
-            type(t) is not torch.Tensor
+            type(t) not in (torch.Tensor, torch.nn.Parameter)  # a Parameter is a plain tensor
             or t.dtype not in (torch.float32, torch.float64)
             or t.device.type != "cpu"
             or t.layout != torch.strided
@@ -81,7 +82,9 @@ def _on_numpy_kernels(torch, method: str, tensors, layout: Layout, **options) ->
     if stats is not None:
         *views, mean, var = views
         layout = dataclasses.replace(layout, stats=Statistics(mean, var))
-    result = getattr(numpy_adapter, method)(namespace_of(views[0]), *views, layout, **options)
+    # torch's kernels give inf silently where a cast of the NumPy results overflows.
+    with numpy_adapter.overflow_ignored():
+        result = getattr(numpy_adapter, method)(namespace_of(views[0]), *views, layout, **options)
     if result is NotImplemented:
         return NotImplemented
     return type(result)(*(None if a is None else torch.from_numpy(a) for a in result))

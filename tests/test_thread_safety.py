@@ -185,3 +185,31 @@ def test_a_target_returning_new_objects_each_time_still_steps():
     _in_threads(lambda i: [opt.step() for _ in range(5)], threads=4)
     assert opt.steps == 20
     np.testing.assert_array_equal(target.w, np.full(4, -10.0))
+
+
+def _layer_norm_in_child(queue):
+    x = np.random.default_rng(1).normal(size=(2048, 1024)).astype(np.float32)
+    queue.put(float(np.abs(normcore.layer_norm(x).mean(axis=-1)).max()))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no fork on Windows")
+def test_a_forked_child_runs_the_threaded_kernels():
+    """A fork (a DataLoader worker, multiprocessing.Pool) keeps no pool thread: the child
+    makes its own pool, instead of waiting forever on the parent's."""
+    import multiprocessing
+
+    x = np.random.default_rng(0).normal(size=(2048, 1024)).astype(np.float32)
+    normcore.layer_norm(x)  # large enough to start the pool in this process
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_layer_norm_in_child, args=(queue,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork of a threaded process
+        child.start()
+    child.join(timeout=60)
+    if child.is_alive():
+        child.kill()
+        child.join()
+        pytest.fail("the forked child's layer_norm did not finish within 60 s")
+    assert child.exitcode == 0
+    assert queue.get(timeout=5) < 1e-5  # normalized rows have mean 0

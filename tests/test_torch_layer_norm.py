@@ -190,3 +190,14 @@ def test_cpu_tensors_autograd_does_not_record_run_the_numpy_kernels(recorded, me
         view
     )
     torch.testing.assert_close(y.double(), expected, rtol=0, atol=2e-4)
+
+
+def test_a_module_under_no_grad_runs_the_numpy_kernels_with_its_parameters():
+    """nn.Parameter gain/bias (plain tensors to torch) do not keep torch's kernels."""
+    ours, theirs = _random_pair("layer", 300, "cpu", torch.float32, 0)
+    x = torch.randn(64, 300, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), _Ops() as ops:
+        y = ours(x)
+    assert "native_layer_norm" not in str(ops.names), ops.names
+    with torch.no_grad():
+        torch.testing.assert_close(y, theirs(x), rtol=1e-5, atol=1e-5)
