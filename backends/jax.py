@@ -15,8 +15,14 @@ what differs for JAX:
   (one program per layout, shape and dtype, cached by JAX). Eagerly, JAX runs
   and, for every new shape, compiles each operation on its own: about fifteen
   small programs for one layer norm. Inside a caller's ``jit`` the inner
-  ``jit`` is inlined, and ``grad``/``vmap`` see the reference's own
-  operations: the numerics are the reference's, fused by XLA.
+  ``jit`` is inlined: the numerics are the reference's, fused by XLA;
+* reverse-mode differentiation by normcore's closed-form backward: the forward
+  of batch statistics is a ``jax.custom_vjp`` whose backward is the reference
+  backward, so ``grad`` keeps only the inputs (``x``, ``gain``, ``bias``)
+  instead of the forward's intermediates, as the other adapters' backward
+  kernels do. A ``custom_vjp`` has no forward mode: ``jax.jvp``,
+  ``jax.jacfwd`` and ``jax.hessian`` run inside ``normcore.reference_path()``,
+  where JAX differentiates the reference's operations themselves.
 
 jax is imported only once a JAX array reaches normcore (by then the user has
 imported it) or when ``normcore info``/``check`` ask for its devices.
@@ -95,7 +101,14 @@ class JaxAdapter(Adapter):
             )
 
     def normalize(self, xp, x, gain, bias, layout, *, need_stats=False):
-        """The reference forward as one compiled program (``need_stats`` changes nothing)."""
+        """The reference forward as one compiled program (``need_stats`` changes nothing).
+
+        With batch statistics, differentiated by the reference backward
+        (:func:`_closed_form`); given statistics are differentiated as they
+        are computed (one product and one sum: nothing to save).
+        """
+        if layout.stats is None:
+            return _closed_form(self, _key(layout))(x, gain, bias)
         return _compiled(self, "forward", _key(layout))(x, gain, bias, layout.stats)
 
     def normalize_backward(self, xp, dy, x, gain, bias, layout):
@@ -138,3 +151,59 @@ def _compiled(adapter: JaxAdapter, direction: str, key: tuple) -> Any:
 
 
 adapter = JaxAdapter()
+
+
+@functools.lru_cache(maxsize=512)
+def _closed_form(adapter: JaxAdapter, key: tuple) -> Any:
+    """The jitted forward of batch statistics whose reverse mode is the reference backward.
+
+    Cotangents of ``y`` take :func:`reference_normalize_backward`, which
+    recomputes the statistics from ``x``: the residuals are the inputs only.
+    The statistics ``mean``/``var`` are outputs too (for running averages);
+    their cotangents are symbolic zeros unless a caller differentiates
+    through them, which then adds JAX's derivative of the reference's own
+    statistics (computed only in that case).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    layout = Layout(*key[:4], None, key[4])
+
+    @jax.custom_vjp
+    def forward(x, gain, bias):
+        return reference_normalize(adapter, jnp, x, gain, bias, layout)
+
+    def forward_saving_inputs(x, gain, bias):
+        x, gain, bias = (None if p is None else p.value for p in (x, gain, bias))
+        return forward(x, gain, bias), (x, gain, bias)
+
+    def backward(saved, cotangent):
+        x, gain, bias = saved
+        zero = jax.custom_derivatives.SymbolicZero
+        if isinstance(cotangent.y, zero):
+            dx = jnp.zeros_like(x)
+            dgain = None if gain is None else jnp.zeros_like(gain)
+            dbias = None if bias is None else jnp.zeros_like(bias)
+        else:
+            dx, dgain, dbias = reference_normalize_backward(
+                adapter, jnp, cotangent.y, x, gain, bias, layout
+            )
+        through_stats = [
+            (i, c)
+            for i, c in ((1, cotangent.mean), (2, cotangent.var))
+            if c is not None and not isinstance(c, zero)
+        ]
+        if through_stats:
+            _, pull = jax.vjp(
+                lambda x: [
+                    reference_normalize(adapter, jnp, x, None, None, layout)[i]
+                    for i, _ in through_stats
+                ],
+                x,
+            )
+            (dstats,) = pull([c for _, c in through_stats])
+            dx = dx + dstats.astype(dx.dtype)
+        return dx, dgain, dbias
+
+    forward.defvjp(forward_saving_inputs, backward, symbolic_zeros=True)
+    return jax.jit(forward)

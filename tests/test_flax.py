@@ -230,3 +230,83 @@ def test_unsupported_call_options_are_refused():
     bn = nf.BatchNorm(4, rngs=nnx.Rngs(0), use_running_average=None)
     with pytest.raises(ValueError, match="use_running_average"):
         bn(jnp.ones((2, 4)))
+
+
+# -- the layer-normalized LSTM cell ----------------------------------------------
+def _flax_ln(a, scale, bias):
+    """Flax's own layer norm (linen, applied functionally), two-pass, eps as the cell's."""
+    norm = flax.linen.LayerNorm(epsilon=1e-5, use_fast_variance=False)
+    return norm.apply({"params": {"scale": scale, "bias": bias}}, a)
+
+
+def _ln_lstm_sequence(p, xs, carry):
+    """Ba et al.'s eqs. 20-22 with Flax's layer norms, over (batch, time, features)."""
+    c, h = carry
+    hs = []
+    for t in range(xs.shape[1]):
+        z = (
+            _flax_ln(xs[:, t] @ p["dense_i"]["kernel"], **p["ln_i"])
+            + _flax_ln(h @ p["dense_h"]["kernel"], **p["ln_h"])
+            + p["dense_h"]["bias"]
+        )
+        i, f, g, o = jnp.split(z, 4, axis=-1)
+        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+        h = jax.nn.sigmoid(o) * jnp.tanh(_flax_ln(c, **p["ln_c"]))
+        hs.append(h)
+    return jnp.stack(hs, axis=1), (c, h)
+
+
+def _cell_params(cell):
+    """The cell's parameters as nested plain arrays, layer-norm ones randomized."""
+    rng = np.random.default_rng(5)
+    for norm in (cell.ln_i, cell.ln_h, cell.ln_c):
+        for attr in ("scale", "bias"):
+            variable = getattr(norm, attr)
+            variable[...] = jnp.asarray(rng.normal(1.0 if attr == "scale" else 0.0, 0.3,
+                                                   size=variable[...].shape))  # fmt: skip
+    cell.dense_h.bias[...] = jnp.asarray(rng.normal(0.0, 0.3, size=cell.dense_h.bias[...].shape))
+    return jax.tree.map(lambda v: v[...], nnx.to_pure_dict(nnx.state(cell, nnx.Param)))
+
+
+def test_layer_norm_lstm_cell_matches_flax_layer_norms_through_nnx_rnn():
+    """Outputs, final carry and gradients (parameters, inputs, initial carry) over 5 steps
+    of ``flax.nnx.RNN``, against the cell written with Flax's layer norms."""
+    cell = nf.LayerNormLSTMCell(3, 4, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+    params = _cell_params(cell)
+    rng = np.random.default_rng(9)
+    xs = jnp.asarray(rng.normal(0.5, 2.0, size=(2, 5, 3)))
+    carry = tuple(jnp.asarray(rng.normal(size=(2, 4))) for _ in range(2))
+    w_hs, w_c, w_h = (jnp.asarray(rng.normal(size=s)) for s in ((2, 5, 4), (2, 4), (2, 4)))
+    graphdef, _ = nnx.split(cell)
+
+    def loss(run):
+        def value(params, xs, carry):
+            hs, (c, h) = run(params, xs, carry)
+            return jnp.sum(hs * w_hs) + jnp.sum(c * w_c) + jnp.sum(h * w_h)
+
+        return value
+
+    def ours(params, xs, carry):
+        layer = nnx.RNN(nnx.merge(graphdef, nnx.State(params)), return_carry=True)
+        final, hs = layer(xs, initial_carry=carry)
+        return hs, final
+
+    got = jax.jit(ours)(params, xs, carry)
+    want = _ln_lstm_sequence(params, xs, carry)
+    jax.tree.map(_assert_close, got, want)
+    got_grads = jax.jit(jax.grad(loss(ours), argnums=(0, 1, 2)))(params, xs, carry)
+    want_grads = jax.grad(loss(_ln_lstm_sequence), argnums=(0, 1, 2))(params, xs, carry)
+    jax.tree.map(_assert_close, got_grads, want_grads)
+
+
+def test_layer_norm_lstm_cell_has_flax_cell_conventions():
+    cell = nf.LayerNormLSTMCell(3, 4, rngs=nnx.Rngs(0))
+    flax_cell = nnx.OptimizedLSTMCell(3, 4, rngs=nnx.Rngs(0))
+    assert isinstance(cell, nnx.RNNCellBase)
+    for name in ("dense_i", "dense_h"):  # same kernels, same initial values
+        jax.tree.map(_assert_close, nnx.state(getattr(cell, name)),
+                     nnx.state(getattr(flax_cell, name)))  # fmt: skip
+    c, h = cell.initialize_carry((2, 7, 3))
+    assert c.shape == h.shape == (2, 7, 4) and not jnp.any(c) and not jnp.any(h)
+    (c, h), out = cell((c, h), jnp.ones((2, 7, 3), jnp.float32))  # several batch axes
+    assert out.shape == (2, 7, 4) and out.dtype == jnp.float32 and out is h

@@ -143,6 +143,76 @@ def test_jit_of_grad_with_respect_to_everything(method):
         _close(g, w)
 
 
+# -- reverse mode by normcore's closed-form backward (a jax.custom_vjp) -----------
+@pytest.mark.parametrize("method", list(METHODS))
+def test_grad_saves_only_the_inputs(method, capsys):
+    """``grad`` keeps ``x``, ``gain`` and ``bias``, not the forward's intermediates (#15).
+
+    Under ``reference_path()`` JAX differentiates the reference's own
+    operations, which saves centered copies of ``x``: the same check fails there.
+    """
+    from jax.ad_checkpoint import print_saved_residuals
+
+    fn = METHODS[method][0]
+    x, gain, bias, _ = _inputs(method)
+
+    def size(line):  # "f64[3,2,2,5] output of ..."
+        dims = line.split("]")[0].partition("[")[2]
+        return int(np.prod([int(d) for d in dims.split(",") if d]))
+
+    def intermediates_of_the_size_of_x():
+        print_saved_residuals(fn, x, gain, bias)
+        lines = capsys.readouterr().out.splitlines()
+        # a reshape of x (group norm's groups) is x itself to XLA: no copy
+        inputs = ("from the argument", "output of reshape from")
+        return [r for r in lines if size(r) == x.size and not any(i in r for i in inputs)]
+
+    assert intermediates_of_the_size_of_x() == []
+    with normcore.reference_path():
+        assert intermediates_of_the_size_of_x() != []
+
+
+def test_grad_through_the_running_statistics():
+    """The new running averages are outputs of the same ``custom_vjp``: their cotangents
+    add the derivative of the batch statistics (torch's convention: momentum 0.1, the
+    unbiased batch variance)."""
+    x, gain, bias, dy = _inputs("batch_norm")
+    rng = np.random.default_rng(11)
+    w_mean, w_var = (jnp.asarray(rng.normal(size=3)) for _ in range(2))
+    running = normcore.RunningStats(jnp.zeros(3), jnp.ones(3), jnp.asarray(0))
+
+    def loss(x, gain, bias):
+        y, new = normcore.batch_norm_train(x, running, gain, bias)
+        return jnp.sum(y * dy) + jnp.sum(new.mean * w_mean) + jnp.sum(new.var * w_var)
+
+    def ref(x, gain, bias):
+        axes, count = (0, 2), x.shape[0] * x.shape[2]
+        mean = jnp.mean(x, axis=axes)
+        var = jnp.sum((x - _channels(mean, x.ndim)) ** 2, axis=axes) / (count - 1)
+        stats = jnp.sum(0.1 * mean * w_mean) + jnp.sum((0.9 + 0.1 * var) * w_var)
+        return jnp.sum(ref_batch_norm(x, gain, bias) * dy) + stats
+
+    for wrt in ((0, 1, 2), (0,)):
+        got = jax.jit(jax.grad(loss, argnums=wrt))(x, gain, bias)
+        want = jax.grad(ref, argnums=wrt)(x, gain, bias)
+        for g, w in zip(got, want, strict=True):
+            _close(g, w)
+
+
+def test_forward_mode_runs_inside_reference_path():
+    """A ``custom_vjp`` has no forward mode; ``reference_path()`` differentiates the
+    reference's operations, so ``jvp`` (and ``jacfwd``, ``hessian``) work there."""
+    x, gain, bias, dy = _inputs("layer_norm")
+    with pytest.raises(TypeError, match=r"forward-mode"):
+        jax.jvp(lambda a: normcore.layer_norm(a, gain, bias), (x,), (dy,))
+    with normcore.reference_path():
+        _, got = jax.jvp(lambda a: normcore.layer_norm(a, gain, bias), (x,), (dy,))
+        hessian = jax.hessian(lambda g: jnp.sum(normcore.layer_norm(x, g, bias) ** 3))(gain)
+    _, want = jax.jvp(lambda a: ref_layer_norm(a, gain, bias), (x,), (dy,))
+    _close(got, want)
+    _close(hessian, jax.hessian(lambda g: jnp.sum(ref_layer_norm(x, g, bias) ** 3))(gain))
+
+
 @pytest.mark.parametrize("method", list(METHODS))
 def test_vmap_over_a_leading_axis_with_concrete_parameters(method):
     """vmap maps x only: each slice is one call, gain and bias stay concrete (issue #15)."""

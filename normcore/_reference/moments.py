@@ -35,13 +35,18 @@ def first_along(x: Array, axes: tuple[int, ...]) -> Array:
     return x[index]
 
 
-def shifted_mean(xp: Namespace, x: Array, axes: tuple[int, ...]) -> tuple[Array, Array, Array]:
+def shifted_mean(
+    xp: Namespace, x: Array, axes: tuple[int, ...], shift: Array | None = None
+) -> tuple[Array, Array, Array]:
     """``(shift, offset, centered)``: the first values, the mean of ``x - shift``, ``x - mean``.
 
     The mean is ``shift + offset``; ``centered = (x - shift) - offset``, which
     is exactly 0 for a constant slice (the first pass of :func:`centered_moments`).
+    ``shift`` may be given: the first values computed another way (the
+    primitive's scaled statistics pass the first values of ``x`` times the
+    scale's inverse, which equal the first values of the scaled ``x`` exactly).
     """
-    shift = first_along(x, axes)
+    shift = first_along(x, axes) if shift is None else shift
     shifted = x - shift
     offset = xp.mean(shifted, axis=axes, keepdims=True)
     return shift, offset, shifted - offset

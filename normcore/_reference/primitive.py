@@ -166,7 +166,13 @@ def _moments(xp: Namespace, xa: Array, layout: Layout, scale: Array | None) -> _
         eps = xp.maximum(eps, xp.full_like(eps, xp.finfo(xa.dtype).smallest_normal))
     count = layout.count(tuple(xa.shape))
     if layout.center:
-        shift, offset, centered = shifted_mean(xp, xs, axes)
+        # The first values of the scaled x taken as the scaled first values of x (equal
+        # exactly: the scale is a power of two): a slice of the scaled array made XLA
+        # materialize it, which took jit(layer_norm) from 4.1 ms to 9.4 ms (2**22 float32).
+        first = first_along(xa, axes)
+        shift, offset, centered = shifted_mean(
+            xp, xs, axes, first if inverse is None else first * inverse
+        )
         squares = centered * centered
     else:
         shift = offset = None

@@ -10,11 +10,14 @@ since normcore never computes ``E[x**2] - E[x]**2``). They work with
 modules they replace. ``BatchNorm(axis_name=...)`` synchronizes its
 statistics over a mapped axis through :class:`normcore.sync.JaxAxis`
 (exact for any split, where Flax averages the parts' means and mean squares).
-``import normcore`` alone never imports flax.
+:class:`LayerNormLSTMCell`, which Flax lacks, follows Flax's cell conventions
+(``flax.nnx.OptimizedLSTMCell``'s kernels, the ``(c, h)`` carry, ``nnx.RNN``)
+and runs normcore's recurrent loop. ``import normcore`` alone never imports flax.
 """
 
 from __future__ import annotations
 
 from ._normalization import BatchNorm, GroupNorm, LayerNorm, RMSNorm
+from ._recurrent import LayerNormLSTMCell
 
-__all__ = ["BatchNorm", "GroupNorm", "LayerNorm", "RMSNorm"]
+__all__ = ["BatchNorm", "GroupNorm", "LayerNorm", "LayerNormLSTMCell", "RMSNorm"]
