@@ -54,7 +54,7 @@ def test_missing_batch_norm_is_reported_not_fatal(monkeypatch):
     monkeypatch.delattr(normcore, "batch_norm", raising=False)
     out = io.StringIO()
     rows = _bench.run(out=out, plan=TINY)
-    batch = [r for r in rows if r.method == "batch_norm"]
+    batch = [r for r in rows if r.method == "batch_norm" and r.backend == "numpy"]
     assert {r.layout for r in batch} == {"NCHW", "NHWC"}
     assert all("not in this version" in r.note for r in batch)
 
@@ -81,3 +81,34 @@ def test_header_names_the_path_the_numpy_rows_measure(monkeypatch):
     with normcore.reference_path():
         _bench.run(out=out, plan=TINY)
     assert "normcore's NumPy path: the reference path (forced" in out.getvalue().splitlines()[0]
+
+
+def test_jax_rows_time_normcore_against_flax_and_jnp():
+    pytest.importorskip("flax", reason="the JAX rows' Flax columns need flax (the test extra)")
+    out = io.StringIO()
+    rows = [r for r in _bench.run(out=out, plan=TINY) if r.backend == "jax"]
+    kinds = {(r.method, r.layout, r.direction) for r in rows}
+    assert kinds == {
+        ("layer_norm", "jit", "forward"),
+        ("layer_norm", "jit", "grad"),
+        ("layer_norm", "eager", "forward"),
+        ("batch_norm", "N x C, jit", "train"),
+    }
+    for row in rows:
+        assert row.time_s > 0 and all(f.value > 0 for f in row.figures.values())
+    graded = {(r.layout, r.direction): r.figures for r in rows}
+    assert graded[("jit", "forward")]["vs flax"].limit == 1.05
+    assert graded[("eager", "forward")]["vs jnp"].limit == 1.20
+    assert "\nJAX arrays, " in out.getvalue()
+
+
+def test_without_jax_the_jax_table_says_so(monkeypatch):
+    from normcore._tools import bench_jax
+
+    def no_jax():
+        raise ImportError("No module named 'jax'")
+
+    monkeypatch.setattr(bench_jax, "_libraries", no_jax)
+    out = io.StringIO()
+    rows = [r for r in _bench.run(out=out, plan=TINY) if r.backend == "jax"]
+    assert [r.note for r in rows] == ["jax is not installed (normcore[jax])"]

@@ -404,6 +404,18 @@ def run(quick: bool = False, out: Any = None, plan: Plan | None = None) -> list[
     beside = list(_interleave_rows(plan, normcore, torch))
     print("\n".join(_table(beside, plan.graded, INTERLEAVE_COLUMNS)), file=out)
     rows.extend(beside)
+    from . import bench_jax
+
+    print(
+        f"\nJAX arrays, {plan.elements // 4} elements, calls finished by block_until_ready: "
+        "normcore's time over flax.nnx's module (its default E[x**2]-E[x]**2 variance, and "
+        "its two-pass one) and over jax.nn.standardize * gain + bias (eager: jnp op by op)",
+        file=out,
+        flush=True,
+    )
+    on_jax = list(bench_jax.rows(plan, normcore))
+    print("\n".join(_table(on_jax, plan.graded, bench_jax.COLUMNS)), file=out)
+    rows.extend(on_jax)
     if not plan.graded:
         print(
             f"--quick: {plan.elements} elements per array, far below the 2**24 the targets "
