@@ -101,11 +101,32 @@ def _forget_pool_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
+_caps = threading.local()  # this thread's limit (thread_cap), as torch's is per thread
+
+
 def threads_for(nelem):
     """Threads to use for an operation touching ``nelem`` elements."""
     if nelem < _PARALLEL_MIN:
         return 1
-    return settings.num_threads or os.cpu_count() or 1
+    threads = settings.num_threads or os.cpu_count() or 1
+    cap = getattr(_caps, "limit", None)
+    return threads if cap is None else max(1, min(threads, cap))
+
+
+@contextlib.contextmanager
+def thread_cap(limit):
+    """At most ``limit`` threads for the kernels this thread runs inside the block.
+
+    The torch adapter enters it with ``torch.get_num_threads()`` around the
+    calls it hands to these kernels, so ``torch.set_num_threads`` limits them
+    as it limits torch's own.
+    """
+    previous = getattr(_caps, "limit", None)
+    _caps.limit = limit if previous is None else min(previous, limit)
+    try:
+        yield
+    finally:
+        _caps.limit = previous
 
 
 def _executor(workers):

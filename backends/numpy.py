@@ -23,9 +23,9 @@ them from numba's on-disk cache.
 
 from __future__ import annotations
 
-import functools
 import math
 import sys
+import threading
 import warnings
 from types import ModuleType
 from typing import Any
@@ -41,13 +41,31 @@ def _kernels() -> ModuleType:
     return _kernel_module(settings.numba)
 
 
-@functools.cache
+_chosen: dict[bool, ModuleType] = {}
+_choosing = threading.Lock()
+
+
 def _kernel_module(numba_on: bool) -> ModuleType:
     """numba's kernels when on and importable, else NumPy's; decided once per setting.
 
-    Cached: a warm call pays a dictionary lookup, not an import statement, and a
-    missing numba warns once per process.
+    Remembered: a warm call pays a dictionary lookup, not an import statement.
+    The first calls decide under a lock, so that a missing numba warns once
+    per process even when several threads make their first call at once.
     """
+    try:
+        return _chosen[numba_on]
+    except KeyError:
+        pass
+    with _choosing:
+        if numba_on not in _chosen:
+            _chosen[numba_on] = _choose_kernels(numba_on)
+        return _chosen[numba_on]
+
+
+_kernel_module.cache_clear = _chosen.clear  # type: ignore[attr-defined]  # for tests
+
+
+def _choose_kernels(numba_on: bool) -> ModuleType:
     if numba_on:
         try:
             import numba  # noqa: F401 (a missing or broken numba is the user's to fix)
@@ -58,7 +76,7 @@ def _kernel_module(numba_on: bool) -> ModuleType:
                 "dependency of normcore), or set NORMCORE_NUMBA=0 to choose those kernels "
                 "without this warning",
                 RuntimeWarning,
-                stacklevel=6,
+                stacklevel=_caller_outside_normcore(),
             )
         else:
             from . import _numba_kernels  # an error here is normcore's: it propagates
@@ -67,6 +85,19 @@ def _kernel_module(numba_on: bool) -> ModuleType:
     from . import _numpy_kernels
 
     return _numpy_kernels
+
+
+def _caller_outside_normcore() -> int:
+    """The ``stacklevel`` of the first frame outside normcore, for a warning of our caller.
+
+    Modules, group norm and torch tensors reach the kernels through more of
+    normcore's frames than the functional NumPy calls do: a fixed stacklevel
+    pointed inside normcore for them.
+    """
+    frame, level = sys._getframe(1), 1  # our caller: the function that warns
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("normcore"):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _supported(*arrays: Any) -> bool:

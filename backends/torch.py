@@ -82,8 +82,11 @@ def _on_numpy_kernels(torch, method: str, tensors, layout: Layout, **options) ->
     if stats is not None:
         *views, mean, var = views
         layout = dataclasses.replace(layout, stats=Statistics(mean, var))
-    # torch's kernels give inf silently where a cast of the NumPy results overflows.
-    with numpy_adapter.overflow_ignored():
+    from normcore.backends._numpy_kernels import thread_cap
+
+    # torch's kernels give inf silently where a cast of the NumPy results overflows;
+    # torch.set_num_threads limits these calls as it limits torch's kernels.
+    with numpy_adapter.overflow_ignored(), thread_cap(torch.get_num_threads()):
         result = getattr(numpy_adapter, method)(namespace_of(views[0]), *views, layout, **options)
     if result is NotImplemented:
         return NotImplemented

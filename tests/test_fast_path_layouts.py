@@ -12,7 +12,10 @@ without numba), selected with the setting NORMCORE_NUMBA sets (``config.settings
 from __future__ import annotations
 
 import contextlib
+import sys
+import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -187,12 +190,69 @@ def test_a_broken_numba_falls_back_with_its_error_in_the_warning(monkeypatch):
     monkeypatch.setattr(config.settings, "numba", True)
     monkeypatch.setattr(builtins, "__import__", broken_numba)
     numpy_adapter._kernel_module.cache_clear()
-    with pytest.warns(RuntimeWarning, match=r"cannot be imported \(AttributeError: module 'numpy'"):
-        assert numpy_adapter._kernels().__name__.endswith("._numpy_kernels")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # once per process, not on every call
-        assert numpy_adapter._kernels().__name__.endswith("._numpy_kernels")
+    try:
+        with pytest.warns(RuntimeWarning, match=r"cannot be imported \(AttributeError: mod"):
+            assert numpy_adapter._kernels().__name__.endswith("._numpy_kernels")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # once per process, not on every call
+            assert numpy_adapter._kernels().__name__.endswith("._numpy_kernels")
+    finally:  # the next test decides again, with numba importable
+        numpy_adapter._kernel_module.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "first_call",
+    [
+        lambda x: normcore.layer_norm(x),
+        lambda x: normcore.LayerNorm(x.shape[-1])(x),
+        lambda x: normcore.group_norm(x, 2, axis=-1),
+    ],
+    ids=["layer_norm", "LayerNorm-module", "group_norm"],
+)
+def test_the_missing_numba_warning_points_at_the_users_line(monkeypatch, first_call):
+    """Not inside normcore, however many of its frames lie between (a fixed stacklevel did)."""
+    monkeypatch.setattr(config.settings, "numba", True)
+    monkeypatch.setitem(sys.modules, "numba", None)  # import numba raises ImportError
     numpy_adapter._kernel_module.cache_clear()
+    x = np.random.default_rng(0).normal(size=(64, 256)).astype(np.float32)
+    try:
+        with pytest.warns(RuntimeWarning, match="numba cannot be imported") as record:
+            first_call(x)
+    finally:
+        numpy_adapter._kernel_module.cache_clear()
+    assert [w.filename for w in record] == [__file__]
+
+
+def test_threads_making_their_first_call_at_once_warn_once(monkeypatch):
+    import builtins
+    import time
+
+    real_import = builtins.__import__
+
+    def slow_failing_numba(name, *args, **kwargs):  # a window in which all four try it
+        if name == "numba":
+            time.sleep(0.05)
+            raise ImportError("No module named 'numba'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(config.settings, "numba", True)
+    monkeypatch.setattr(builtins, "__import__", slow_failing_numba)
+    numpy_adapter._kernel_module.cache_clear()
+    start = threading.Barrier(4)
+
+    def first_call():
+        start.wait()
+        return numpy_adapter._kernels()
+
+    try:
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            with ThreadPoolExecutor(4) as pool:
+                chosen = list(pool.map(lambda _: first_call(), range(4)))
+    finally:
+        numpy_adapter._kernel_module.cache_clear()
+    assert all(m.__name__.endswith("._numpy_kernels") for m in chosen)
+    assert len([w for w in record if "numba cannot be imported" in str(w.message)]) == 1
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -201,3 +201,29 @@ def test_a_module_under_no_grad_runs_the_numpy_kernels_with_its_parameters():
     assert "native_layer_norm" not in str(ops.names), ops.names
     with torch.no_grad():
         torch.testing.assert_close(y, theirs(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif((__import__("os").cpu_count() or 1) < 2, reason="one core: one thread anyway")
+def test_torch_set_num_threads_limits_the_numpy_kernels_it_serves(monkeypatch):
+    """The NumPy adapter's kernels on CPU tensors take at most torch's thread count."""
+    torch = pytest.importorskip("torch")
+    from normcore.backends import _numpy_kernels
+
+    used = []
+    threads_for = _numpy_kernels.threads_for
+
+    def counting(nelem):
+        used.append(threads_for(nelem))
+        return used[-1]
+
+    monkeypatch.setattr(_numpy_kernels, "threads_for", counting)
+    x = torch.randn(4096, 256)
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            used.clear()
+            normcore.layer_norm(x)
+            assert used and max(used) == threads
+    finally:
+        torch.set_num_threads(before)
