@@ -45,7 +45,13 @@ from numba import njit
 
 from . import _numpy_kernels
 
-__all__ = ["channels_backward", "channels_forward", "rows_backward", "rows_forward"]
+__all__ = [
+    "channels_backward",
+    "channels_forward",
+    "lstm_step_backward",
+    "rows_backward",
+    "rows_forward",
+]
 
 # Elements per cache-resident sub-block of a channel-statistics task.
 _SUB_BLOCK = 1 << 15
@@ -187,61 +193,77 @@ def rows_forward(x, gain, bias, *, eps, center):
     return y, (mean if center else None), rstd
 
 
+@njit(inline="always")
+def _row_backward(row, drow, g, eps, center, have_stats, mean, rstd, r, out, pg, pb, need_pg,
+                  need_pb):  # fmt: skip
+    """``out`` = dx of row ``r``'s normalization; adds its dgain/dbias terms to pg/pb.
+
+    The row's statistics are ``mean[r]``/``rstd[r]`` with ``have_stats``, else
+    recomputed (two passes, shifted by the row's first value). Returns the
+    rstd used, in the row's dtype (0 or NaN: the variance overflowed).
+    """
+    d = row.shape[0]
+    # shift/offset: x is centred as (x - shift) - offset, in x's dtype.
+    if have_stats:
+        out[0] = 0.0  # a zero of x's dtype; dx is written below
+        shift = mean[r] if center else out[0]
+        offset = out[0]
+        rs = rstd[r]
+    else:
+        if center:
+            shift = row[0]
+            s = 0.0
+            for j in range(d):
+                s += row[j] - shift
+            out[0] = s / d  # rounds to x's dtype; dx is written below
+            offset = out[0]
+            sq = 0.0
+            for j in range(d):
+                u = _centred(row[j], shift, offset)
+                sq += np.float64(u) * np.float64(u)
+        else:
+            out[0] = 0.0  # a zero of x's dtype, even for an infinite row[0]
+            shift = out[0]
+            offset = shift
+            sq = 0.0
+            for j in range(d):
+                sq += np.float64(row[j]) * np.float64(row[j])
+        out[0] = 1.0 / math.sqrt(sq / d + eps)
+        rs = out[0]
+    su = 0.0
+    sdy = 0.0
+    for j in range(d):
+        w = drow[j] * g[j]
+        su += np.float64(w) * np.float64(_centred(row[j], shift, offset))
+        sdy += w
+    out[0] = np.float64(rs) * np.float64(rs) * su / d
+    beta = out[0]
+    out[0] = sdy / d if center else 0.0
+    alpha = out[0]
+    for j in range(d):
+        u = _centred(row[j], shift, offset)
+        if need_pg:
+            pg[j] += np.float64(drow[j]) * np.float64(u * rs)
+        if need_pb:
+            pb[j] += drow[j]
+        out[j] = _input_grad(drow[j] * g[j], u, beta, alpha, rs)
+    return rs
+
+
 @njit(**_JIT)
 def _rows_backward_kernel(
     t0, t1, dy, x, g, eps, center, have_stats, mean, rstd, dx, nchunks, pg, pb, need_pg, need_pb,
     rstd_out,
 ):  # fmt: skip
-    rows, d = x.shape
+    rows = x.shape[0]
     for c in range(t0, t1):
         for r in range(c * rows // nchunks, (c + 1) * rows // nchunks):
-            row, drow, out = x[r], dy[r], dx[r]
-            # shift/offset: x is centred as (x - shift) - offset, in x's dtype.
-            if have_stats:
-                out[0] = 0.0  # a zero of x's dtype; dx is written below
-                shift = mean[r] if center else out[0]
-                offset = out[0]
-                rs = rstd[r]
-            else:
-                if center:
-                    shift = row[0]
-                    s = 0.0
-                    for j in range(d):
-                        s += row[j] - shift
-                    out[0] = s / d  # rounds to x's dtype; dx is written below
-                    offset = out[0]
-                    sq = 0.0
-                    for j in range(d):
-                        u = _centred(row[j], shift, offset)
-                        sq += np.float64(u) * np.float64(u)
-                else:
-                    out[0] = 0.0  # a zero of x's dtype, even for an infinite row[0]
-                    shift = out[0]
-                    offset = shift
-                    sq = 0.0
-                    for j in range(d):
-                        sq += np.float64(row[j]) * np.float64(row[j])
-                out[0] = 1.0 / math.sqrt(sq / d + eps)
-                rs = out[0]
+            # pg/pb are (1, 1) placeholders when not needed
+            rs = _row_backward(x[r], dy[r], g, eps, center, have_stats, mean, rstd, r, dx[r],
+                               pg[c if need_pg else 0], pb[c if need_pb else 0], need_pg,
+                               need_pb)  # fmt: skip
             if rstd_out.shape[0]:
                 rstd_out[r] = rs
-            su = 0.0
-            sdy = 0.0
-            for j in range(d):
-                w = drow[j] * g[j]
-                su += np.float64(w) * np.float64(_centred(row[j], shift, offset))
-                sdy += w
-            out[0] = np.float64(rs) * np.float64(rs) * su / d
-            beta = out[0]
-            out[0] = sdy / d if center else 0.0
-            alpha = out[0]
-            for j in range(d):
-                u = _centred(row[j], shift, offset)
-                if need_pg:
-                    pg[c, j] += np.float64(drow[j]) * np.float64(u * rs)
-                if need_pb:
-                    pb[c, j] += drow[j]
-                out[j] = _input_grad(drow[j] * g[j], u, beta, alpha, rs)
 
 
 def rows_backward(
@@ -274,6 +296,90 @@ def rows_backward(
     dgain = pg.sum(axis=0).astype(pdtype) if need_dgain else None
     dbias = pb.sum(axis=0).astype(pdtype) if need_dbias else None
     return dx, dgain, dbias
+
+
+# --------------------------------------------------------------------------
+# The backward of one step of the LSTM cell (normcore._reference.cells.LSTM)
+# --------------------------------------------------------------------------
+
+# Row chunks of a step's dgain/dbias partials (fixed: results do not depend on threads).
+_STEP_CHUNKS = 8
+
+
+@njit(**_JIT)
+def _lstm_step_backward_kernel(
+    t0, t1, ah, c_prev, gates_if, g, o, c, squashed, dh, dc, gain_h, gain_c, eps, ln, one,
+    nchunks, du, dah, dc_prev, pgh, pbh, pgc, pbc, rstd_h, rstd_c,
+):  # fmt: skip
+    rows, hidden = c_prev.shape
+    dsq = np.empty(hidden, du.dtype)  # d tanh(LN(c)) / d LN(c), times dh * o
+    dcn = np.empty(hidden, du.dtype)  # ... through LN(c)'s backward
+    none = np.empty(0, du.dtype)  # no given statistics
+    for k in range(t0, t1):
+        for r in range(k * rows // nchunks, (k + 1) * rows // nchunks):
+            dhr, sq, o_r = dh[r], squashed[r], o[r]
+            for j in range(hidden):
+                dsq[j] = dhr[j] * o_r[j] * (one - sq[j] * sq[j])
+            if ln:
+                rstd_c[r] = _row_backward(c[r], dsq, gain_c, eps, True, False, none, none, r,
+                                          dcn, pgc[k], pbc[k], True, True)  # fmt: skip
+            dsq_in = dcn if ln else dsq
+            gif, g_r, cp, dcr, dz = gates_if[r], g[r], c_prev[r], dc[r], du[r]
+            for j in range(hidden):
+                dct = dcr[j] + dsq_in[j]
+                i_, f_, g_, o_ = gif[j], gif[hidden + j], g_r[j], o_r[j]
+                dz[j] = dct * g_ * i_ * (one - i_)
+                dz[hidden + j] = dct * cp[j] * f_ * (one - f_)
+                dz[2 * hidden + j] = dct * i_ * (one - g_ * g_)
+                dz[3 * hidden + j] = dhr[j] * sq[j] * o_ * (one - o_)
+                dc_prev[r, j] = dct * f_
+            if ln:
+                rstd_h[r] = _row_backward(ah[r], dz, gain_h, eps, True, False, none, none, r,
+                                          dah[r], pgh[k], pbh[k], True, True)  # fmt: skip
+
+
+def lstm_step_backward(ah, c_prev, gates_if, g, o, c, squashed, dh, dc, gain_h, gain_c, *, eps):
+    """One step of the LSTM cell's backward, in one pass over each row.
+
+    The arrays are those ``normcore._reference.cells.LSTM.step`` saved
+    (``ah`` and ``c`` None without layer norm, as are ``gain_h``/``gain_c``)
+    and the gradients ``dh``, ``dc`` of the new state: C-contiguous, one
+    float32 or float64 dtype. The cell's elementwise derivative and, with
+    layer norm, the backward of ``LN(c)`` and of ``LN(ah)`` (the formulas
+    of :func:`rows_backward`, which shares its per-row code) run on a row
+    held in cache instead of as a dozen whole-array passes.
+
+    Returns ``(du, dah, dc_prev, grads, rstds)``: ``dah`` is ``du`` without
+    layer norm; ``grads`` maps gain_c, bias_c, gain_h, bias_h to their
+    gradients (empty without layer norm); ``rstds`` the rstd of every row of
+    both layer norms (0 or NaN where a variance overflowed: the caller must
+    then use the reference).
+    """
+    rows, hidden = c_prev.shape
+    dtype = c_prev.dtype
+    ln = ah is not None
+    du = np.empty((rows, 4 * hidden), dtype)
+    dah = np.empty((rows, 4 * hidden), dtype) if ln else du
+    dc_prev = np.empty((rows, hidden), dtype)
+    nchunks = max(1, min(rows, _STEP_CHUNKS))
+    sizes = ((nchunks, 4 * hidden), (nchunks, hidden)) if ln else ((1, 1), (1, 1))
+    pgh, pbh, pgc, pbc = (np.zeros(sizes[n // 2]) for n in range(4))
+    rstd_h, rstd_c = (np.empty(rows if ln else 0, dtype) for _ in range(2))
+    empty2, empty1 = np.empty((0, 0), dtype), np.empty(0, dtype)
+    _spread(
+        _lstm_step_backward_kernel, nchunks, du.size,
+        empty2 if ah is None else ah, c_prev, gates_if, g, o, empty2 if c is None else c,
+        squashed, dh, dc, empty1 if gain_h is None else gain_h,
+        empty1 if gain_c is None else gain_c, float(eps), ln, dtype.type(1), nchunks,
+        du, dah, dc_prev, pgh, pbh, pgc, pbc, rstd_h, rstd_c,
+    )  # fmt: skip
+    grads = {}
+    if ln:
+        grads = {
+            "gain_c": pgc.sum(axis=0).astype(dtype), "bias_c": pbc.sum(axis=0).astype(dtype),
+            "gain_h": pgh.sum(axis=0).astype(dtype), "bias_h": pbh.sum(axis=0).astype(dtype),
+        }  # fmt: skip
+    return du, dah, dc_prev, grads, (rstd_h, rstd_c)
 
 
 # --------------------------------------------------------------------------

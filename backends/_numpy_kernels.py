@@ -55,6 +55,9 @@ _FWD_BLOCK = 1 << 17
 _MAX_ROW = 1 << 16
 # Below this many elements threads cost more than they save.
 _PARALLEL_MIN = 1 << 16
+# Read once: os.cpu_count() reads /sys on Linux, about 14 us, and every kernel
+# call asks (a layer-normalized LSTM step makes several).
+_CORES = os.cpu_count() or 1
 # Rows at least this long run with minimal ufunc buffering (see module doc);
 # shorter rows are better served by NumPy's default buffering.
 _UNBUFFERED_ROW = 128
@@ -108,7 +111,7 @@ def threads_for(nelem):
     """Threads to use for an operation touching ``nelem`` elements."""
     if nelem < _PARALLEL_MIN:
         return 1
-    threads = settings.num_threads or os.cpu_count() or 1
+    threads = settings.num_threads or _CORES
     cap = getattr(_caps, "limit", None)
     return threads if cap is None else max(1, min(threads, cap))
 

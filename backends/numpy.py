@@ -220,5 +220,29 @@ class NumPyAdapter(Adapter):
             None if dbias is None else dbias.astype(bias.dtype, copy=False).reshape(param_shape),
         )
 
+    def cell_step_backward(self, xp, cell, ctx, saved, dnew):
+        fused = getattr(_kernels(), "lstm_step_backward", None)  # the numba kernels only
+        if cell != "lstm" or fused is None:
+            return NotImplemented
+        ah, c_prev, gates_if, g, o, c, squashed = saved
+        dh, dc = dnew
+        gains = (ctx.params["gain_h"], ctx.params["gain_c"]) if ctx.layer_norm else (None, None)
+        arrays = [a for a in (*saved, *dnew, *gains) if a is not None]
+        numpy = sys.modules["numpy"]
+        dtype = dh.dtype
+        # numba has no float16; an empty batch (dask's metadata calls) has nothing to fuse
+        if dtype not in (numpy.float32, numpy.float64) or dh.size == 0:
+            return NotImplemented
+        if not _supported(*arrays):
+            return NotImplemented
+        if any(a.dtype != dtype for a in arrays):
+            return NotImplemented
+        du, dah, dc_prev, grads, rstds = fused(
+            ah, c_prev, gates_if, g, o, c, squashed, dh, dc, *gains, eps=ctx.eps
+        )
+        if ctx.layer_norm and any(_overflowed(r) for r in rstds):
+            return NotImplemented  # the reference recomputes such statistics scaled
+        return du, dah, (None, dc_prev), grads
+
 
 adapter = NumPyAdapter()

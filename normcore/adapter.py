@@ -426,6 +426,23 @@ class Adapter:
         """
         return NotImplemented
 
+    def cell_step_backward(
+        self, xp: Namespace, cell: str, ctx: Any, saved: tuple, dnew: tuple
+    ) -> tuple | NotImplementedType:
+        """The backward of one step of a recurrent cell with a fused kernel, or ``NotImplemented``.
+
+        ``cell`` is ``"rnn"``, ``"lstm"`` or ``"gru"``; ``ctx`` the call's
+        :class:`normcore._reference.cells.Context` (parameters, ``layer_norm``,
+        ``eps``, ``hidden``), ``saved`` what the reference cell's ``step``
+        saved and ``dnew`` the gradient of the step's new state, all validated
+        arrays of this library. Must return what the reference cell's
+        ``step_backward`` returns: ``(du, dah, dstate_direct, grads)``. For
+        libraries where one kernel per step beats the reference's dozen
+        elementwise calls and layer-norm backwards; the default returns
+        ``NotImplemented``.
+        """
+        return NotImplemented
+
     def map_batches(
         self,
         function: Callable[..., Any],

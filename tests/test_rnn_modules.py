@@ -87,6 +87,55 @@ def test_recurrent_backward_uses_the_parameters_and_mask_of_the_forward(backend,
     assert np.all(backend.to_numpy(dxs)[2:, 2] == 0)  # masked steps get no gradient
 
 
+@pytest.mark.parametrize(
+    "stack", [{}, {"num_layers": 2, "bidirectional": True}], ids=["1-layer", "2-layers-bidir"]
+)
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_training_backward_walks_the_forwards_tape(backend, rng, monkeypatch, cell, stack):
+    """A training call keeps its tape: the backward runs no forward, eval() recomputes it.
+
+    Both give the same gradients bit for bit (one loop, the same arithmetic);
+    the tape is released by a backward that succeeds, kept by one that raises.
+    """
+    from normcore._reference import recurrence
+
+    if backend.name == "dask":
+        pytest.skip("dask runs the layers part by part (map_batches): nothing to keep")
+    forwards = []
+    real_forward = recurrence.forward
+    monkeypatch.setattr(
+        recurrence, "forward", lambda *a, **k: forwards.append(1) or real_forward(*a, **k)
+    )
+    x = backend.asarray(rng.normal(size=(T, B, I)))
+    width = H * (2 if stack else 1)
+    dhs = backend.asarray(rng.normal(size=(T, B, width)))
+    layers = 2 * len(stack) or 1  # calls of the loop per forward: layers x directions
+    # Recomputing, a stack's backward runs its forward for every layer's input, then
+    # each layer's backward its own forward.
+    recompute = 2 * layers if stack else layers
+    obj = CELLS[cell](I, H, like=x, dtype="float64", **stack)
+    obj(x)
+    assert len(forwards) == layers
+    before = snapshot(backend, obj)
+    with pytest.raises(ValueError, match="dhs"):
+        obj.backward(backend.asarray(rng.normal(size=(T, B + 1, width))))
+    assert_unchanged(backend, obj, before)
+    taped = obj.backward(dhs)
+    assert len(forwards) == layers  # no forward ran again
+    assert obj._saved[4] is None  # the tape is released
+    taped_grads = {k: backend.to_numpy(v) for k, v in obj.grads().items()}
+    again = obj.backward(dhs)  # recomputed now, the same values
+    assert len(forwards) == layers + recompute
+    obj.eval()
+    obj(x)
+    recomputed = obj.backward(dhs)
+    assert len(forwards) == 2 * (layers + recompute)  # eval: a forward, then recomputing
+    for other in (again, recomputed):
+        np.testing.assert_array_equal(backend.to_numpy(taped), backend.to_numpy(other))
+    for k, v in obj.grads().items():
+        np.testing.assert_array_equal(taped_grads[k], backend.to_numpy(v))
+
+
 def _trained_lstm(backend, rng):
     x = backend.asarray(rng.normal(size=(T, B, I)), "float32")
     obj = normcore.LSTM(I, H, like=x)

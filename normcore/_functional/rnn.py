@@ -299,14 +299,44 @@ def rnn(
     """
     options = dict(cell=cell, layer_norm=layer_norm, eps=eps, batch_first=batch_first,
                    nonlinearity=nonlinearity)  # fmt: skip
+    hs, final, _ = _forward(xs, state0, params, mask, options, record=False)
+    return hs, final
+
+
+class Recording(NamedTuple):
+    """A forward call with the tape its backward needs (see :func:`recorded_rnn`)."""
+
+    call: _Call
+    hidden: int
+    cell: str
+    tape: recurrence.Tape
+
+
+def recorded_rnn(xs, state0, params, *, mask=None, **options) -> tuple[Any, Any, Any]:
+    """:func:`rnn`, also returning a :class:`Recording` for :func:`recorded_rnn_backward`.
+
+    For a module's training call: the backward then walks the steps from
+    what this forward kept (every step's activations, O(T * B * H) values)
+    instead of running the forward again. The recording is None where there
+    is nothing to keep (an adapter ran the call part by part, as dask does);
+    the backward then recomputes, as :func:`rnn_backward` does.
+    """
+    return _forward(xs, state0, params, mask, options, record=True)
+
+
+def _forward(xs, state0, params, mask, options, record) -> tuple[Any, Any, Any]:
     call, hidden = _prepare(xs, state0, params, mask=mask, **options)
-    batch = 0 if batch_first else 1
+    batch = 0 if options["batch_first"] else 1
     mapped = dispatch.map_batches(  # the parameters as checked and adopted: a dict of arrays
         call.seq.ctx.adapter, functools.partial(_rnn_part, **options),
         (xs, state0, call.seq.ctx.params, mask), in_axes=(batch, 0, None, batch),
         out_axes=(batch, 0),
     )  # fmt: skip
-    return _run(call, hidden) if mapped is NotImplemented else mapped
+    if mapped is not NotImplemented:
+        return *mapped, None
+    outputs, final, tape = recurrence.forward(call.seq, save=record)
+    recording = Recording(call, hidden, options["cell"], tape) if record else None
+    return _stack_outputs(call, outputs, hidden), _public_state(final), recording
 
 
 def _run(call: _Call, hidden: int) -> tuple[Any, Any]:
@@ -407,7 +437,15 @@ def _rnn_backward_part(xs, dhs, state0, params, mask, dfinal_state, **options) -
     return _run_backward(call, *_check_output_grads(call, hidden, dhs, dfinal_state, cell), cell)
 
 
-def _run_backward(call: _Call, dhs: Any, dfinal: tuple | None, cell: str) -> RNNGradients:
+def recorded_rnn_backward(recording: Recording, dhs: Any, dfinal_state: Any) -> RNNGradients:
+    """:func:`rnn_backward` of a :func:`recorded_rnn` call, from its tape (used up by it)."""
+    call, hidden, cell, tape = recording
+    checked = _check_output_grads(call, hidden, dhs, dfinal_state, cell)
+    return _run_backward(call, *checked, cell, tape)
+
+
+def _run_backward(call, dhs, dfinal, cell, tape=None) -> RNNGradients:
+    """The backward of a checked call; ``tape``: its forward's, if kept (else it reruns)."""
     seq, xp = call.seq, call.seq.ctx.xp
     params, batch_first = seq.ctx.params, call.batch_first
     dfinal = _zeros_for_none(dfinal, xp.zeros_like(seq.state0[0]), cell)
@@ -415,7 +453,7 @@ def _run_backward(call: _Call, dhs: Any, dfinal: tuple | None, cell: str) -> RNN
         dparams = {k: xp.zeros_like(v) for k, v in params.items()}
         dxs = _time_major(xp, xp.zeros_like(seq.xs), batch_first)
         return RNNGradients(dxs, _public_state(dfinal), dparams)
-    dxs, dstate0, dparams = recurrence.backward(seq, dhs, dfinal)
+    dxs, dstate0, dparams = recurrence.backward(seq, dhs, dfinal, tape)
     return RNNGradients(_time_major(xp, dxs, batch_first), _public_state(dstate0), dparams)
 
 
@@ -430,24 +468,32 @@ class _Stack(NamedTuple):
     mask: Any
     nonlinearity: str
 
-    def run(self, x: Any, state0: Any, params: Any, direction: int) -> tuple[Any, Any]:
+    def run(self, x, state0, params, direction, recordings=None) -> tuple[Any, Any]:
         """:func:`rnn` of one layer in one direction (the reverse on the reversed sequence).
 
         The reverse direction runs over the sequence and its mask reversed in
         time: its masked steps (a padded sequence's end, now first) carry the
         initial state unchanged, so each sequence starts at its own last step,
         as ``torch.nn``'s reverse direction of a ``PackedSequence`` does.
+        With a list ``recordings``, the call's :class:`Recording` is appended.
         """
         flip = self._flip(direction)
-        hs, final = rnn(flip(x), state0, params, **self.options(flip))
+        if recordings is None:
+            hs, final = rnn(flip(x), state0, params, **self.options(flip))
+        else:
+            hs, final, recording = recorded_rnn(flip(x), state0, params, **self.options(flip))
+            recordings.append(recording)
         return flip(hs), final
 
-    def run_backward(self, dhs, x, state0, params, dfinal, direction) -> RNNGradients:
-        """:func:`rnn_backward` of :meth:`run`."""
+    def run_backward(self, dhs, x, state0, params, dfinal, direction, recording=None):
+        """:func:`rnn_backward` of :meth:`run` (from its ``recording`` if there is one)."""
         flip = self._flip(direction)
-        g = rnn_backward(
-            flip(dhs), flip(x), state0, params, dfinal_state=dfinal, **self.options(flip)
-        )
+        if recording is not None:
+            g = recorded_rnn_backward(recording, flip(dhs), dfinal)
+        else:
+            g = rnn_backward(
+                flip(dhs), flip(x), state0, params, dfinal_state=dfinal, **self.options(flip)
+            )
         return RNNGradients(flip(g.dxs), g.dstate0, g.dparams)
 
     def _flip(self, direction: int) -> Any:
@@ -512,6 +558,7 @@ def stacked_rnn(
     between: Any = None,
     dropout: float = 0.0,
     keep_inputs: bool = False,
+    recordings: list | None = None,
 ) -> tuple[Any, list]:
     """Several layers, each in one or both directions: :func:`rnn` once per layer and direction.
 
@@ -525,6 +572,9 @@ def stacked_rnn(
     outputs concatenated on the last axis, and ``between`` (if given) maps it
     before the next layer (dropout). Returns ``(hs, finals)``, ``finals`` in the
     order of ``states0`` (and, with ``keep_inputs``, every layer's input third).
+    With a list ``recordings`` (a module's training call, without ``between``),
+    every layer and direction's :class:`Recording` is appended to it, in the
+    order of ``states0``, for :func:`stacked_rnn_backward`.
 
     Plain cells without a mask go to the adapter's native kernel
     (:meth:`normcore.adapter.Adapter.recurrent`) where it has one; ``dropout``
@@ -533,7 +583,8 @@ def stacked_rnn(
     """
     stack = _stack(cell, layer_norm, eps, bidirectional, batch_first, mask, nonlinearity)
     xp = check_arrays(xs, x_name="xs")
-    if not (layer_norm or keep_inputs or mask is not None) and (between is None or dropout):
+    plain = not (layer_norm or keep_inputs or mask is not None or recordings is not None)
+    if plain and (between is None or dropout):
         _check_stack(xs, states0, layer_params, stack)
         native = dispatch.recurrent(
             adapter_for(xs), xp, xs, states0, layer_params, cell=cell,
@@ -554,7 +605,7 @@ def stacked_rnn(
         outputs = []
         for direction in range(stack.directions):
             k = layer * stack.directions + direction
-            hs, final = stack.run(layer_input, states0[k], layer_params[k], direction)
+            hs, final = stack.run(layer_input, states0[k], layer_params[k], direction, recordings)
             outputs.append(hs)
             finals.append(final)
         layer_input = outputs[0] if len(outputs) == 1 else xp.concat(outputs, axis=-1)
@@ -577,6 +628,7 @@ def stacked_rnn_backward(
     mask: Any = None,
     nonlinearity: str = "tanh",
     dfinals: list | None = None,
+    recordings: list | None = None,
 ) -> tuple[Any, list, list]:
     """Gradients of :func:`stacked_rnn` (without ``between``): ``(dxs, dstates0, dparams)``.
 
@@ -585,14 +637,20 @@ def stacked_rnn_backward(
     a layer's input gradient, summed over its directions, is the output
     gradient of the layer below. ``dstates0``/``dparams`` are in the order of
     ``states0``; ``dfinals`` (None, or a list with None entries) in it too.
+    ``recordings``: what ``stacked_rnn(..., recordings=[])`` appended for
+    this call (its forward then does not run again, unless an entry is None).
     """
     stack = _stack(cell, layer_norm, eps, bidirectional, batch_first, mask, nonlinearity)
-    _, _, inputs = stacked_rnn(
-        xs, states0, layer_params, cell=cell, layer_norm=layer_norm, eps=eps,
-        bidirectional=bidirectional, batch_first=batch_first, mask=mask,
-        nonlinearity=nonlinearity, keep_inputs=True,
-    )  # fmt: skip
     count = len(layer_params)
+    if recordings is None or any(r is None for r in recordings):
+        recordings = [None] * count
+        _, _, inputs = stacked_rnn(
+            xs, states0, layer_params, cell=cell, layer_norm=layer_norm, eps=eps,
+            bidirectional=bidirectional, batch_first=batch_first, mask=mask,
+            nonlinearity=nonlinearity, keep_inputs=True,
+        )  # fmt: skip
+    else:  # every layer's input is in its recordings
+        inputs = [None] * (count // stack.directions)
     dfinals = [None] * count if dfinals is None else dfinals
     dstates0: list = [None] * count
     dparams: list = [None] * count
@@ -604,8 +662,9 @@ def stacked_rnn_backward(
             k = layer * stack.directions + direction
             d = dout[..., direction * hidden : (direction + 1) * hidden]
             g = stack.run_backward(
-                d, inputs[layer], states0[k], layer_params[k], dfinals[k], direction
-            )
+                d, inputs[layer], states0[k], layer_params[k], dfinals[k], direction,
+                recordings[k],
+            )  # fmt: skip
             dstates0[k], dparams[k] = g.dstate0, g.dparams
             dx_total = g.dxs if dx_total is None else dx_total + g.dxs
         dout = dx_total

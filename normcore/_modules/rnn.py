@@ -11,7 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .._functional.rnn import rnn, rnn_backward, stacked_rnn, stacked_rnn_backward
+from .._functional.rnn import (
+    recorded_rnn,
+    recorded_rnn_backward,
+    rnn,
+    rnn_backward,
+    stacked_rnn,
+    stacked_rnn_backward,
+)
 from .._functional.rnn_params import (
     layer_suffix,
     layer_torch_keys,
@@ -147,7 +154,11 @@ class _Recurrent(Module):
         ``batch_first``); ``state0`` an array ``(B, H)`` (a tuple ``(h0, c0)``
         for the LSTM) or None for zeros; ``mask`` an optional bool ``(T, B)``
         (``(B, T)``) array, True on real steps. Remembers the call for
-        :meth:`backward`.
+        :meth:`backward`: in training mode (the default) with every step's
+        activations the backward needs (for the LSTM about ``10 * T * B * H``
+        values per layer and direction, as torch keeps for autograd), so that
+        the backward does not run the forward again; after :meth:`eval`,
+        only the inputs (the backward then recomputes the forward).
 
         Raises
         ------
@@ -164,12 +175,20 @@ class _Recurrent(Module):
         params = self.parameters()
         if self._stacked:
             states0 = self._states(state0, "state0")
+            recordings = [] if self.training else None
             hs, final = stacked_rnn(
-                xs, states0, self._layer_params(params), mask=mask, **self._stack_options()
-            )
+                xs, states0, self._layer_params(params), mask=mask, recordings=recordings,
+                **self._stack_options(),
+            )  # fmt: skip
+        elif self.training:
+            hs, final, recording = recorded_rnn(xs, state0, params, mask=mask, **self._options())
+            recordings = [recording]
         else:
             hs, final = rnn(xs, state0, params, mask=mask, **self._options())
-        self._saved = (xs, state0, params, mask)
+            recordings = None
+        # Replaced whole, never changed in place: a backward in another thread
+        # sees one call's inputs and recordings together.
+        self._saved = (xs, state0, params, mask, recordings)
         return hs, final
 
     def backward(self, dhs: Any, dfinal_state: Any = None) -> Any:
@@ -186,12 +205,21 @@ class _Recurrent(Module):
         dfinal_state : array or tuple of two arrays, optional
             Gradient with respect to ``final_state``; None means zero.
         """
-        xs, state0, params, mask = self._require_saved()
+        saved = self._require_saved()
+        dxs = self._backward(saved, dhs, dfinal_state)
+        with self._lock:  # the tape has served: released, unless a newer forward replaced it
+            if self._saved is saved and saved[4] is not None:
+                self._saved = (*saved[:4], None)
+        return dxs
+
+    def _backward(self, saved: tuple, dhs: Any, dfinal_state: Any) -> Any:
+        xs, state0, params, mask, recordings = saved
         if self._stacked:
             dfinals = self._states(dfinal_state, "dfinal_state")
             dxs, dstates0, dparams = stacked_rnn_backward(
                 dhs, xs, self._states(state0, "state0"), self._layer_params(params),
-                mask=mask, dfinals=dfinals, **self._stack_options(),
+                mask=mask, dfinals=dfinals, recordings=recordings,
+                **self._stack_options(),
             )  # fmt: skip
             grads = {}
             for (layer, reverse), part in zip(self._layers, dparams, strict=True):
@@ -199,9 +227,12 @@ class _Recurrent(Module):
             self._grads = {n: grads[n] for n in self._parameter_names}
             self._dstate0 = dstates0
             return dxs
-        grads = rnn_backward(
-            dhs, xs, state0, params, mask=mask, dfinal_state=dfinal_state, **self._options()
-        )
+        if recordings is not None and recordings[0] is not None:
+            grads = recorded_rnn_backward(recordings[0], dhs, dfinal_state)
+        else:
+            grads = rnn_backward(
+                dhs, xs, state0, params, mask=mask, dfinal_state=dfinal_state, **self._options()
+            )
         self._grads = dict(grads.dparams)
         self._dstate0 = grads.dstate0
         return grads.dxs

@@ -19,6 +19,7 @@ from .config import using_reference_path
 
 __all__ = [
     "adopted",
+    "cell_step_backward",
     "custom_gradient",
     "is_empty",
     "map_batches",
@@ -68,6 +69,19 @@ def moments(adapter, xp, x, axes) -> tuple[int, Array, Array]:
         if result is not NotImplemented:
             return result
     return reference_moments.moment_sums(xp, x, axes)
+
+
+def cell_step_backward(adapter, cell, ctx, saved, dnew):
+    """The backward of one recurrent step: ``adapter.cell_step_backward``, or the cell's own.
+
+    ``cell`` is one of :data:`normcore._reference.cells.CELL_IMPLEMENTATIONS`;
+    the arguments and result are those of its ``step_backward``.
+    """
+    if not using_reference_path():
+        result = adapter.cell_step_backward(ctx.xp, cell.name, ctx, saved, dnew)
+        if result is not NotImplemented:
+            return result
+    return cell.step_backward(ctx, saved, dnew)
 
 
 def custom_gradient(adapter, forward, backward, inputs):

@@ -12,7 +12,9 @@ Every cell is split the same way so that the sequence loop
   the step's activations its backward needs (None without: a forward-only
   call keeps nothing per step).
 * ``step_backward(ctx, saved, dnew)`` returns ``(du_t, dah_t, dstate_direct,
-  grads)`` from the saved activations, without recomputing the step:
+  grads)`` from the saved activations, without recomputing the step (the loop
+  asks the adapter first, :meth:`normcore.adapter.Adapter.cell_step_backward`,
+  which may have one fused kernel for it):
   gradients of ``u_t`` and ``ah_t``, of the previous state through paths
   other than ``ah_t`` (None where there is none) and of the step's own
   parameters. What is saved is a few ``(B, G*H)`` blocks per step, so memory
@@ -101,6 +103,7 @@ class ElmanRNN:
     With ``ctx.nonlinearity == "relu"``, ``relu`` instead of ``tanh``.
     """
 
+    name = "rnn"  # its key in CELL_IMPLEMENTATIONS, and what adapters are told
     gates = 1  # one block: the pre-activation
 
     def project_inputs(self, ctx: Context, ax: Any) -> Any:
@@ -137,6 +140,7 @@ class ElmanRNN:
 class LSTM:
     """Gate blocks ``(i, f, g, o)``; with layer norm, eqs. 20-22 of Ba et al."""
 
+    name = "lstm"  # its key in CELL_IMPLEMENTATIONS, and what adapters are told
     gates = 4  # blocks i, f, g, o
 
     def project_inputs(self, ctx: Context, ax: Any) -> Any:
@@ -164,12 +168,13 @@ class LSTM:
         new = (o * squashed, c)
         if not save:
             return new, None
-        # ah and c only feed the layer norms' backward.
-        return new, (ah if ln else None, c_prev, i, f, g, o, c if ln else None, squashed)
+        # ah and c only feed the layer norms' backward; i and f stay one (B, 2H) block.
+        return new, (ah if ln else None, c_prev, gates_if, g, o, c if ln else None, squashed)
 
     def step_backward(self, ctx: Context, saved: tuple, dnew: tuple) -> tuple:
-        xp = ctx.xp
-        ah, c_prev, i, f, g, o, c, squashed = saved
+        xp, hidden = ctx.xp, ctx.hidden
+        ah, c_prev, gates_if, g, o, c, squashed = saved
+        i, f = gates_if[..., :hidden], gates_if[..., hidden:]
         dh, dc = dnew
         do = dh * squashed
         dsquashed = dh * o * (1 - squashed * squashed)
@@ -201,6 +206,7 @@ class GRU:
     (the paper's update gate weighs the candidate, PyTorch's the old state).
     """
 
+    name = "gru"  # its key in CELL_IMPLEMENTATIONS, and what adapters are told
     gates = 3  # blocks r, z, n
 
     def project_inputs(self, ctx: Context, ax: Any) -> Any:

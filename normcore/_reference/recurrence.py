@@ -5,6 +5,7 @@ for all steps; each step adds ``h_{t-1} @ W_h`` and applies the cell
 (:mod:`normcore._reference.cells`). The backward runs the forward once,
 keeping what each step's backward needs (the cell's saved activations and the
 state entering the step: a few ``(B, G*H)`` blocks per step, O(T * B * H)),
+unless the caller kept that tape from its own forward (a training module),
 walks the steps in reverse order from those, and does the two
 weight-gradient matmuls once at the end. Inputs here are validated and
 time-major (:mod:`normcore._functional.rnn` does both).
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from .._plumbing import dispatch
 from .cells import Context
 
 __all__ = ["Sequence", "backward", "forward"]
@@ -80,16 +82,24 @@ def forward(seq: Sequence, save: bool) -> tuple[list, tuple, Tape | None]:
     return outputs, state, tape
 
 
-def backward(seq: Sequence, dhs: Any, dfinal: tuple) -> tuple[Any, tuple, dict]:
+def backward(
+    seq: Sequence, dhs: Any, dfinal: tuple, tape: Tape | None = None
+) -> tuple[Any, tuple, dict]:
     """Backpropagation through time: ``(dxs, dstate0, dparams)`` for ``T >= 1`` steps.
 
     ``dhs`` is the time-major gradient of the outputs and ``dfinal`` that of
     the final state (a tuple like the state). ``dparams`` has every key of
-    the parameters, in their order.
+    the parameters, in their order. ``tape`` is what ``forward(seq,
+    save=True)`` kept, if the caller has it (a training module's call): the
+    forward then does not run again, and the tape is left as it was.
     """
     ctx, xp, p = seq.ctx, seq.ctx.xp, seq.ctx.params
     steps = seq.xs.shape[0]
-    _, _, tape = forward(seq, save=True)
+    own = tape is None
+    if own:
+        _, _, tape = forward(seq, save=True)
+    # Our own tape's steps are dropped as soon as they are used; a caller's stays whole.
+    saved_steps = tape.saved if own else list(tape.saved)
     w_h_t = xp.permute_dims(p["W_h"], (1, 0))
     dhs_steps, masks = _steps(xp, dhs), _mask_columns(seq)
     dstate, dus, dahs, step_grads = dfinal, [None] * steps, [None] * steps, {}
@@ -99,8 +109,10 @@ def backward(seq: Sequence, dhs: Any, dfinal: tuple) -> tuple[Any, tuple, dict]:
         if m is not None:  # a padded step passes the state's gradient straight through
             passed = tuple(xp.where(m, xp.zeros_like(d), d) for d in dstate)
             dnew = tuple(xp.where(m, d, xp.zeros_like(d)) for d in dnew)
-        saved, tape.saved[t] = tape.saved[t], None  # freed as soon as it is used
-        dus[t], dahs[t], direct, grads = seq.cell.step_backward(ctx, saved, dnew)
+        saved, saved_steps[t] = saved_steps[t], None
+        dus[t], dahs[t], direct, grads = dispatch.cell_step_backward(
+            ctx.adapter, seq.cell, ctx, saved, dnew
+        )
         for name, g in grads.items():
             step_grads[name] = g if name not in step_grads else step_grads[name] + g
         dh_prev = xp.matmul(dahs[t], w_h_t)
@@ -109,10 +121,14 @@ def backward(seq: Sequence, dhs: Any, dfinal: tuple) -> tuple[Any, tuple, dict]:
             dprev = [d + pass_d for d, pass_d in zip(dprev, passed, strict=True)]
         dstate = tuple(dprev)
 
-    dax, input_grads = seq.cell.project_inputs_backward(ctx, xp.stack(dus), tape.ax)
+    dus_stacked = xp.stack(dus)
+    dax, input_grads = seq.cell.project_inputs_backward(ctx, dus_stacked, tape.ax)
     dparams = {**step_grads, **input_grads}
     dparams["W_x"] = _weight_grad(xp, seq.xs, dax)
-    dparams["W_h"] = _weight_grad(xp, xp.stack(tape.h_prev), xp.stack(dahs))
+    # A plain cell's dah_t is its du_t (the same array): stacked once.
+    same = all(dah is du for dah, du in zip(dahs, dus, strict=True))
+    dahs_stacked = dus_stacked if same else xp.stack(dahs)
+    dparams["W_h"] = _weight_grad(xp, xp.stack(tape.h_prev), dahs_stacked)
     dxs = xp.matmul(dax, xp.permute_dims(p["W_x"], (1, 0)))
     return dxs, dstate, {k: dparams[k] for k in p}
 

@@ -1,0 +1,136 @@
+"""The NumPy adapter's fused LSTM step backward (numba) against the reference cell.
+
+``normcore.rnn_backward`` on NumPy arrays hands every LSTM step's backward to
+``_numba_kernels.lstm_step_backward`` (``NumPyAdapter.cell_step_backward``);
+``normcore.reference_path()`` runs the reference cell's ``step_backward``
+instead. Expected values here come from float64 computations of the
+reference path (and, for the plain cell, ``torch.nn.LSTM`` in
+``test_rnn_modules.py``); the spy only counts the kernel's calls, so that a
+kernel that silently declined could not pass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import normcore
+from normcore._plumbing import config
+
+numba_kernels = pytest.importorskip(
+    "normcore.backends._numba_kernels", reason="numba cannot be imported"
+)
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Calls of the fused kernel, counted (the kernel itself still runs)."""
+    calls = []
+    real = numba_kernels.lstm_step_backward
+
+    def counted(*args, **kwargs):
+        calls.append(args[0] is not None)  # layer norm: ah is saved
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(numba_kernels, "lstm_step_backward", counted)
+    monkeypatch.setattr(config.settings, "numba", True)
+    return calls
+
+
+def _case(rng, layer_norm, steps, batch, inputs, hidden, dtype, scale=1.0):
+    params = normcore.rnn_params("lstm", inputs, hidden, layer_norm=layer_norm, dtype="float64")
+    params = {k: v + 0.3 * rng.normal(size=v.shape) for k, v in params.items()}
+    data = {
+        "xs": rng.normal(size=(steps, batch, inputs)),
+        "state0": tuple(scale * rng.normal(size=(batch, hidden)) for _ in range(2)),
+        "dhs": rng.normal(size=(steps, batch, hidden)),
+        "dfinal": tuple(rng.normal(size=(batch, hidden)) for _ in range(2)),
+    }
+    rounded = {k: v.astype(dtype) for k, v in params.items()}
+    cast = {
+        k: tuple(s.astype(dtype) for s in v) if isinstance(v, tuple) else v.astype(dtype)
+        for k, v in data.items()
+    }
+    return rounded, cast
+
+
+def _backward(params, data, layer_norm, mask=None):
+    return normcore.rnn_backward(
+        data["dhs"], data["xs"], data["state0"], params, cell="lstm", layer_norm=layer_norm,
+        dfinal_state=data["dfinal"], mask=mask,
+    )  # fmt: skip
+
+
+def _flat(g):
+    return [g.dxs, *g.dstate0, *(g.dparams[k] for k in sorted(g.dparams))]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("layer_norm", [False, True], ids=["plain", "ln"])
+@pytest.mark.parametrize(
+    "sizes", [(3, 5, 7, 8), (2, 20, 3, 6), (2, 64, 16, 256)], ids=["small", "chunks", "threads"]
+)
+def test_fused_step_backward_matches_the_reference(kernel_calls, rng, dtype, layer_norm, sizes):
+    """Every step runs the kernel; the gradients equal the float64 reference's.
+
+    ``chunks``: more rows than the kernel's 8 chunks of dgain partials;
+    ``threads``: 65536 gradient values per step, which the thread pool splits.
+    """
+    steps, batch, inputs, hidden = sizes
+    params, data = _case(rng, layer_norm, steps, batch, inputs, hidden, dtype)
+    got = _backward(params, data, layer_norm)
+    assert kernel_calls == [layer_norm] * steps
+    # float64 truth from the same rounded values, on the reference path
+    params64 = {k: v.astype("float64") for k, v in params.items()}
+    data64 = {
+        k: tuple(s.astype("float64") for s in v) if isinstance(v, tuple) else v.astype("float64")
+        for k, v in data.items()
+    }
+    with normcore.reference_path():
+        want = _backward(params64, data64, layer_norm)
+    for g, w in zip(_flat(got), _flat(want), strict=True):
+        assert g.dtype == np.dtype(dtype)
+        tol = 1e-12 if dtype == "float64" else 2e-5
+        np.testing.assert_allclose(g, w, rtol=tol, atol=tol * np.abs(w).max())
+
+
+def test_masked_steps_and_a_strided_state(kernel_calls, rng):
+    """A mask and a non-contiguous c0: the first step declines (reference), the rest fuse."""
+    params, data = _case(rng, True, 4, 3, 5, 6, "float64")
+    c0 = np.asfortranarray(data["state0"][1])  # same values, another layout
+    mask = np.arange(4)[:, None] < np.array([4, 2, 1])
+    strided = dict(data, state0=(data["state0"][0], c0))
+    got = _backward(params, strided, True, mask=mask)
+    assert kernel_calls == [True] * 3  # step 0 saw the strided c0: the reference cell ran it
+    with normcore.reference_path():
+        want = _backward(params, data, True, mask=mask)
+    for g, w in zip(_flat(got), _flat(want), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+
+
+def test_overflowing_statistics_fall_back_to_the_reference(kernel_calls, rng):
+    """float64 cell states near 1e200: LN(c)'s variance overflows in the kernel's sums.
+
+    The kernel reports it (rstd 0) and the reference's scaled statistics
+    compute those steps: finite gradients, equal to the reference path's.
+    """
+    params, data = _case(rng, True, 3, 4, 5, 6, "float64", scale=1e200)
+    got = _backward(params, data, True)
+    assert len(kernel_calls) == 3  # asked every step; declined where the variance overflowed
+    with normcore.reference_path():
+        want = _backward(params, data, True)
+    for g, w in zip(_flat(got), _flat(want), strict=True):
+        assert np.isfinite(g).all()
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-10 * np.abs(w).max())
+
+
+def test_numpy_only_kernels_run_the_reference_cell(kernel_calls, monkeypatch, rng):
+    """``NORMCORE_NUMBA=0``: no fused step (the NumPy kernel set has none); same gradients."""
+    params, data = _case(rng, True, 3, 4, 5, 6, "float64")
+    fused = _backward(params, data, True)
+    monkeypatch.setattr(config.settings, "numba", False)
+    kernel_calls.clear()
+    unfused = _backward(params, data, True)
+    assert kernel_calls == []
+    for g, w in zip(_flat(fused), _flat(unfused), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
