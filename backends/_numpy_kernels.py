@@ -107,11 +107,16 @@ os.register_at_fork(after_in_child=_forget_pool_after_fork)
 _caps = threading.local()  # this thread's limit (thread_cap), as torch's is per thread
 
 
+def most_threads():
+    """The threads a large call may use: NORMCORE_NUM_THREADS, else one per core."""
+    return settings.num_threads or _CORES
+
+
 def threads_for(nelem):
     """Threads to use for an operation touching ``nelem`` elements."""
     if nelem < _PARALLEL_MIN:
         return 1
-    threads = settings.num_threads or _CORES
+    threads = most_threads()
     cap = getattr(_caps, "limit", None)
     return threads if cap is None else max(1, min(threads, cap))
 

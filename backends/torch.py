@@ -54,7 +54,7 @@ def _numpy_views(torch, tensors) -> list | None:
         if (
             type(t) not in (torch.Tensor, torch.nn.Parameter)  # a Parameter is a plain tensor
             or t.dtype not in (torch.float32, torch.float64)
-            or t.device.type != "cpu"
+            or not t.is_cpu
             or t.layout != torch.strided
             or not t.is_contiguous()
             or (recording and t.requires_grad)
@@ -62,8 +62,21 @@ def _numpy_views(torch, tensors) -> list | None:
             or t.is_neg()
         ):
             return None
-        views.append(t.detach().numpy())
+        # .numpy() refuses a tensor that requires grad; detach() costs a new tensor object
+        views.append(t.detach().numpy() if t.requires_grad else t.numpy())
     return views
+
+
+@functools.cache
+def _numpy_side() -> tuple:
+    """What :func:`_on_numpy_kernels` needs of normcore's NumPy side, imported once."""
+    from normcore.backends import _numpy_kernels
+    from normcore.backends.numpy import adapter as numpy_adapter
+
+    from normcore._plumbing.compat import namespace_of
+    from normcore.adapter import Statistics
+
+    return numpy_adapter, namespace_of, Statistics, _numpy_kernels
 
 
 def _on_numpy_kernels(torch, method: str, tensors, layout: Layout, **options) -> Any:
@@ -74,20 +87,21 @@ def _on_numpy_kernels(torch, method: str, tensors, layout: Layout, **options) ->
     views = _numpy_views(torch, [*tensors, *(() if stats is None else stats)])
     if views is None:
         return NotImplemented
-    from normcore.backends.numpy import adapter as numpy_adapter
-
-    from normcore._plumbing.compat import namespace_of
-    from normcore.adapter import Statistics
-
+    numpy_adapter, namespace_of, Statistics, kernels = _numpy_side()
     if stats is not None:
         *views, mean, var = views
         layout = dataclasses.replace(layout, stats=Statistics(mean, var))
-    from normcore.backends._numpy_kernels import thread_cap
-
+    call = getattr(numpy_adapter, method)
     # torch's kernels give inf silently where a cast of the NumPy results overflows;
-    # torch.set_num_threads limits these calls as it limits torch's kernels.
-    with numpy_adapter.overflow_ignored(), thread_cap(torch.get_num_threads()):
-        result = getattr(numpy_adapter, method)(namespace_of(views[0]), *views, layout, **options)
+    # torch.set_num_threads limits these calls as it limits torch's kernels (the cap
+    # is entered only where it binds: a context manager per call costs microseconds).
+    limit = torch.get_num_threads()
+    with numpy_adapter.overflow_ignored():
+        if limit < kernels.most_threads():
+            with kernels.thread_cap(limit):
+                result = call(namespace_of(views[0]), *views, layout, **options)
+        else:
+            result = call(namespace_of(views[0]), *views, layout, **options)
     if result is NotImplemented:
         return NotImplemented
     return type(result)(*(None if a is None else torch.from_numpy(a) for a in result))
@@ -331,9 +345,10 @@ class TorchAdapter(Adapter):
             return NotImplemented
         if layout.correction and not layout.center:  # torch's mean square has no correction
             return NotImplemented
-        if layout.stats is None and not self.is_concrete(x):
+        concrete = self.is_concrete(x)
+        if layout.stats is None and not concrete:
             return NotImplemented  # the overflow check reads values: the reference's has no branch
-        if self.is_concrete(x):
+        if concrete:
             result = _on_numpy_kernels(
                 torch, "normalize", (x, gain, bias), layout, need_stats=need_stats
             )
