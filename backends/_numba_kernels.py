@@ -48,6 +48,7 @@ from . import _numpy_kernels
 __all__ = [
     "channels_backward",
     "channels_forward",
+    "lstm_step",
     "lstm_step_backward",
     "rows_backward",
     "rows_forward",
@@ -144,38 +145,49 @@ def _input_grad(g, u, beta, alpha, scale):
 # --------------------------------------------------------------------------
 
 
+@njit(inline="always")
+def _normalize_row(row, g, b, eps, center, out):
+    """``out`` = the row normalized, times ``g`` plus ``b``; returns ``(mean, rstd)``.
+
+    Two passes shifted by the row's first value; ``rstd`` is rounded to the
+    row's dtype before use (0 or NaN: the variance overflowed). ``mean`` is 0
+    without ``center`` (RMS norm), a zero of the row's dtype.
+    """
+    d = row.shape[0]
+    if center:
+        k = row[0]
+        s = 0.0
+        for j in range(d):
+            s += row[j] - k
+        m = s / d
+        out[0] = m  # rounds m to the row dtype (out is overwritten below)
+        mf = out[0]
+        sq = 0.0
+        for j in range(d):
+            c = _centred(row[j], k, mf)
+            sq += np.float64(c) * np.float64(c)
+        mean = k + m
+    else:
+        # A zero of the row's dtype (row[0] - row[0] is NaN for an infinite
+        # first value, which would spread to the whole row).
+        out[0] = 0.0
+        k = out[0]
+        mf = k
+        sq = 0.0
+        for j in range(d):
+            sq += np.float64(row[j]) * np.float64(row[j])
+        mean = 0.0
+    out[0] = 1.0 / math.sqrt(sq / d + eps)
+    rs = out[0]
+    for j in range(d):
+        out[j] = _centred(row[j], k, mf) * rs * g[j] + b[j]
+    return mean, rs
+
+
 @njit(**_JIT)
 def _rows_forward_kernel(t0, t1, x, g, b, eps, center, y, mean, rstd):
-    d = x.shape[1]
     for r in range(t0, t1):
-        row = x[r]
-        out = y[r]
-        if center:
-            k = row[0]
-            s = 0.0
-            for j in range(d):
-                s += row[j] - k
-            m = s / d
-            out[0] = m  # rounds m to the row dtype (y is overwritten below)
-            mf = out[0]
-            sq = 0.0
-            for j in range(d):
-                c = _centred(row[j], k, mf)
-                sq += np.float64(c) * np.float64(c)
-            mean[r] = k + m
-        else:
-            # A zero of the row's dtype (row[0] - row[0] is NaN for an infinite
-            # first value, which would spread to the whole row).
-            mean[r] = 0.0
-            k = mean[r]
-            mf = k
-            sq = 0.0
-            for j in range(d):
-                sq += np.float64(row[j]) * np.float64(row[j])
-        rstd[r] = 1.0 / math.sqrt(sq / d + eps)
-        rs = rstd[r]
-        for j in range(d):
-            out[j] = _centred(row[j], k, mf) * rs * g[j] + b[j]
+        mean[r], rstd[r] = _normalize_row(x[r], g, b, eps, center, y[r])
 
 
 def rows_forward(x, gain, bias, *, eps, center):
@@ -299,11 +311,104 @@ def rows_backward(
 
 
 # --------------------------------------------------------------------------
-# The backward of one step of the LSTM cell (normcore._reference.cells.LSTM)
+# One step of the LSTM cell (normcore._reference.cells.LSTM), forward and backward
 # --------------------------------------------------------------------------
+
 
 # Row chunks of a step's dgain/dbias partials (fixed: results do not depend on threads).
 _STEP_CHUNKS = 8
+# A recurrent step's kernels run on the calling thread below this many values: each
+# step follows a BLAS matmul whose threads still spin on the cores, and handing a
+# 64x1024 block to the pool cost more than it saved (LN-LSTM T=50, B=64, H=256:
+# forward 38-52 ms threaded, 35 ms on one thread).
+_STEP_PARALLEL_MIN = 1 << 19
+
+
+def _spread_step(kernel, ntasks, nelem, *args):
+    """:func:`_spread` for the kernels of one recurrent step (see _STEP_PARALLEL_MIN)."""
+    if nelem < _STEP_PARALLEL_MIN:
+        kernel(0, ntasks, *args)
+    else:
+        _spread(kernel, ntasks, nelem, *args)
+
+
+@njit(**_JIT)
+def _lstm_gate_inputs_kernel(t0, t1, u, ah, gain_h, bias_h, eps, z, rstd_h):
+    """``z = u + LN(ah; gain_h, bias_h)``, row by row."""
+    for r in range(t0, t1):
+        zr, ur = z[r], u[r]
+        rstd_h[r] = _normalize_row(ah[r], gain_h, bias_h, eps, True, zr)[1]
+        for j in range(zr.shape[0]):
+            zr[j] = ur[j] + zr[j]
+
+
+@njit(**_JIT)
+def _lstm_cell_state_kernel(t0, t1, gates_if, g, c_prev, gain_c, bias_c, eps, ln, c, cn, rstd_c):
+    """``c = f * c_prev + i * g`` and, with ``ln``, ``cn = LN(c; gain_c, bias_c)``."""
+    hidden = c.shape[1]
+    for r in range(t0, t1):
+        gif, g_r, cp, cr = gates_if[r], g[r], c_prev[r], c[r]
+        for j in range(hidden):
+            cr[j] = gif[hidden + j] * cp[j] + gif[j] * g_r[j]
+        if ln:
+            rstd_c[r] = _normalize_row(cr, gain_c, bias_c, eps, True, cn[r])[1]
+
+
+def _sigmoid(a, out):
+    """``out = 1 / (1 + exp(-a))`` in place: exp's overflow (a < -88 in float32) gives
+    inf and the result 0, the limit; the caller silences the overflow warning."""
+    np.negative(a, out=out)
+    np.exp(out, out=out)
+    np.add(out, 1, out=out)
+    np.reciprocal(out, out=out)
+
+
+def lstm_step(u, ah, c_prev, gain_h, bias_h, gain_c, bias_c, *, eps):
+    """One step of the LSTM cell's forward: the arithmetic and layer norms compiled.
+
+    ``u`` (B, 4H) is the step's input term, ``ah = h_prev @ W_h`` (B, 4H),
+    ``c_prev`` (B, H); the gains and biases are None for the plain cell.
+    C-contiguous, one float32 or float64 dtype. ``u + LN(ah)`` and ``c = f *
+    c_prev + i * g`` with ``LN(c)`` run row by row (the per-row code of
+    :func:`rows_forward`); the gates' exp and tanh are NumPy's (numba has no
+    vectorised exp or tanh here: its scalar ones took 3.6x and 44x NumPy's
+    time on a 64x1024 float32 block).
+
+    Returns ``(h, c, gates_if, g, o, squashed)`` as the reference cell
+    computes them (``gates_if`` the sigmoids of the i and f blocks side by
+    side), or None where a layer norm's variance overflowed (the caller then
+    runs the reference, whose statistics are scaled).
+    """
+    rows, hidden = c_prev.shape
+    dtype = c_prev.dtype
+    ln = gain_h is not None
+    if ln:
+        z = np.empty((rows, 4 * hidden), dtype)
+        rstd_h = np.empty(rows, dtype)
+        _spread_step(_lstm_gate_inputs_kernel, rows, z.size, u, ah, gain_h, bias_h, float(eps), z,
+                rstd_h)  # fmt: skip
+        if not rstd_h.min() > 0:
+            return None
+    else:
+        z = u + ah
+    gates_if = np.empty((rows, 2 * hidden), dtype)
+    o = np.empty((rows, hidden), dtype)
+    with np.errstate(over="ignore"):
+        _sigmoid(z[:, : 2 * hidden], gates_if)
+        _sigmoid(z[:, 3 * hidden :], o)
+    g = np.tanh(z[:, 2 * hidden : 3 * hidden])
+    c = np.empty((rows, hidden), dtype)
+    cn = np.empty((rows, hidden), dtype) if ln else c
+    rstd_c = np.empty(rows if ln else 0, dtype)
+    empty = np.empty(0, dtype)
+    _spread_step(
+        _lstm_cell_state_kernel, rows, c.size, gates_if, g, c_prev,
+        gain_c if ln else empty, bias_c if ln else empty, float(eps), ln, c, cn, rstd_c,
+    )  # fmt: skip
+    if ln and not rstd_c.min() > 0:
+        return None
+    squashed = np.tanh(cn)
+    return o * squashed, c, gates_if, g, o, squashed
 
 
 @njit(**_JIT)
@@ -366,7 +471,7 @@ def lstm_step_backward(ah, c_prev, gates_if, g, o, c, squashed, dh, dc, gain_h, 
     pgh, pbh, pgc, pbc = (np.zeros(sizes[n // 2]) for n in range(4))
     rstd_h, rstd_c = (np.empty(rows if ln else 0, dtype) for _ in range(2))
     empty2, empty1 = np.empty((0, 0), dtype), np.empty(0, dtype)
-    _spread(
+    _spread_step(
         _lstm_step_backward_kernel, nchunks, du.size,
         empty2 if ah is None else ah, c_prev, gates_if, g, o, empty2 if c is None else c,
         squashed, dh, dc, empty1 if gain_h is None else gain_h,

@@ -135,6 +135,23 @@ def _overflowed(rstd: Any) -> bool:
     return not rstd.min() > 0
 
 
+def _fusable(*arrays: Any) -> bool:
+    """Whether the fused recurrent kernels take these arrays (None entries aside).
+
+    C-contiguous, one float32 or float64 dtype (numba has no float16), and
+    not empty (dask's metadata calls pass empty batches).
+    """
+    present = [a for a in arrays if a is not None]
+    numpy = sys.modules["numpy"]
+    dtype = present[0].dtype
+    return (
+        dtype in (numpy.float32, numpy.float64)
+        and present[0].size > 0
+        and all(a.dtype == dtype for a in present)
+        and _supported(*present)
+    )
+
+
 def _given(layout: Layout) -> dict[str, Any]:
     stats = layout.stats
     return {} if stats is None else {"mean": _flat(stats.mean), "var": _flat(stats.var)}
@@ -220,6 +237,24 @@ class NumPyAdapter(Adapter):
             None if dbias is None else dbias.astype(bias.dtype, copy=False).reshape(param_shape),
         )
 
+    def cell_step(self, xp, cell, ctx, u, ah, state, save):
+        fused = getattr(_kernels(), "lstm_step", None)  # the numba kernels only
+        if cell != "lstm" or fused is None:
+            return NotImplemented
+        names = ("gain_h", "bias_h", "gain_c", "bias_c")
+        params = tuple(ctx.params[n] for n in names) if ctx.layer_norm else (None,) * 4
+        c_prev = state[1]
+        if not _fusable(u, ah, c_prev, *params):
+            return NotImplemented
+        result = fused(u, ah, c_prev, *params, eps=ctx.eps)
+        if result is None:
+            return NotImplemented  # a variance overflowed: the reference scales its statistics
+        h, c, gates_if, g, o, squashed = result
+        if not save:
+            return (h, c), None
+        ln = ctx.layer_norm
+        return (h, c), (ah if ln else None, c_prev, gates_if, g, o, c if ln else None, squashed)
+
     def cell_step_backward(self, xp, cell, ctx, saved, dnew):
         fused = getattr(_kernels(), "lstm_step_backward", None)  # the numba kernels only
         if cell != "lstm" or fused is None:
@@ -227,15 +262,7 @@ class NumPyAdapter(Adapter):
         ah, c_prev, gates_if, g, o, c, squashed = saved
         dh, dc = dnew
         gains = (ctx.params["gain_h"], ctx.params["gain_c"]) if ctx.layer_norm else (None, None)
-        arrays = [a for a in (*saved, *dnew, *gains) if a is not None]
-        numpy = sys.modules["numpy"]
-        dtype = dh.dtype
-        # numba has no float16; an empty batch (dask's metadata calls) has nothing to fuse
-        if dtype not in (numpy.float32, numpy.float64) or dh.size == 0:
-            return NotImplemented
-        if not _supported(*arrays):
-            return NotImplemented
-        if any(a.dtype != dtype for a in arrays):
+        if not _fusable(*saved, *dnew, *gains):
             return NotImplemented
         du, dah, dc_prev, grads, rstds = fused(
             ah, c_prev, gates_if, g, o, c, squashed, dh, dc, *gains, eps=ctx.eps

@@ -426,6 +426,23 @@ class Adapter:
         """
         return NotImplemented
 
+    def cell_step(
+        self, xp: Namespace, cell: str, ctx: Any, u: Array, ah: Array, state: tuple, save: bool
+    ) -> tuple | NotImplementedType:
+        """One step of a recurrent cell's forward with a fused kernel, or ``NotImplemented``.
+
+        The arguments are those of the reference cell's ``step`` (see
+        :mod:`normcore._reference.cells`) after ``cell``, its name, and
+        ``ctx``, the call's ``Context``: the step's input term ``u``, ``ah =
+        h_prev @ W_h``, the previous state and whether to save what the
+        backward needs. Must return what that ``step`` returns, ``(new_state,
+        saved)``, with ``saved`` structured exactly as the reference cell
+        saves it (its ``step_backward``, or this adapter's
+        :meth:`cell_step_backward`, consumes it). The default returns
+        ``NotImplemented``.
+        """
+        return NotImplemented
+
     def cell_step_backward(
         self, xp: Namespace, cell: str, ctx: Any, saved: tuple, dnew: tuple
     ) -> tuple | NotImplementedType:

@@ -1,15 +1,18 @@
-"""The NumPy adapter's fused LSTM step backward (numba) against the reference cell.
+"""The NumPy adapter's fused LSTM steps (numba) against the reference cell.
 
-``normcore.rnn_backward`` on NumPy arrays hands every LSTM step's backward to
-``_numba_kernels.lstm_step_backward`` (``NumPyAdapter.cell_step_backward``);
-``normcore.reference_path()`` runs the reference cell's ``step_backward``
-instead. Expected values here come from float64 computations of the
+``normcore.rnn`` and ``rnn_backward`` on NumPy arrays hand every LSTM step to
+``_numba_kernels.lstm_step`` and ``lstm_step_backward``
+(``NumPyAdapter.cell_step``/``cell_step_backward``);
+``normcore.reference_path()`` runs the reference cell's ``step`` and
+``step_backward`` instead. Expected values here come from float64 computations of the
 reference path (and, for the plain cell, ``torch.nn.LSTM`` in
 ``test_rnn_modules.py``); the spy only counts the kernel's calls, so that a
 kernel that silently declined could not pass.
 """
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -24,15 +27,26 @@ numba_kernels = pytest.importorskip(
 
 @pytest.fixture
 def kernel_calls(monkeypatch):
-    """Calls of the fused kernel, counted (the kernel itself still runs)."""
-    calls = []
-    real = numba_kernels.lstm_step_backward
+    """The fused kernels' calls, counted (the kernels themselves run).
 
-    def counted(*args, **kwargs):
-        calls.append(args[0] is not None)  # layer norm: ah is saved
-        return real(*args, **kwargs)
+    ``.forward``: True per step the forward kernel computed (False: it
+    declined, an overflow); ``.backward``: one entry per step (True with
+    layer norm).
+    """
+    calls = SimpleNamespace(forward=[], backward=[])
+    backward, forward = numba_kernels.lstm_step_backward, numba_kernels.lstm_step
 
-    monkeypatch.setattr(numba_kernels, "lstm_step_backward", counted)
+    def counted_backward(*args, **kwargs):
+        calls.backward.append(args[0] is not None)  # layer norm: ah is saved
+        return backward(*args, **kwargs)
+
+    def counted_forward(*args, **kwargs):
+        result = forward(*args, **kwargs)
+        calls.forward.append(result is not None)
+        return result
+
+    monkeypatch.setattr(numba_kernels, "lstm_step_backward", counted_backward)
+    monkeypatch.setattr(numba_kernels, "lstm_step", counted_forward)
     monkeypatch.setattr(config.settings, "numba", True)
     return calls
 
@@ -70,16 +84,23 @@ def _flat(g):
 @pytest.mark.parametrize(
     "sizes", [(3, 5, 7, 8), (2, 20, 3, 6), (2, 64, 16, 256)], ids=["small", "chunks", "threads"]
 )
-def test_fused_step_backward_matches_the_reference(kernel_calls, rng, dtype, layer_norm, sizes):
-    """Every step runs the kernel; the gradients equal the float64 reference's.
+def test_fused_steps_match_the_reference(kernel_calls, monkeypatch, rng, dtype, layer_norm, sizes):
+    """Every step runs the kernels; outputs and gradients equal the float64 reference's.
 
-    ``chunks``: more rows than the kernel's 8 chunks of dgain partials;
-    ``threads``: 65536 gradient values per step, which the thread pool splits.
+    ``chunks``: more rows than the backward's 8 chunks of dgain partials;
+    ``threads``: the steps' kernels handed to the thread pool (normally only
+    from 2**19 values per step).
     """
     steps, batch, inputs, hidden = sizes
+    if batch == 64:
+        monkeypatch.setattr(numba_kernels, "_STEP_PARALLEL_MIN", 0)
     params, data = _case(rng, layer_norm, steps, batch, inputs, hidden, dtype)
+    hs, final = normcore.rnn(data["xs"], data["state0"], params, cell="lstm",
+                             layer_norm=layer_norm)  # fmt: skip
     got = _backward(params, data, layer_norm)
-    assert kernel_calls == [layer_norm] * steps
+    # the forward's steps, then the backward's forward (a functional call keeps no tape)
+    assert kernel_calls.forward == [True] * (2 * steps)
+    assert kernel_calls.backward == [layer_norm] * steps
     # float64 truth from the same rounded values, on the reference path
     params64 = {k: v.astype("float64") for k, v in params.items()}
     data64 = {
@@ -88,7 +109,9 @@ def test_fused_step_backward_matches_the_reference(kernel_calls, rng, dtype, lay
     }
     with normcore.reference_path():
         want = _backward(params64, data64, layer_norm)
-    for g, w in zip(_flat(got), _flat(want), strict=True):
+        want_hs, want_final = normcore.rnn(data64["xs"], data64["state0"], params64,
+                                           cell="lstm", layer_norm=layer_norm)  # fmt: skip
+    for g, w in zip([hs, *final, *_flat(got)], [want_hs, *want_final, *_flat(want)], strict=True):
         assert g.dtype == np.dtype(dtype)
         tol = 1e-12 if dtype == "float64" else 2e-5
         np.testing.assert_allclose(g, w, rtol=tol, atol=tol * np.abs(w).max())
@@ -101,7 +124,9 @@ def test_masked_steps_and_a_strided_state(kernel_calls, rng):
     mask = np.arange(4)[:, None] < np.array([4, 2, 1])
     strided = dict(data, state0=(data["state0"][0], c0))
     got = _backward(params, strided, True, mask=mask)
-    assert kernel_calls == [True] * 3  # step 0 saw the strided c0: the reference cell ran it
+    # step 0 saw the strided c0: the reference cell ran it, forward and backward
+    assert kernel_calls.forward == [True] * 3
+    assert kernel_calls.backward == [True] * 3
     with normcore.reference_path():
         want = _backward(params, data, True, mask=mask)
     for g, w in zip(_flat(got), _flat(want), strict=True):
@@ -116,7 +141,10 @@ def test_overflowing_statistics_fall_back_to_the_reference(kernel_calls, rng):
     """
     params, data = _case(rng, True, 3, 4, 5, 6, "float64", scale=1e200)
     got = _backward(params, data, True)
-    assert len(kernel_calls) == 3  # asked every step; declined where the variance overflowed
+    # c near 1e200 from the first step on: the forward kernel declines every step,
+    # the backward kernel at least once (its LN(c) variance overflows too)
+    assert kernel_calls.forward == [False] * 3
+    assert len(kernel_calls.backward) == 3
     with normcore.reference_path():
         want = _backward(params, data, True)
     for g, w in zip(_flat(got), _flat(want), strict=True):
@@ -129,8 +157,9 @@ def test_numpy_only_kernels_run_the_reference_cell(kernel_calls, monkeypatch, rn
     params, data = _case(rng, True, 3, 4, 5, 6, "float64")
     fused = _backward(params, data, True)
     monkeypatch.setattr(config.settings, "numba", False)
-    kernel_calls.clear()
+    kernel_calls.forward.clear()
+    kernel_calls.backward.clear()
     unfused = _backward(params, data, True)
-    assert kernel_calls == []
+    assert kernel_calls.forward == kernel_calls.backward == []
     for g, w in zip(_flat(fused), _flat(unfused), strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)

@@ -19,6 +19,7 @@ from .config import using_reference_path
 
 __all__ = [
     "adopted",
+    "cell_step",
     "cell_step_backward",
     "custom_gradient",
     "is_empty",
@@ -69,6 +70,15 @@ def moments(adapter, xp, x, axes) -> tuple[int, Array, Array]:
         if result is not NotImplemented:
             return result
     return reference_moments.moment_sums(xp, x, axes)
+
+
+def cell_step(adapter, cell, ctx, u, ah, state, save):
+    """One recurrent step's forward: ``adapter.cell_step``, or the cell's own ``step``."""
+    if not using_reference_path():
+        result = adapter.cell_step(ctx.xp, cell.name, ctx, u, ah, state, save)
+        if result is not NotImplemented:
+            return result
+    return cell.step(ctx, u, ah, state, save)
 
 
 def cell_step_backward(adapter, cell, ctx, saved, dnew):

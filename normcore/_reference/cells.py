@@ -10,7 +10,8 @@ Every cell is split the same way so that the sequence loop
   next state from the step's input term, ``ah_t = h_{t-1} @ W_h`` and the
   previous state (a tuple whose first entry is ``h``), and, with ``save``,
   the step's activations its backward needs (None without: a forward-only
-  call keeps nothing per step).
+  call keeps nothing per step). The loop asks the adapter first
+  (:meth:`normcore.adapter.Adapter.cell_step`), which may fuse the step.
 * ``step_backward(ctx, saved, dnew)`` returns ``(du_t, dah_t, dstate_direct,
   grads)`` from the saved activations, without recomputing the step (the loop
   asks the adapter first, :meth:`normcore.adapter.Adapter.cell_step_backward`,

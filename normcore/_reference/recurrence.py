@@ -69,7 +69,8 @@ def forward(seq: Sequence, save: bool) -> tuple[list, tuple, Tape | None]:
     state, outputs = seq.state0, []
     tape = Tape([], [], ax) if save else None
     for u_t, m in zip(_steps(xp, u), _mask_columns(seq), strict=True):
-        new, saved = seq.cell.step(ctx, u_t, xp.matmul(state[0], p["W_h"]), state, save)
+        ah_t = xp.matmul(state[0], p["W_h"])
+        new, saved = dispatch.cell_step(ctx.adapter, seq.cell, ctx, u_t, ah_t, state, save)
         if tape is not None:
             tape.h_prev.append(state[0])
             tape.saved.append(saved)
