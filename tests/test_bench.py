@@ -112,3 +112,25 @@ def test_without_jax_the_jax_table_says_so(monkeypatch):
     out = io.StringIO()
     rows = [r for r in _bench.run(out=out, plan=TINY) if r.backend == "jax"]
     assert [r.note for r in rows] == ["jax is not installed (normcore[jax])"]
+
+
+def test_recurrent_rows_time_normcore_lstm_against_torch_nn():
+    """Four LSTM rows (plain and LN, forward and a training step), graded against #16's targets."""
+    pytest.importorskip("torch")
+    from normcore._tools import bench_recurrent
+
+    rows = list(bench_recurrent.rows(TINY, normcore, _bench._torch()))
+    assert [(r.method, r.direction) for r in rows] == [
+        ("LSTM plain", "forward"), ("LSTM plain", "fwd+bwd"),
+        ("LSTM layer norm", "forward"), ("LSTM layer norm", "fwd+bwd"),
+    ]  # fmt: skip
+    limits = [r.figures["vs torch.nn.LSTM"].limit for r in rows]
+    assert limits == [None, 1.2, 1.5, 1.5]
+    assert all(r.time_s > 0 and r.figures["vs torch.nn.LSTM"].value > 0 for r in rows)
+
+
+def test_recurrent_rows_without_torch_say_so():
+    from normcore._tools import bench_recurrent
+
+    (row,) = bench_recurrent.rows(TINY, normcore, None)
+    assert row.note == "torch is not installed"

@@ -53,10 +53,15 @@ class Context(NamedTuple):
         last = (a.ndim - 1,)
         return Layout(last, last, True, self.eps)
 
-    def ln(self, a: Any, gain: str, bias: str) -> Any:
-        """Layer norm of ``a`` over its last axis with ``params[gain]``, ``params[bias]``."""
+    def ln(self, a: Any, gain: str, bias: str, plus: str | None = None) -> Any:
+        """Layer norm of ``a`` over its last axis with ``params[gain]``, ``params[bias]``.
+
+        With ``plus``, ``params[plus]`` is added too, as part of the layer
+        norm's bias (one pass over ``a``'s size less than adding it after).
+        """
         p = self.params
-        return dispatch.normalize(self.adapter, self.xp, a, p[gain], p[bias], self._layout(a)).y
+        shift = p[bias] if plus is None else p[bias] + p[plus]
+        return dispatch.normalize(self.adapter, self.xp, a, p[gain], shift, self._layout(a)).y
 
     def ln_backward(self, dy: Any, a: Any, gain: str, bias: str) -> tuple[Any, dict]:
         """Return ``(da, {gain: dgain, bias: dbias})`` of :meth:`ln`."""
@@ -145,8 +150,9 @@ class LSTM:
     gates = 4  # blocks i, f, g, o
 
     def project_inputs(self, ctx: Context, ax: Any) -> Any:
-        projected = ctx.ln(ax, "gain_x", "bias_x") if ctx.layer_norm else ax
-        return projected + ctx.params["b"]
+        if ctx.layer_norm:  # LN(ax) + b: b joins the layer norm's own bias
+            return ctx.ln(ax, "gain_x", "bias_x", plus="b")
+        return ax + ctx.params["b"]
 
     def project_inputs_backward(self, ctx: Context, du: Any, ax: Any) -> tuple[Any, dict]:
         grads = {"b": ctx.sum_rows(du)}

@@ -64,7 +64,7 @@ def forward(seq: Sequence, save: bool) -> tuple[list, tuple, Tape | None]:
     ``save``) what :func:`backward` needs.
     """
     ctx, xp, p = seq.ctx, seq.ctx.xp, seq.ctx.params
-    ax = xp.matmul(seq.xs, p["W_x"])
+    ax = _sequence_matmul(xp, seq.xs, p["W_x"])
     u = seq.cell.project_inputs(ctx, ax)
     state, outputs = seq.state0, []
     tape = Tape([], [], ax) if save else None
@@ -130,8 +130,19 @@ def backward(
     same = all(dah is du for dah, du in zip(dahs, dus, strict=True))
     dahs_stacked = dus_stacked if same else xp.stack(dahs)
     dparams["W_h"] = _weight_grad(xp, xp.stack(tape.h_prev), dahs_stacked)
-    dxs = xp.matmul(dax, xp.permute_dims(p["W_x"], (1, 0)))
+    dxs = _sequence_matmul(xp, dax, xp.permute_dims(p["W_x"], (1, 0)))
     return dxs, dstate, {k: dparams[k] for k in p}
+
+
+def _sequence_matmul(xp: Any, a: Any, w: Any) -> Any:
+    """``a @ w`` for a ``(T, B, K)`` sequence as one ``(T * B, K)`` matrix product.
+
+    NumPy multiplies a 3-D array step by step (T products of B rows): one
+    product of all rows took 0.73x the time (T=50, B=64, K=256, 1024 columns).
+    """
+    steps, batch = a.shape[0], a.shape[1]
+    flat = xp.matmul(xp.reshape(a, (steps * batch, a.shape[2])), w)
+    return xp.reshape(flat, (steps, batch, w.shape[1]))
 
 
 def _weight_grad(xp: Any, inputs: Any, doutputs: Any) -> Any:

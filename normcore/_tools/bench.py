@@ -404,8 +404,18 @@ def run(quick: bool = False, out: Any = None, plan: Plan | None = None) -> list[
     beside = list(_interleave_rows(plan, normcore, torch))
     print("\n".join(_table(beside, plan.graded, INTERLEAVE_COLUMNS)), file=out)
     rows.extend(beside)
-    from . import bench_jax
+    from . import bench_jax, bench_recurrent
 
+    print(
+        "\nrecurrent layers on NumPy arrays: normcore.LSTM's time over plain torch.nn.LSTM's "
+        "(the same size; forward: eval() and no_grad; fwd+bwd: a training step), every call "
+        "timed alone after a pause",
+        file=out,
+        flush=True,
+    )
+    recurrent = list(bench_recurrent.rows(plan, normcore, torch))
+    print("\n".join(_table(recurrent, plan.graded, bench_recurrent.COLUMNS)), file=out)
+    rows.extend(recurrent)
     print(
         f"\nJAX arrays, {plan.elements // 4} elements, calls finished by block_until_ready: "
         "normcore's time over flax.nnx's module (its default E[x**2]-E[x]**2 variance, and "
