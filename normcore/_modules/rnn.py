@@ -3,7 +3,9 @@
 Thin stateful wrappers following the :class:`normcore.Module` pattern: the
 parameters are exactly :func:`normcore.rnn_params`' arrays (same
 names, attributes of the object), the forward is :func:`normcore.rnn` and the
-backward :func:`normcore.rnn_backward`.
+backward computes :func:`normcore.rnn_backward`'s gradients: in training mode
+from the tape the forward kept (``recorded_rnn``), after ``eval()`` by
+running the forward again.
 """
 
 from __future__ import annotations
@@ -319,9 +321,10 @@ def _as_tuple(state: Any) -> tuple:
 _DOC = """{title}
 
     Calling the layer runs :func:`normcore.rnn` with ``cell="{cell}"`` and its
-    parameters; :meth:`backward` runs :func:`normcore.rnn_backward`, returns
-    the input gradient ``dxs``, stores the parameter gradients (``grads()``)
-    and the initial state's (:attr:`dstate0`).
+    parameters; :meth:`backward` computes :func:`normcore.rnn_backward`'s
+    gradients (in training mode from what the call kept, without running the
+    forward again), returns the input gradient ``dxs``, stores the parameter
+    gradients (``grads()``) and the initial state's (:attr:`dstate0`).
 
     Parameters
     ----------
