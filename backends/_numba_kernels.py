@@ -354,16 +354,17 @@ def _lstm_cell_state_kernel(t0, t1, gates_if, g, c_prev, gain_c, bias_c, eps, ln
             rstd_c[r] = _normalize_row(cr, gain_c, bias_c, eps, True, cn[r])[1]
 
 
-def _sigmoid(a, out):
-    """``out = 1 / (1 + exp(-a))`` in place: exp's overflow (a < -88 in float32) gives
-    inf and the result 0, the limit; the caller silences the overflow warning."""
+def _sigmoid(a, cap, out):
+    """``out = 1 / (1 + exp(min(-a, cap)))``, the reference's sigmoid
+    (``normcore._reference.cells.sigmoid``, whose ``cap`` the caller passes), in place."""
     np.negative(a, out=out)
+    np.minimum(out, cap, out=out)
     np.exp(out, out=out)
     np.add(out, 1, out=out)
     np.reciprocal(out, out=out)
 
 
-def lstm_step(u, ah, c_prev, gain_h, bias_h, gain_c, bias_c, *, eps):
+def lstm_step(u, ah, c_prev, gain_h, bias_h, gain_c, bias_c, *, eps, exp_cap):
     """One step of the LSTM cell's forward: the arithmetic and layer norms compiled.
 
     ``u`` (B, 4H) is the step's input term, ``ah = h_prev @ W_h`` (B, 4H),
@@ -372,7 +373,9 @@ def lstm_step(u, ah, c_prev, gain_h, bias_h, gain_c, bias_c, *, eps):
     c_prev + i * g`` with ``LN(c)`` run row by row (the per-row code of
     :func:`rows_forward`); the gates' exp and tanh are NumPy's (numba has no
     vectorised exp or tanh here: its scalar ones took 3.6x and 44x NumPy's
-    time on a 64x1024 float32 block).
+    time on a 64x1024 float32 block), with the reference's sigmoid
+    (``exp_cap``: the largest argument of exp it allows, so that nothing
+    overflows).
 
     Returns ``(h, c, gates_if, g, o, squashed)`` as the reference cell
     computes them (``gates_if`` the sigmoids of the i and f blocks side by
@@ -393,9 +396,8 @@ def lstm_step(u, ah, c_prev, gain_h, bias_h, gain_c, bias_c, *, eps):
         z = u + ah
     gates_if = np.empty((rows, 2 * hidden), dtype)
     o = np.empty((rows, hidden), dtype)
-    with np.errstate(over="ignore"):
-        _sigmoid(z[:, : 2 * hidden], gates_if)
-        _sigmoid(z[:, 3 * hidden :], o)
+    _sigmoid(z[:, : 2 * hidden], exp_cap, gates_if)
+    _sigmoid(z[:, 3 * hidden :], exp_cap, o)
     g = np.tanh(z[:, 2 * hidden : 3 * hidden])
     c = np.empty((rows, hidden), dtype)
     cn = np.empty((rows, hidden), dtype) if ln else c

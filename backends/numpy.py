@@ -31,6 +31,7 @@ from types import ModuleType
 from typing import Any
 
 from normcore._plumbing.config import settings
+from normcore._reference.cells import exp_cap  # the bound of the reference's sigmoid
 from normcore.adapter import Adapter, Gradients, Layout, Normalized
 
 __all__ = ["NumPyAdapter", "adapter"]
@@ -246,7 +247,7 @@ class NumPyAdapter(Adapter):
         c_prev = state[1]
         if not _fusable(u, ah, c_prev, *params):
             return NotImplemented
-        result = fused(u, ah, c_prev, *params, eps=ctx.eps)
+        result = fused(u, ah, c_prev, *params, eps=ctx.eps, exp_cap=exp_cap(xp, u.dtype))
         if result is None:
             return NotImplemented  # a variance overflowed: the reference scales its statistics
         h, c, gates_if, g, o, squashed = result

@@ -163,3 +163,46 @@ def test_numpy_only_kernels_run_the_reference_cell(kernel_calls, monkeypatch, rn
     assert kernel_calls.forward == kernel_calls.backward == []
     for g, w in zip(_flat(fused), _flat(unfused), strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the inf input's own NaNs, on both paths
+@pytest.mark.parametrize("case", ["saturated", "inf-input", "batch-first-c0-only"])
+@pytest.mark.parametrize("layer_norm", [False, True], ids=["plain", "ln"])
+def test_fused_steps_at_the_edges_equal_the_reference_cell(kernel_calls, rng, layer_norm, case):
+    """Saturated gates (inputs near 1e30), an inf input, batch-first data with ``(None, c0)``.
+
+    Saturated gates are where the sigmoid's bound shows (the reference's
+    sigmoid of -1e30 is 1 / (1 + exp(88)), not 0): the two paths must agree
+    value for value there, tiny values included, and NaN for NaN.
+    """
+    params, data = _case(rng, layer_norm, 3, 2, 4, 5, "float32")
+    xs, state0, batch_first = data["xs"], data["state0"], False
+    if case == "saturated":
+        xs = xs * np.float32(1e30)
+    elif case == "inf-input":
+        xs = xs.copy()
+        xs[0, 0, 0] = np.inf
+    else:
+        xs, state0, batch_first = (
+            np.ascontiguousarray(np.swapaxes(xs, 0, 1)),
+            (None, state0[1]),
+            True,
+        )
+    dhs = data["dhs"] if not batch_first else np.ascontiguousarray(np.swapaxes(data["dhs"], 0, 1))
+
+    def both():
+        out = normcore.rnn(xs, state0, params, cell="lstm", layer_norm=layer_norm,
+                           batch_first=batch_first)  # fmt: skip
+        g = normcore.rnn_backward(dhs, xs, state0, params, cell="lstm", layer_norm=layer_norm,
+                                  batch_first=batch_first)  # fmt: skip
+        return [out[0], *out[1], *_flat(g)]
+
+    got = both()
+    assert kernel_calls.forward and kernel_calls.backward  # the fused kernels ran
+    with normcore.reference_path():
+        want = both()
+    for g, w in zip(got, want, strict=True):
+        finite = np.abs(w[np.isfinite(w)])
+        # saturated: every value relative to itself (a tiny one too); else to the largest
+        atol = 0 if case == "saturated" or not finite.size else 1e-5 * finite.max()
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=atol, equal_nan=True)

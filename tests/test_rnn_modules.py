@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from _rnn_reference import reference
@@ -313,6 +315,20 @@ def test_stacked_object_refuses_bad_states():
     del state["weight_hh_l0_reverse"]
     with pytest.raises(ValueError, match=r"missing \['weight_hh_l0_reverse'\], unexpected \[\]"):
         layer.load_torch_state_dict(state)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["taped", "recomputed"])
+def test_stacked_backward_refuses_extra_output_features(rng, training):
+    """dhs with 2H + 1 features for a bidirectional layer: refused, not a column ignored."""
+    layer = normcore.LSTM(I, H, bidirectional=True, dtype="float64").train(training)
+    layer(rng.normal(size=(T, B, I)))
+    numpy_backend = SimpleNamespace(to_numpy=np.asarray)  # what snapshot() asks of a backend
+    before = snapshot(numpy_backend, layer)
+    with pytest.raises(
+        ValueError, match=r"dhs must have the shape of hs, 8 features .* \(4, 3, 9\)"
+    ):
+        layer.backward(rng.normal(size=(T, B, 2 * H + 1)))
+    assert_unchanged(numpy_backend, layer, before)
 
 
 def test_stacked_object_with_a_mask_equals_each_sequence_alone(rng):

@@ -438,7 +438,7 @@ def _rnn_backward_part(xs, dhs, state0, params, mask, dfinal_state, **options) -
 
 
 def recorded_rnn_backward(recording: Recording, dhs: Any, dfinal_state: Any) -> RNNGradients:
-    """:func:`rnn_backward` of a :func:`recorded_rnn` call, from its tape (used up by it)."""
+    """:func:`rnn_backward` of a :func:`recorded_rnn` call, from its tape (left as it was)."""
     call, hidden, cell, tape = recording
     checked = _check_output_grads(call, hidden, dhs, dfinal_state, cell)
     return _run_backward(call, *checked, cell, tape)
@@ -642,6 +642,13 @@ def stacked_rnn_backward(
     """
     stack = _stack(cell, layer_norm, eps, bidirectional, batch_first, mask, nonlinearity)
     count = len(layer_params)
+    hidden = layer_params[-1]["W_h"].shape[0]  # the top layer's: dhs holds its outputs
+    shape = tuple(getattr(dhs, "shape", ()))
+    if len(shape) == 3 and shape[-1] != stack.directions * hidden:  # else: rnn_backward says
+        raise ValueError(
+            f"dhs must have the shape of hs, {stack.directions * hidden} features (directions x "
+            f"hidden) along its last axis, got shape {shape}"
+        )
     if recordings is None or any(r is None for r in recordings):
         recordings = [None] * count
         _, _, inputs = stacked_rnn(
@@ -654,7 +661,6 @@ def stacked_rnn_backward(
     dfinals = [None] * count if dfinals is None else dfinals
     dstates0: list = [None] * count
     dparams: list = [None] * count
-    hidden = dhs.shape[-1] // stack.directions
     dout = dhs
     for layer in reversed(range(len(inputs))):
         dx_total = None

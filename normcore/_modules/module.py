@@ -163,8 +163,9 @@ class Module:
         """Set training mode (``mode=True``) or inference mode; return the module.
 
         As ``torch.nn.Module.train``: only layers that behave differently in
-        training (:class:`normcore.BatchNorm`) look at :attr:`training`, and
-        an explicit ``training=`` in a call still wins.
+        training look at :attr:`training`: :class:`normcore.BatchNorm` (an explicit
+        ``training=`` in a call still wins) and the recurrent layers, which in
+        training keep what their backward needs.
 
         Examples
         --------

@@ -157,8 +157,9 @@ class _Recurrent(Module):
         for the LSTM) or None for zeros; ``mask`` an optional bool ``(T, B)``
         (``(B, T)``) array, True on real steps. Remembers the call for
         :meth:`backward`: in training mode (the default) with every step's
-        activations the backward needs (for the LSTM about ``10 * T * B * H``
-        values per layer and direction, as torch keeps for autograd), so that
+        activations the backward needs (for the LSTM about ``11 * T * B * H``
+        values per layer and direction, 15 with layer norm, as torch keeps for
+        autograd), so that
         the backward does not run the forward again; after :meth:`eval`,
         only the inputs (the backward then recomputes the forward).
 
@@ -188,9 +189,11 @@ class _Recurrent(Module):
         else:
             hs, final = rnn(xs, state0, params, mask=mask, **self._options())
             recordings = None
-        # Replaced whole, never changed in place: a backward in another thread
-        # sees one call's inputs and recordings together.
-        self._saved = (xs, state0, params, mask, recordings)
+        # Replaced whole, never changed in place, and under the lock that a
+        # backward's release of the tape takes: a backward in another thread sees
+        # one call's inputs and recordings together, and never puts back an older one.
+        with self._lock:
+            self._saved = (xs, state0, params, mask, recordings)
         return hs, final
 
     def backward(self, dhs: Any, dfinal_state: Any = None) -> Any:

@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 from .._plumbing import dispatch
 from ..adapter import Adapter, Layout
 
-__all__ = ["CELL_IMPLEMENTATIONS", "Context", "sigmoid"]
+__all__ = ["CELL_IMPLEMENTATIONS", "Context", "exp_cap", "sigmoid"]
 
 
 class Context(NamedTuple):
@@ -86,10 +86,11 @@ def sigmoid(xp: Any, a: Any) -> Any:
     takes about 0.7x the time of ``exp(-|a|)`` with ``where`` (two divisions
     and a select), and 1.1-1.2x the uncapped expression.
     """
-    return 1 / (1 + xp.exp(xp.clip(-a, None, _exp_cap(xp, a.dtype))))
+    return 1 / (1 + xp.exp(xp.clip(-a, None, exp_cap(xp, a.dtype))))
 
 
-def _exp_cap(xp: Any, dtype: Any) -> float:
+def exp_cap(xp: Any, dtype: Any) -> float:
+    """The largest argument :func:`sigmoid` lets ``exp`` take in ``dtype``."""
     # The largest argument whose exp is finite, rounded down: 88 for float32,
     # 709 for float64, 11 for float16. (Not lru_cached: torch.compile warns on
     # that; finfo is cached by the libraries.)
