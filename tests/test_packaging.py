@@ -52,3 +52,28 @@ def test_normcore_torch_imports_every_usual_way():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_import_leaves_the_recurrent_layers_and_optimizers_until_used():
+    """``import normcore`` loads neither the recurrent code nor the optimizers (issue #16:
+    about 15 ms of its import); each name loads on first use, every usual way."""
+    code = (
+        "import sys, normcore\n"
+        "lazy = ['normcore._functional.rnn', 'normcore._modules.rnn', 'normcore.optim',\n"
+        "        'normcore._functional.weight_norm', 'numpy', 'torch']\n"
+        "assert not [m for m in lazy if m in sys.modules], [m for m in lazy if m in sys.modules]\n"
+        "from normcore import LSTM, rnn_params\n"
+        "from normcore._modules.rnn import LSTM as defined\n"
+        "assert LSTM is defined and normcore.LSTM is defined\n"
+        "import normcore.optim\n"
+        "assert normcore.optim.SGD and {'LSTM', 'optim', 'torch'} <= set(dir(normcore))\n"
+        "missing = [n for n in normcore.__all__ if getattr(normcore, n, None) is None]\n"
+        "assert not missing, missing\n"
+        "try:\n"
+        "    normcore.not_a_name\n"
+        "except AttributeError as error:\n"
+        "    assert 'not_a_name' in str(error)\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
