@@ -50,8 +50,7 @@ def test_normcore_torch_imports_every_usual_way():
         "assert sorted(nt.__all__) == sorted(modules)\n"
         "print('ok')\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+    _prints_ok(code)
 
 
 def test_import_leaves_the_recurrent_layers_and_optimizers_until_used():
@@ -75,5 +74,10 @@ def test_import_leaves_the_recurrent_layers_and_optimizers_until_used():
         "    assert 'not_a_name' in str(error)\n"
         "print('ok')\n"
     )
+    _prints_ok(code)
+
+
+def _prints_ok(code: str) -> None:
+    """Run ``code`` in a fresh interpreter (nothing imported yet); it must print ok."""
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
