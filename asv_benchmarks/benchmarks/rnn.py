@@ -74,3 +74,50 @@ class TorchRecurrentTraining(Benchmark):
             output.sum().backward()
 
         return forward, backward
+
+
+class NumPyLSTMTraining(Benchmark):
+    """``normcore.LSTM`` on NumPy arrays vs ``torch.nn.LSTM``: issue #16's comparison.
+
+    ``impl``: ``torch.nn`` (the plain native module, on tensors sharing the
+    NumPy data), ``plain`` or ``layer_norm`` (normcore's module, on NumPy
+    arrays). ``forward``: the module in ``eval()`` (torch under ``no_grad``);
+    ``backward``: a training step, forward + backward (normcore's module in
+    training mode keeps its tape). ``normcore bench`` prints the same ratios,
+    each call timed after a pause (the BLAS threads' spinning stays out).
+    """
+
+    param_names = ["backend", "impl"]
+    params = [["numpy"], ["torch.nn", "plain", "layer_norm"]]
+    steps, batch, size = 50, 64, 256
+
+    def calls(self, be, impl):
+        xs = random((self.steps, self.batch, self.size), "float32", seed=0)
+        dhs = random((self.steps, self.batch, self.size), "float32", seed=1)
+        if impl == "torch.nn":
+            try:
+                import torch
+            except ImportError as error:
+                raise SkipNotImplemented("torch is not installed") from error
+            module = torch.nn.LSTM(self.size, self.size)
+            x, dy = torch.from_numpy(xs).requires_grad_(), torch.from_numpy(dhs)
+
+            def forward():
+                with torch.no_grad():
+                    return module(x)
+
+            def backward():
+                output, _ = module(x)
+                output.backward(dy)
+
+            return forward, backward
+        layer = normcore.LSTM(self.size, self.size, layer_norm=impl == "layer_norm")
+
+        def forward_numpy():
+            return layer.eval()(xs)
+
+        def backward_numpy():
+            layer.train()(xs)
+            return layer.backward(dhs)
+
+        return forward_numpy, backward_numpy
