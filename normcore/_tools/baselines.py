@@ -61,3 +61,17 @@ def torch_batch_norm(x: Any, gain: Any, bias: Any, eps: float, axis: int = 1) ->
         y = torch.nn.functional.batch_norm(x.permute(order), None, None, gain, bias, True, 0.1, eps)
         return y.permute(back)
     return torch.nn.functional.batch_norm(x, None, None, gain, bias, True, 0.1, eps)
+
+
+def torch_rms_norm(x: Any, gain: Any, eps: float) -> Any:
+    """``torch.nn.functional.rms_norm`` over the last axis."""
+    import torch
+
+    return torch.nn.functional.rms_norm(x, x.shape[-1:], gain, eps)
+
+
+def torch_group_norm(x: Any, groups: int, gain: Any, bias: Any, eps: float) -> Any:
+    """``torch.nn.functional.group_norm`` of an ``N x C x ...`` tensor."""
+    import torch
+
+    return torch.nn.functional.group_norm(x, groups, gain, bias, eps)

@@ -65,6 +65,18 @@ class Row:
 
 
 COLUMNS = ("x copy", "vs torch", "peak mem")
+
+# Issue #16's targets for the NumPy rows (float32, 2**24 elements): time over an
+# allocating copy, over torch's native kernel on the same memory (None: ungraded),
+# and the peak memory over the output (forward) or input (backward) size.
+TARGETS: dict[str, dict[str, float | None]] = {
+    "layer_norm forward": {"copy": 1.0, "torch": 0.7, "memory": 1.25},
+    "layer_norm backward": {"copy": 1.6, "torch": 1.0, "memory": 2.25},
+    "rms_norm forward": {"copy": 1.0, "torch": None, "memory": 1.25},
+    "batch_norm forward": {"copy": 1.2, "torch": 0.8, "memory": 1.25},
+    "batch_norm backward": {"copy": None, "torch": None, "memory": 2.25},
+    "group_norm forward": {"copy": 1.0, "torch": None, "memory": 1.25},
+}
 INTERLEAVE_COLUMNS = ("this side", "other side")
 
 
@@ -226,7 +238,7 @@ def _layer_norm_rows(plan: Plan, normcore: Any, torch: Any) -> Iterator[Row]:
             native,
             x,
             plan,
-            {"copy": 2.0, "torch": 1.0, "memory": 1.25},
+            TARGETS["layer_norm forward"],
             memory_base=x.nbytes,
         )
         yield _numpy_case(
@@ -235,7 +247,19 @@ def _layer_norm_rows(plan: Plan, normcore: Any, torch: Any) -> Iterator[Row]:
             native_bwd,
             x,
             plan,
-            {"copy": 3.5, "torch": None, "memory": 2.25},
+            TARGETS["layer_norm backward"],
+            memory_base=x.nbytes,
+        )
+        rms = None
+        if torch is not None:
+            rms = functools.partial(baselines.torch_rms_norm, tx, tgain, EPS)
+        yield _numpy_case(
+            Row("rms_norm", "N x D", d, "numpy", "forward"),
+            functools.partial(normcore.rms_norm, x, gain, eps=EPS),
+            rms,
+            x,
+            plan,
+            TARGETS["rms_norm forward"],
             memory_base=x.nbytes,
         )
         if torch is not None:
@@ -300,7 +324,7 @@ def _batch_norm_rows(plan: Plan, normcore: Any, torch: Any) -> Iterator[Row]:
                 native,
                 x,
                 plan,
-                {"copy": 3.0, "torch": 1.0, "memory": 1.25},
+                TARGETS["batch_norm forward"],
                 memory_base=x.nbytes,
             )
             yield _numpy_case(
@@ -309,9 +333,35 @@ def _batch_norm_rows(plan: Plan, normcore: Any, torch: Any) -> Iterator[Row]:
                 native_bwd,
                 x,
                 plan,
-                {"copy": None, "torch": None, "memory": 2.25},
+                TARGETS["batch_norm backward"],
                 memory_base=x.nbytes,
             )
+
+
+GROUPS = 32
+
+
+def _group_norm_rows(plan: Plan, normcore: Any, torch: Any) -> Iterator[Row]:
+    """Group norm forward, ``N x C x S x S`` with 32 groups, at each channel count."""
+    s = plan.spatial
+    for c in plan.dims:
+        n = max(2, plan.elements // (c * s * s))
+        x = _data((n, c, s, s), 0, mean=3.0)
+        gain, bias = _data((c,), 2, 1.0, 0.1), _data((c,), 3, 0.0, 0.1)
+        native = None
+        if torch is not None:
+            tensors = [torch.from_numpy(a) for a in (x, gain, bias)]
+            native = functools.partial(baselines.torch_group_norm, tensors[0], GROUPS,
+                                       *tensors[1:], EPS)  # fmt: skip
+        yield _numpy_case(
+            Row("group_norm", f"NCHW/{GROUPS}", c, "numpy", "forward"),
+            functools.partial(normcore.group_norm, x, GROUPS, gain, bias, eps=EPS),
+            native,
+            x,
+            plan,
+            TARGETS["group_norm forward"],
+            memory_base=x.nbytes,
+        )
 
 
 def _interleave_rows(plan: Plan, normcore: Any, torch: Any) -> Iterator[Row]:
@@ -392,7 +442,7 @@ def run(quick: bool = False, out: Any = None, plan: Plan | None = None) -> list[
         flush=True,
     )
     rows = []
-    for group in (_layer_norm_rows, _small_torch_row, _batch_norm_rows):
+    for group in (_layer_norm_rows, _small_torch_row, _batch_norm_rows, _group_norm_rows):
         rows.extend(group(plan, normcore, torch))
     print("\n".join(_table(rows, plan.graded)), file=out)
     print(
