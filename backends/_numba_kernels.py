@@ -48,6 +48,7 @@ from . import _numpy_kernels
 __all__ = [
     "channels_backward",
     "channels_forward",
+    "groups_forward",
     "lstm_step",
     "lstm_step_backward",
     "rows_backward",
@@ -308,6 +309,36 @@ def rows_backward(
     dgain = pg.sum(axis=0).astype(pdtype) if need_dgain else None
     dbias = pb.sum(axis=0).astype(pdtype) if need_dbias else None
     return dx, dgain, dbias
+
+
+@njit(**_JIT)
+def _groups_forward_kernel(t0, t1, x, g, b, groups, eps, y, rstd):
+    for r in range(t0, t1):
+        rstd[r] = _normalize_row(x[r], g[r % groups], b[r % groups], eps, True, y[r])[1]
+
+
+def groups_forward(x, gain, bias, *, eps, groups, spatial):
+    """Group norm's forward: rows of ``x`` (N * G, C/G * S) normalized one at a time.
+
+    ``gain``/``bias`` (G, C/G) or None, ``spatial`` = S, the values per
+    channel. Each row is one (example, group); its parameters, expanded to
+    the row's length once per call (C * S values), go through the per-row
+    code of :func:`rows_forward`. Returns ``(y, rstd)``; an rstd of 0 or NaN
+    says a variance overflowed (the caller then runs the reference).
+    """
+    rows, length = x.shape
+    per_channel = length // spatial
+
+    def expanded(v, fill):
+        if v is None:
+            return np.full((groups, length), fill, x.dtype)
+        return np.repeat(np.asarray(v, x.dtype).reshape(groups, per_channel), spatial, axis=1)
+
+    y = np.empty((rows, length), x.dtype)
+    rstd = np.empty(rows, x.dtype)
+    _spread(_groups_forward_kernel, rows, x.size, x, expanded(gain, 1), expanded(bias, 0),
+            groups, float(eps), y, rstd)  # fmt: skip
+    return y, rstd
 
 
 # --------------------------------------------------------------------------

@@ -136,6 +136,16 @@ def _overflowed(rstd: Any) -> bool:
     return not rstd.min() > 0
 
 
+def _group_layout(x: Any, layout: Layout) -> bool:
+    """Group norm's layout: x as (N, G, C/G, *S), statistics over (2, ...), parameters (G, C/G)."""
+    return (
+        x.ndim >= 3
+        and layout.param_axes == (1, 2)
+        and layout.reduce_axes == tuple(range(2, x.ndim))
+        and x.size > 0
+    )
+
+
 def _fusable(*arrays: Any) -> bool:
     """Whether the fused recurrent kernels take these arrays (None entries aside).
 
@@ -197,6 +207,8 @@ class NumPyAdapter(Adapter):
             if _overflowed(rstd):
                 return NotImplemented
             return Normalized(y.reshape(x.shape), None, None)
+        if _group_layout(x, layout) and layout.stats is None and not need_stats:
+            return self._groups(kernels, x, gain, bias, layout)
         axis = layout.channel_axis(x.ndim)
         if axis is None or not layout.center or x.size < self.small_channels:
             return NotImplemented
@@ -237,6 +249,19 @@ class NumPyAdapter(Adapter):
             None if dgain is None else dgain.reshape(param_shape),
             None if dbias is None else dbias.astype(bias.dtype, copy=False).reshape(param_shape),
         )
+
+    def _groups(self, kernels, x, gain, bias, layout):
+        """Group norm's forward on the numba kernels (the NumPy-only set has none)."""
+        fused = getattr(kernels, "groups_forward", None)
+        if fused is None or x.dtype == sys.modules["numpy"].float16 or not layout.center:
+            return NotImplemented
+        n, groups = x.shape[0], x.shape[1]
+        rows = x.reshape(n * groups, -1)
+        spatial = math.prod(x.shape[3:])
+        y, rstd = fused(rows, gain, bias, eps=layout.eps, groups=groups, spatial=spatial)
+        if _overflowed(rstd):
+            return NotImplemented
+        return Normalized(y.reshape(x.shape), None, None)
 
     def cell_step(self, xp, cell, ctx, u, ah, state, save):
         fused = getattr(_kernels(), "lstm_step", None)  # the numba kernels only

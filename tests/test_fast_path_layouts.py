@@ -468,3 +468,45 @@ def test_random_contiguous_layouts_match_the_reference(kernel_set, data):
         assert got.dtype == want.dtype and got.shape == want.shape
         scale = max(1.0, float(np.abs(want).max()))  # dgain/dbias are sums over the batch
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the NaN group
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_numba_group_norm_forward_matches_the_reference(monkeypatch, dtype):
+    """Group norm's rows kernel: each (example, group) a row, per-channel gain and bias.
+
+    A constant group gives exactly its bias; a NaN stays in its group; float64
+    values near 1e200 (squares overflow) make the kernel decline, and the
+    reference's scaled statistics answer. The spy counts the kernel's calls.
+    """
+    numba_kernels = pytest.importorskip(
+        "normcore.backends._numba_kernels", reason="numba cannot be imported"
+    )
+    monkeypatch.setattr(config.settings, "numba", True)
+    ran = []
+    real = numba_kernels.groups_forward
+    monkeypatch.setattr(
+        numba_kernels, "groups_forward", lambda *a, **k: ran.append(1) or real(*a, **k)
+    )
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(3, 12, 5, 4)) * 2 + 7).astype(dtype)
+    x[1, 4:8] = 1e4  # example 1, group 1 (of 3): constant
+    x[2, 0, 1, 1] = np.nan  # example 2, group 0
+    gain, bias = rng.normal(size=12).astype(dtype), rng.normal(size=12).astype(dtype)
+    huge = (rng.normal(size=(2, 6, 3)) * 1e200).astype("float64")
+    cases = [(x, gain, bias), (x, None, None)]
+    if dtype == "float64":
+        cases.append((huge, None, None))
+    tol = {"float32": 2e-5, "float64": 1e-12}[dtype]
+    for data, g, b in cases:
+        ran.clear()
+        groups = 3
+        got = normcore.group_norm(data, groups, g, b)
+        assert len(ran) == 1
+        with normcore.reference_path():
+            want = normcore.group_norm(data, groups, g, b)
+        assert got.dtype == data.dtype
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol, equal_nan=True)
+    got = normcore.group_norm(x, 3, gain, bias)
+    np.testing.assert_array_equal(got[1, 4:8], np.broadcast_to(bias[4:8, None, None], (4, 5, 4)))
+    assert np.isnan(got[2, :4]).all() and np.isfinite(got[2, 4:]).all()
