@@ -3,10 +3,13 @@
 The kernels in :mod:`normcore.backends._numpy_kernels` cover the layer/RMS
 norm layout (statistics over trailing axes, parameters on the same axes) and
 the batch-norm layout (parameters on one axis, statistics over all the
-others, e.g. NCHW or NHWC). Every other call, any input that is not
-C-contiguous, and batch-norm inputs too small for the channel kernels' fixed
-costs to pay off (:attr:`NumPyAdapter.small_channels`) run the reference path.
-NumPy is imported only when a NumPy array reaches normcore.
+others, e.g. NCHW or NHWC). The numba kernels also cover group norm's
+forward (each example's group a row) and the LSTM cell's steps
+(:meth:`NumPyAdapter.cell_step`, :meth:`NumPyAdapter.cell_step_backward`).
+Every other call, any input that is not C-contiguous, and batch-norm inputs
+too small for the channel kernels' fixed costs to pay off
+(:attr:`NumPyAdapter.small_channels`) run the reference path. NumPy is
+imported only when a NumPy array reaches normcore.
 
 Kernel selection (``_kernels``, the one place it happens): by default the
 compiled kernels of :mod:`normcore.backends._numba_kernels` run (same
