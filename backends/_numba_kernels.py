@@ -243,23 +243,38 @@ def _row_backward(row, drow, g, eps, center, have_stats, mean, rstd, r, out, pg,
                 sq += np.float64(row[j]) * np.float64(row[j])
         out[0] = 1.0 / math.sqrt(sq / d + eps)
         rs = out[0]
+    # Every loop below is branch-free, so that it vectorises: the optional
+    # dgain/dbias sums, under an `if` inside dx's loop, kept that loop scalar
+    # and doubled the time of a backward without them.  With both wanted (a
+    # training step) they ride along the loop that reads dy for the reduced
+    # terms; otherwise each wanted one takes a loop of its own.
     su = 0.0
     sdy = 0.0
-    for j in range(d):
-        w = drow[j] * g[j]
-        su += np.float64(w) * np.float64(_centred(row[j], shift, offset))
-        sdy += w
+    if need_pg and need_pb:
+        for j in range(d):
+            w = drow[j] * g[j]
+            u = _centred(row[j], shift, offset)
+            su += np.float64(w) * np.float64(u)
+            sdy += w
+            pg[j] += np.float64(drow[j]) * np.float64(u * rs)
+            pb[j] += drow[j]
+    else:
+        for j in range(d):
+            w = drow[j] * g[j]
+            su += np.float64(w) * np.float64(_centred(row[j], shift, offset))
+            sdy += w
+        if need_pg:
+            for j in range(d):
+                pg[j] += np.float64(drow[j]) * np.float64(_centred(row[j], shift, offset) * rs)
+        if need_pb:
+            for j in range(d):
+                pb[j] += drow[j]
     out[0] = np.float64(rs) * np.float64(rs) * su / d
     beta = out[0]
     out[0] = sdy / d if center else 0.0
     alpha = out[0]
     for j in range(d):
-        u = _centred(row[j], shift, offset)
-        if need_pg:
-            pg[j] += np.float64(drow[j]) * np.float64(u * rs)
-        if need_pb:
-            pb[j] += drow[j]
-        out[j] = _input_grad(drow[j] * g[j], u, beta, alpha, rs)
+        out[j] = _input_grad(drow[j] * g[j], _centred(row[j], shift, offset), beta, alpha, rs)
     return rs
 
 
