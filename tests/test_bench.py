@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
 from normcore.backends.numpy import adapter as numpy_adapter
 
@@ -136,3 +137,24 @@ def test_recurrent_rows_without_torch_say_so():
 
     (row,) = bench_recurrent.rows(TINY, normcore, None)
     assert row.note == "torch is not installed"
+
+
+def test_the_kernels_floor_script_runs_and_checks_itself(rng):
+    """docs/measurements/numpy_kernels_floor.py, whose figures performance.md
+    quotes: every candidate runs on a small array, and its own checks (the
+    streaming-store layer norm equals rows_forward bit for bit, the streaming
+    copy equals its input) hold. numba's intrinsics break silently otherwise."""
+    pytest.importorskip("numba")
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "measurements" / "numpy_kernels_floor.py"
+    spec = importlib.util.spec_from_file_location("numpy_kernels_floor", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    x = (rng.standard_normal((128, 256)) + 3).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    calls = script.candidates(x, dy)  # asserts its streamed results
+    assert {"x.copy()", "layer norm, streaming stores", "batch norm, NCHW"} <= set(calls)
+    for call in calls.values():
+        call()
