@@ -334,19 +334,21 @@ def _forward(xs, state0, params, mask, options, record) -> tuple[Any, Any, Any]:
     )  # fmt: skip
     if mapped is not NotImplemented:
         return *mapped, None
+    return _run(call, hidden, options["cell"] if record else None)
+
+
+def _run(call: _Call, hidden: int, record_cell: str | None = None) -> tuple[Any, Any, Any]:
+    """``(hs, final_state, recording)`` of a checked call; a :class:`Recording` of
+    the ``record_cell`` call when one is given, else None (nothing kept)."""
+    record = record_cell is not None
     outputs, final, tape = recurrence.forward(call.seq, save=record)
-    recording = Recording(call, hidden, options["cell"], tape) if record else None
+    recording = Recording(call, hidden, record_cell, tape) if record else None
     return _stack_outputs(call, outputs, hidden), _public_state(final), recording
-
-
-def _run(call: _Call, hidden: int) -> tuple[Any, Any]:
-    outputs, final, _ = recurrence.forward(call.seq, save=False)
-    return _stack_outputs(call, outputs, hidden), _public_state(final)
 
 
 def _rnn_part(xs, state0, params, mask, **options) -> tuple[Any, Any]:
     """:func:`rnn` of one part of a batch (``Adapter.map_batches``; checked as a whole already)."""
-    return _run(*_prepare(xs, state0, params, mask=mask, **options))
+    return _run(*_prepare(xs, state0, params, mask=mask, **options))[:2]
 
 
 def _check_output_grads(call, hidden, dhs, dfinal_state, cell) -> tuple[Any, tuple | None]:
