@@ -108,8 +108,11 @@ _caps = threading.local()  # this thread's limit (thread_cap), as torch's is per
 
 
 def most_threads():
-    """The threads a large call may use: NORMCORE_NUM_THREADS, else one per core."""
-    return settings.num_threads or _CORES
+    """The threads a large call may use: NORMCORE_NUM_THREADS, else OMP_NUM_THREADS
+    (at most one per core), else one per core."""
+    if settings.num_threads:
+        return settings.num_threads
+    return min(settings.omp_num_threads or _CORES, _CORES)
 
 
 def threads_for(nelem):

@@ -63,9 +63,46 @@ def test_a_value_not_understood_fails_at_import_naming_the_variable(name, value,
     assert f"{name}={value!r} is not understood" in last and accepted in last
 
 
-def test_from_environment_reads_only_normcores_variables():
+def test_from_environment_reads_only_normcores_variables_and_omp_num_threads():
     parsed = config.from_environment({"NORMCORE_NUM_THREADS": "2", "OTHER": "x"})
     assert parsed == config.Settings(reference_path=False, numba=True, num_threads=2)
+    parsed = config.from_environment({"OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "1"})
+    assert parsed == config.Settings(num_threads=None, omp_num_threads=3)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("1", 1), (" 4 ", 4), ("4,2", 4), ("0", None), ("", None), ("four", None), ("-2", None)],
+)
+def test_omp_num_threads_is_read_where_openmp_would_and_never_raises(value, expected):
+    assert config.from_environment({"OMP_NUM_THREADS": value}).omp_num_threads == expected
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"OMP_NUM_THREADS": "1"}, "1"),  # what torchrun sets for each process
+        ({"OMP_NUM_THREADS": "1", "NORMCORE_NUM_THREADS": "3"}, "3"),  # normcore's own wins
+        ({"OMP_NUM_THREADS": "10000"}, str(os.cpu_count() or 1)),  # at most every core
+        ({"OMP_NUM_THREADS": "many"}, str(os.cpu_count() or 1)),  # not ours: not used
+    ],
+)
+def test_the_kernels_threads_follow_omp_num_threads(env, expected):
+    code = (
+        "import normcore\n"
+        "from normcore.backends import _numpy_kernels as k\n"
+        "print(k.most_threads(), k.threads_for(2**24))"
+    )
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("NORMCORE_") and k != "OMP_NUM_THREADS"
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**clean, **env}
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [expected, expected]
 
 
 def test_reference_path_needs_a_bool():

@@ -13,13 +13,20 @@ imported, and nowhere else:
                              cannot be imported, a warning says so and the NumPy-only
                              kernels run).
 ``NORMCORE_NUM_THREADS``     A whole number >= 1: the most threads a NumPy-array
-                             kernel uses. Default: every core (``os.cpu_count()``).
+                             kernel uses. Default: ``OMP_NUM_THREADS`` (below), else
+                             every core (``os.cpu_count()``).
+``OMP_NUM_THREADS``          Read only where ``NORMCORE_NUM_THREADS`` is unset, as the
+                             limit OpenBLAS and torch also follow (``torchrun`` sets
+                             it to 1 per process): its first whole number (``"4"``,
+                             or ``"4,2"`` for nested OpenMP), at most every core.
+                             OpenMP's variable, not normcore's: a value normcore
+                             cannot read is left to OpenMP and not used here.
 =========================  ==========================================================
 
-A value that is not understood raises ``ValueError`` at ``import normcore``,
-naming the variable and what it accepts. Changing a variable later has no
-effect: the values live in :data:`settings`, which tests and benchmarks may
-change for a process.
+A value of a ``NORMCORE_`` variable that is not understood raises
+``ValueError`` at ``import normcore``, naming the variable and what it
+accepts. Changing a variable later has no effect: the values live in
+:data:`settings`, which tests and benchmarks may change for a process.
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ class Settings:
     reference_path: bool = False
     numba: bool = True
     num_threads: int | None = None
+    #: OMP_NUM_THREADS's limit, the default of num_threads (None: unset or unreadable).
+    omp_num_threads: int | None = None
 
 
 def _flag(environ: Mapping[str, str], name: str, default: bool = False) -> bool:
@@ -71,12 +80,24 @@ def _count(environ: Mapping[str, str], name: str) -> int | None:
     )
 
 
+def _omp_count(environ: Mapping[str, str]) -> int | None:
+    """The first level of ``OMP_NUM_THREADS`` (``"4"``, ``"4,2"``), or None.
+
+    Not normcore's variable: what normcore cannot read raises nothing here
+    and is left to the OpenMP runtimes, which judge it themselves.
+    """
+    first = environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return int(first) if first.isdigit() and int(first) >= 1 else None
+
+
 def from_environment(environ: Mapping[str, str] = os.environ) -> Settings:
-    """Parse normcore's environment variables; ``ValueError`` for a value not understood."""
+    """Parse normcore's environment variables (and ``OMP_NUM_THREADS``);
+    ``ValueError`` for a value of a ``NORMCORE_`` variable not understood."""
     return Settings(
         reference_path=_flag(environ, "NORMCORE_REFERENCE_PATH"),
         numba=_flag(environ, "NORMCORE_NUMBA", default=True),
         num_threads=_count(environ, "NORMCORE_NUM_THREADS"),
+        omp_num_threads=_omp_count(environ),
     )
 
 
