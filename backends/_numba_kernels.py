@@ -23,12 +23,13 @@ Threads: the kernels are compiled with ``nogil`` and without numba's own
 threading layer (no ``parallel``/``prange``).  Each kernel takes a range of
 its tasks, and :func:`_spread` hands the ranges to the one thread pool the
 NumPy kernels use (``_numpy_kernels.spread``), capped by
-NORMCORE_NUM_THREADS.  That pool's idle workers sleep on a queue.  numba's
-OpenMP workers instead spin for a while after each kernel, and on a 2-core
-machine that took the cores from OpenBLAS: a NumPy LN-LSTM forward
-(T=50, B=64, H=256) took 552 ms with ``prange`` against 60 ms with this pool
-(the NumPy kernels: 62 ms), and a 1024x1024 float32 matmul called between
-layer norms 1.60x its time alone against 1.01x (``docs/performance.md``).
+NORMCORE_NUM_THREADS (else OMP_NUM_THREADS: ``_numpy_kernels.most_threads``).
+That pool's idle workers sleep on a queue.  numba's OpenMP workers instead
+spin for a while after each kernel, and on a 2-core machine that took the
+cores from OpenBLAS: a NumPy LN-LSTM forward (T=50, B=64, H=256) took 552 ms
+with ``prange`` against 60 ms with this pool (the NumPy kernels: 62 ms), and a
+1024x1024 float32 matmul called between layer norms 1.60x its time alone
+against 1.01x (``docs/performance.md``).
 
 numba 0.68 has no float16 type on the CPU, so float16 input (and empty
 input) is handed to the NumPy kernels, which accumulate it in float32.
@@ -245,30 +246,25 @@ def _row_backward(row, drow, g, eps, center, have_stats, mean, rstd, r, out, pg,
         rs = out[0]
     # Every loop below is branch-free, so that it vectorises: the optional
     # dgain/dbias sums, under an `if` inside dx's loop, kept that loop scalar
-    # and doubled the time of a backward without them.  With both wanted (a
-    # training step) they ride along the loop that reads dy for the reduced
-    # terms; otherwise each wanted one takes a loop of its own.
+    # and doubled the time of a backward without them.  They take loops of
+    # their own (fused into the loop of su/sdy they were 5% faster, but changed
+    # the summation order of su in float64, hence dx in its last bits).
     su = 0.0
     sdy = 0.0
+    for j in range(d):
+        w = drow[j] * g[j]
+        su += np.float64(w) * np.float64(_centred(row[j], shift, offset))
+        sdy += w
     if need_pg and need_pb:
         for j in range(d):
-            w = drow[j] * g[j]
-            u = _centred(row[j], shift, offset)
-            su += np.float64(w) * np.float64(u)
-            sdy += w
-            pg[j] += np.float64(drow[j]) * np.float64(u * rs)
+            pg[j] += np.float64(drow[j]) * np.float64(_centred(row[j], shift, offset) * rs)
             pb[j] += drow[j]
-    else:
+    elif need_pg:
         for j in range(d):
-            w = drow[j] * g[j]
-            su += np.float64(w) * np.float64(_centred(row[j], shift, offset))
-            sdy += w
-        if need_pg:
-            for j in range(d):
-                pg[j] += np.float64(drow[j]) * np.float64(_centred(row[j], shift, offset) * rs)
-        if need_pb:
-            for j in range(d):
-                pb[j] += drow[j]
+            pg[j] += np.float64(drow[j]) * np.float64(_centred(row[j], shift, offset) * rs)
+    elif need_pb:
+        for j in range(d):
+            pb[j] += drow[j]
     out[0] = np.float64(rs) * np.float64(rs) * su / d
     beta = out[0]
     out[0] = sdy / d if center else 0.0
