@@ -158,3 +158,19 @@ def test_the_kernels_floor_script_runs_and_checks_itself(rng):
     assert {"x.copy()", "layer norm, streaming stores", "batch norm, NCHW"} <= set(calls)
     for call in calls.values():
         call()
+    # Rows of odd lengths, starting off 16-byte boundaries: the head and tail
+    # of every streamed row take the scalar stores.
+    from normcore.backends import _numba_kernels
+
+    for d in (1, 3, 6, 17):
+        x = (rng.standard_normal((5, d)) + 3).astype(np.float32)
+        y = np.full_like(x, np.nan)
+        script._stream_rows(0, 5, x, y)
+        assert np.array_equal(y, x)
+        expected = _numba_kernels.rows_forward(x, None, None, eps=1e-5, center=True)
+        got = [np.full_like(a, np.nan) for a in expected]
+        ones, zeros = np.ones(d, np.float32), np.zeros(d, np.float32)
+        script._normalize_streamed(0, 5, x, ones, zeros, 1e-5, *got)
+        assert all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
+    with pytest.raises(TypeError, match="float32"):
+        script.candidates(x.astype(np.float64), x.astype(np.float64))

@@ -53,6 +53,7 @@ def test_variables_are_parsed_at_import(env, expected):
         ("NORMCORE_REFERENCE_PATH", "2", "one of 1, true, yes, on"),
         ("NORMCORE_NUM_THREADS", "0", "a whole number >= 1"),
         ("NORMCORE_NUM_THREADS", "two", "a whole number >= 1"),
+        ("NORMCORE_NUM_THREADS", "\u00b2", "a whole number >= 1"),
     ],
 )
 def test_a_value_not_understood_fails_at_import_naming_the_variable(name, value, accepted):
@@ -72,7 +73,18 @@ def test_from_environment_reads_only_normcores_variables_and_omp_num_threads():
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("1", 1), (" 4 ", 4), ("4,2", 4), ("0", None), ("", None), ("four", None), ("-2", None)],
+    [
+        ("1", 1),
+        (" 4 ", 4),
+        ("+4", 4),
+        ("4,2", 4),
+        ("0", None),
+        ("", None),
+        ("four", None),
+        ("-2", None),
+        ("\u00b2", None),  # a superscript two: str.isdigit, but not a number to int()
+        ("\u0663", None),  # an Arabic-Indic three
+    ],
 )
 def test_omp_num_threads_is_read_where_openmp_would_and_never_raises(value, expected):
     assert config.from_environment({"OMP_NUM_THREADS": value}).omp_num_threads == expected

@@ -209,6 +209,11 @@ def test_torch_set_num_threads_limits_the_numpy_kernels_it_serves(monkeypatch):
     torch = pytest.importorskip("torch")
     from normcore.backends import _numpy_kernels
 
+    from normcore._plumbing.config import settings
+
+    # Every core, whatever NORMCORE_NUM_THREADS or OMP_NUM_THREADS this run has.
+    monkeypatch.setattr(settings, "num_threads", None)
+    monkeypatch.setattr(settings, "omp_num_threads", None)
     used = []
     threads_for = _numpy_kernels.threads_for
 

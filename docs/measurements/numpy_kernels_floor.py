@@ -27,6 +27,7 @@ code: the streaming store is an LLVM intrinsic that the kernels do not use.
 
 from __future__ import annotations
 
+import platform
 import statistics
 import sys
 import time
@@ -35,6 +36,7 @@ import numpy as np
 from llvmlite import ir
 from normcore.backends import _numba_kernels as kernels
 from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 import normcore
@@ -46,14 +48,20 @@ PAGE_VALUES = 4096 // 4
 
 @intrinsic
 def _stream4(typingctx, dst, i, src, j):
-    """``dst[i:i+4] = src[j:j+4]`` as one non-temporal 16-byte store (dst+i aligned)."""
+    """``dst[i:i+4] = src[j:j+4]`` (float32) as one non-temporal 16-byte store.
+
+    ``dst + i`` must be 16-byte aligned; ``src + j`` need only be float32-aligned.
+    """
+    if dst.dtype != types.float32 or src.dtype != types.float32:
+        raise TypeError("_stream4 stores four float32 values: 16 bytes")
 
     def codegen(context, builder, signature, args):
         d, ii, s, jj = args
         dst_a = context.make_array(signature.args[0])(context, builder, d)
         src_a = context.make_array(signature.args[2])(context, builder, s)
         vector = ir.VectorType(context.get_data_type(signature.args[0].dtype), 4)
-        value = builder.load(builder.bitcast(builder.gep(src_a.data, [jj]), vector.as_pointer()))
+        source = builder.bitcast(builder.gep(src_a.data, [jj]), vector.as_pointer())
+        value = builder.load(source, align=4)
         store = builder.store(
             value, builder.bitcast(builder.gep(dst_a.data, [ii]), vector.as_pointer()), align=16
         )
@@ -66,10 +74,18 @@ def _stream4(typingctx, dst, i, src, j):
 
 @intrinsic
 def _fence(typingctx):
-    """A full fence: streaming stores are weakly ordered, so each task ends with one."""
+    """Streaming stores are weakly ordered, so each task ends with a store fence:
+    ``sfence`` on x86-64 (whether LLVM's ``fence seq_cst``, a locked add there,
+    orders them is disputed), a full fence elsewhere."""
 
     def codegen(context, builder, signature, args):
-        builder.fence("seq_cst")
+        if platform.machine().lower() in ("x86_64", "amd64"):
+            fnty = ir.FunctionType(ir.VoidType(), [])
+            builder.call(
+                cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.sse.sfence"), []
+            )
+        else:
+            builder.fence("seq_cst")
         return context.get_dummy_value()
 
     return types.void(), codegen
@@ -132,6 +148,9 @@ def _normalize_streamed(t0, t1, x, g, b, eps, y, mean, rstd):
 
 
 def candidates(x, dy):
+    """The timed calls on float32 ``x``, ``dy`` (rows, D); D * 64 must divide x.size."""
+    if x.dtype != np.float32:
+        raise TypeError(f"the streaming stores are written for float32, got {x.dtype}")
     rows, d = x.shape
     g, b = np.ones(d, x.dtype), np.zeros(d, x.dtype)
     nchw = x.reshape(x.size // (d * 64), d, 8, 8)  # C = D channels of 8 x 8

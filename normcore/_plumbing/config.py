@@ -72,7 +72,7 @@ def _count(environ: Mapping[str, str], name: str) -> int | None:
     value = environ.get(name, "").strip()
     if not value:
         return None
-    if value.isdigit() and int(value) >= 1:
+    if _whole(value) and int(value) >= 1:
         return int(value)
     raise ValueError(
         f"the environment variable {name}={environ[name]!r} is not understood: set it to a "
@@ -86,8 +86,13 @@ def _omp_count(environ: Mapping[str, str]) -> int | None:
     Not normcore's variable: what normcore cannot read raises nothing here
     and is left to the OpenMP runtimes, which judge it themselves.
     """
-    first = environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
-    return int(first) if first.isdigit() and int(first) >= 1 else None
+    first = environ.get("OMP_NUM_THREADS", "").split(",")[0].strip().removeprefix("+")
+    return int(first) if _whole(first) and int(first) >= 1 else None
+
+
+def _whole(value: str) -> bool:
+    """Whether ``value`` is ASCII digits only (``str.isdigit`` also takes "²" and "٣")."""
+    return value.isascii() and value.isdigit()
 
 
 def from_environment(environ: Mapping[str, str] = os.environ) -> Settings:

@@ -19,7 +19,7 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -303,7 +303,7 @@ def _small_torch_row(plan: Plan, normcore: Any, torch: Any) -> Iterator[Row]:
     if torch is None:
         return
     tensors = tuple(torch.from_numpy(_data(s, i)) for i, s in enumerate([(64, 64), (64,), (64,)]))
-    small = Plan(plan.elements, plan.dims, plan.spatial, max(plan.repeats, 7), plan.min_sample_s)
+    small = replace(plan, repeats=max(plan.repeats, 7))
     yield _torch_row(64, (64, 64), tensors, normcore, _layer_norm, small)
 
 
