@@ -59,6 +59,13 @@ def train(rank: int, port: int) -> None:
     if rank == 0:
         print(f"{type(bn).__name__} after {STEPS} steps on {WORLD} processes:")
         print("  running_mean", [round(v, 4) for v in bn.running_mean.tolist()[:4]], "...")
+    # Tear down in order, and together: the DDP wrapper (its reducer holds the
+    # process group) goes first, then both processes meet, then the group goes.
+    # Destroying the group under a live wrapper, or while the other process still
+    # talks to it, made a gloo thread abort its process in CI (SIGABRT, "terminate
+    # called without an active exception") after training had finished.
+    del ddp, optimizer
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -17,8 +17,9 @@ does), for 2**24 float32 values in rows of D:
 * normcore's layer norm (``rows_forward``), into a fresh output as users call
   it, and the same per-row code writing its rows with streaming stores;
 * the public calls the bench grades: layer norm's backward (with and
-  without gain and bias), RMS norm, batch norm (NCHW, C = D) and group norm
-  (32 groups, NCHW, C = D) forward.
+  without gain and bias), RMS norm, batch norm (NCHW, C = D; and its
+  statistics pass and normalizing pass apart) and group norm (32 groups,
+  NCHW, C = D) forward.
 
 The results and what they show are in docs/performance.md ("Why the NumPy
 kernels miss the copy targets"). This is a measurement script, not library
@@ -154,6 +155,11 @@ def candidates(x, dy):
     rows, d = x.shape
     g, b = np.ones(d, x.dtype), np.zeros(d, x.dtype)
     nchw = x.reshape(x.size // (d * 64), d, 8, 8)  # C = D channels of 8 x 8
+    # Batch norm's two passes apart, as channels_forward runs them on (A, C, B).
+    channels = nchw.reshape(nchw.shape[0], d, 64)
+    k, _, var = kernels._channel_stats(channels)
+    scale = (1.0 / np.sqrt(var + 1e-5)).astype(x.dtype)
+    affine = (np.ascontiguousarray(k, x.dtype), scale, np.zeros(d, x.dtype))
 
     def touch():
         y = np.empty_like(x)
@@ -194,6 +200,8 @@ def candidates(x, dy):
         "layer norm backward, gain+bias": lambda: normcore.layer_norm_backward(dy, x, g, b),
         "rms norm": lambda: normcore.rms_norm(x, g),
         "batch norm, NCHW": lambda: normcore.batch_norm(nchw, g, b, axis=1),
+        "  its statistics pass": lambda: kernels._channel_stats(channels),
+        "  its normalizing pass": lambda: kernels._channel_affine(channels, *affine),
         "group norm, 32 groups, NCHW": lambda: normcore.group_norm(nchw, 32, g, b),
     }
 
