@@ -255,14 +255,10 @@ def _row_backward(row, drow, g, eps, center, have_stats, mean, rstd, r, out, pg,
         w = drow[j] * g[j]
         su += np.float64(w) * np.float64(_centred(row[j], shift, offset))
         sdy += w
-    if need_pg and need_pb:
+    if need_pg:
         for j in range(d):
             pg[j] += np.float64(drow[j]) * np.float64(_centred(row[j], shift, offset) * rs)
-            pb[j] += drow[j]
-    elif need_pg:
-        for j in range(d):
-            pg[j] += np.float64(drow[j]) * np.float64(_centred(row[j], shift, offset) * rs)
-    elif need_pb:
+    if need_pb:
         for j in range(d):
             pb[j] += drow[j]
     out[0] = np.float64(rs) * np.float64(rs) * su / d
