@@ -64,9 +64,13 @@ def platform_key() -> str:
     from normcore.backends.numpy import adapter
 
     if adapter.kernel_set() == "numba":
+        import llvmlite.binding
         import numba
 
-        kernels = f"numba {numba.__version__} kernels"
+        # numba compiles for the host CPU: its vector width sets the order of the
+        # kernels' sums (AVX-512 and AVX2 machines round differently)
+        cpu = llvmlite.binding.get_host_cpu_name()
+        kernels = f"numba {numba.__version__} kernels for {cpu}"
     else:
         kernels = "NumPy-only kernels"
     return (
