@@ -64,6 +64,10 @@ _MAX_CHUNKS = 32
 _MAX_PARTIAL_VALUES = 1 << 20
 # Task ranges handed to each thread of the pool per kernel call (see _spread).
 _RANGES_PER_THREAD = 4
+# The channel kernels hand work to the pool twice per call (statistics, then the
+# normalizing pass; sums, then dx): measured, threads repay their hand-offs from
+# about twice the elements the row kernels need (2**21 float32 values, not 2**20).
+_CHANNEL_WORK = 2
 # "reassoc" (and no other fast-math flag) lets LLVM vectorise the sum loops,
 # which otherwise run one dependent float64 add at a time and take twice as
 # long as the memory traffic; NaN, inf and signed zeros keep their IEEE
@@ -355,19 +359,6 @@ def groups_forward(x, gain, bias, *, eps, groups, spatial):
 
 # Row chunks of a step's dgain/dbias partials (fixed: results do not depend on threads).
 _STEP_CHUNKS = 8
-# A recurrent step's kernels run on the calling thread below this many values: each
-# step follows a BLAS matmul whose threads still spin on the cores, and handing a
-# 64x1024 block to the pool cost more than it saved (LN-LSTM T=50, B=64, H=256:
-# forward 38-52 ms threaded, 35 ms on one thread).
-_STEP_PARALLEL_MIN = 1 << 19
-
-
-def _spread_step(kernel, ntasks, nelem, *args):
-    """:func:`_spread` for the kernels of one recurrent step (see _STEP_PARALLEL_MIN)."""
-    if nelem < _STEP_PARALLEL_MIN:
-        kernel(0, ntasks, *args)
-    else:
-        _spread(kernel, ntasks, nelem, *args)
 
 
 @njit(**_JIT)
@@ -426,7 +417,7 @@ def lstm_step(u, ah, c_prev, gain_h, bias_h, gain_c, bias_c, *, eps, exp_cap):
     if ln:
         z = np.empty((rows, 4 * hidden), dtype)
         rstd_h = np.empty(rows, dtype)
-        _spread_step(_lstm_gate_inputs_kernel, rows, z.size, u, ah, gain_h, bias_h, float(eps), z,
+        _spread(_lstm_gate_inputs_kernel, rows, z.size, u, ah, gain_h, bias_h, float(eps), z,
                 rstd_h)  # fmt: skip
         if not rstd_h.min() > 0:
             return None
@@ -441,7 +432,7 @@ def lstm_step(u, ah, c_prev, gain_h, bias_h, gain_c, bias_c, *, eps, exp_cap):
     cn = np.empty((rows, hidden), dtype) if ln else c
     rstd_c = np.empty(rows if ln else 0, dtype)
     empty = np.empty(0, dtype)
-    _spread_step(
+    _spread(
         _lstm_cell_state_kernel, rows, c.size, gates_if, g, c_prev,
         gain_c if ln else empty, bias_c if ln else empty, float(eps), ln, c, cn, rstd_c,
     )  # fmt: skip
@@ -511,7 +502,7 @@ def lstm_step_backward(ah, c_prev, gates_if, g, o, c, squashed, dh, dc, gain_h, 
     pgh, pbh, pgc, pbc = (np.zeros(sizes[n // 2]) for n in range(4))
     rstd_h, rstd_c = (np.empty(rows if ln else 0, dtype) for _ in range(2))
     empty2, empty1 = np.empty((0, 0), dtype), np.empty(0, dtype)
-    _spread_step(
+    _spread(
         _lstm_step_backward_kernel, nchunks, du.size,
         empty2 if ah is None else ah, c_prev, gates_if, g, o, empty2 if c is None else c,
         squashed, dh, dc, empty1 if gain_h is None else gain_h,
@@ -655,12 +646,13 @@ def _channel_stats(x):
         nra = _channels_last_chunks(x.shape)
         part_m, part_m2 = np.empty((nra, c_len)), np.empty((nra, c_len))
         x2 = x.reshape(a_len, c_len)
-        _spread(_channels_last_stats_kernel, nra, x.size, x2, k, nra, _SUB_BLOCK, part_m, part_m2)
+        args = (x2, k, nra, _SUB_BLOCK, part_m, part_m2)
+        _spread(_channels_last_stats_kernel, nra, x.size // _CHANNEL_WORK, *args)
     else:
         nra, ncb = _tasks(x.shape)
         part_m, part_m2 = np.empty((nra, c_len)), np.empty((nra, c_len))
         args = (x, k, nra, ncb, _SUB_BLOCK, part_m, part_m2)
-        _spread(_channel_stats_kernel, nra * ncb, x.size, *args)
+        _spread(_channel_stats_kernel, nra * ncb, x.size // _CHANNEL_WORK, *args)
     m, var = _chan_total(part_m, part_m2, a_len, b_len, nra)
     return k, m, var
 
@@ -697,10 +689,10 @@ def _channel_affine(x, k, s, h):
         nra = _channels_last_chunks(x.shape)
         flat = (a_len, c_len)
         args = (x.reshape(flat), k, s, h, nra, y.reshape(flat))
-        _spread(_channels_last_affine_kernel, nra, x.size, *args)
+        _spread(_channels_last_affine_kernel, nra, x.size // _CHANNEL_WORK, *args)
     else:
         nra, ncb = _tasks(x.shape)
-        _spread(_affine_kernel, nra * ncb, x.size, x, k, s, h, nra, ncb, y)
+        _spread(_affine_kernel, nra * ncb, x.size // _CHANNEL_WORK, x, k, s, h, nra, ncb, y)
     return y
 
 
@@ -847,12 +839,12 @@ def channels_backward(
             flat = (a_len, c_len)
             dy, x, dx = dy.reshape(flat), x.reshape(flat), dx.reshape(flat)
             part_u, part_dy = np.empty((nra, c_len)), np.empty((nra, c_len))
-            _spread(_channels_last_sums_kernel, nra, x.size,
+            _spread(_channels_last_sums_kernel, nra, x.size // _CHANNEL_WORK,
                     dy, x, shift, offset, nra, part_u, part_dy, scale, dx)  # fmt: skip
         else:
             nra, ncb = _tasks(x.shape)
             part_u, part_dy = np.empty((nra, c_len)), np.empty((nra, c_len))
-            _spread(_channel_sums_kernel, nra * ncb, x.size,
+            _spread(_channel_sums_kernel, nra * ncb, x.size // _CHANNEL_WORK,
                     dy, x, shift, offset, nra, ncb, part_u, part_dy, scale, dx)  # fmt: skip
         su, sdy = part_u.sum(axis=0), part_dy.sum(axis=0)
         if not fixed_stats:
@@ -860,10 +852,10 @@ def channels_backward(
             rho, sigma = (rstd * rstd * su / n).astype(acc), (sdy / n).astype(acc)
             alpha = alpha.astype(acc)
             if b_len == 1:
-                _spread(_channels_last_dx_kernel, nra, x.size,
+                _spread(_channels_last_dx_kernel, nra, x.size // _CHANNEL_WORK,
                         dy, x, shift, offset, rho, sigma, alpha, nra, dx)  # fmt: skip
             else:
-                _spread(_channel_dx_kernel, nra * ncb, x.size,
+                _spread(_channel_dx_kernel, nra * ncb, x.size // _CHANNEL_WORK,
                         dy, x, shift, offset, rho, sigma, alpha, nra, ncb, dx)  # fmt: skip
         dx = dx.reshape(a_len, c_len, b_len)
     dgain = (rstd * su).astype(pdtype) if need_dgain else None

@@ -53,8 +53,13 @@ _FWD_BLOCK = 1 << 17
 # Longest row segment handled as one piece; longer rows are split and their
 # statistics merged (Chan), so that temporaries stay block-sized.
 _MAX_ROW = 1 << 16
-# Below this many elements threads cost more than they save.
-_PARALLEL_MIN = 1 << 16
+# Below this many elements a call runs on the calling thread: handing work to
+# the pool and waiting for it costs a fixed 110-300 us on the 2-core development
+# VM (an empty two-thread spread: 112 us), which threads repay only from about
+# 2**20 float32 values per hand-off (docs/performance.md, "Threads from 2**20
+# values"; 2**16, the earlier value, made calls of 2**17-2**19 values 1.3-3.8x
+# slower than one thread).
+_PARALLEL_MIN = 1 << 20
 # Read once: os.cpu_count() reads /sys on Linux, about 14 us, and every kernel
 # call asks (a layer-normalized LSTM step makes several).
 _CORES = os.cpu_count() or 1

@@ -34,11 +34,15 @@ ROWS = [(3, 70_000), (520, 256), (1, 5)]
 
 @pytest.fixture(autouse=True, scope="module")
 def _kernels_at_every_size():
-    """The batch-norm kernels serve small inputs here too (normally the reference does)."""
-    before = numpy_adapter.adapter.small_channels
-    numpy_adapter.adapter.small_channels = 0
+    """The batch-norm kernels serve small inputs here too (normally the reference does),
+    and the pool's threads share calls from 2**16 elements (normally from 2**20), so
+    that these shapes run the threaded code."""
+    from normcore.backends import _numpy_kernels
+
+    before = numpy_adapter.adapter.small_channels, _numpy_kernels._PARALLEL_MIN
+    numpy_adapter.adapter.small_channels, _numpy_kernels._PARALLEL_MIN = 0, 1 << 16
     yield
-    numpy_adapter.adapter.small_channels = before
+    numpy_adapter.adapter.small_channels, _numpy_kernels._PARALLEL_MIN = before
 
 
 CHANNELS = [((8, 4, 16, 16), 1), ((20_000, 3), -1), ((2, 70_000, 2), 1), ((4, 3, 5), 1)]

@@ -89,11 +89,11 @@ def test_fused_steps_match_the_reference(kernel_calls, monkeypatch, rng, dtype, 
 
     ``chunks``: more rows than the backward's 8 chunks of dgain partials;
     ``threads``: the steps' kernels handed to the thread pool (normally only
-    from 2**19 values per step).
+    from 2**20 values per call).
     """
     steps, batch, inputs, hidden = sizes
     if batch == 64:
-        monkeypatch.setattr(numba_kernels, "_STEP_PARALLEL_MIN", 0)
+        monkeypatch.setattr(numba_kernels._numpy_kernels, "_PARALLEL_MIN", 0)
     params, data = _case(rng, layer_norm, steps, batch, inputs, hidden, dtype)
     hs, final = normcore.rnn(data["xs"], data["state0"], params, cell="lstm",
                              layer_norm=layer_norm)  # fmt: skip
