@@ -25,16 +25,19 @@ import math
 import sys
 from typing import Any
 
+from normcore._reference import primitive
 from normcore._reference.primitive import broadcast_param
 from normcore.adapter import Adapter, Gradients, Layout, Normalized
 
 __all__ = ["TorchAdapter", "adapter"]
 
 
-def _numpy_views(torch, tensors) -> list | None:
+def _numpy_views(torch, tensors, recorded: bool = False) -> list | None:
     """NumPy views of plain, contiguous float32/float64 CPU tensors autograd does not record.
 
-    None when any tensor is not such a tensor.
+    None when any tensor is not such a tensor. With ``recorded``, tensors
+    that autograd records qualify too (:func:`_recorded_kernels` makes the
+    autograd node itself).
 
     Such calls run the NumPy adapter's compiled kernels on the tensors' own
     memory (:func:`_on_numpy_kernels`): one pass over the input where torch's
@@ -45,7 +48,7 @@ def _numpy_views(torch, tensors) -> list | None:
     """
     if torch.jit.is_tracing():  # the trace would record no operation, only a constant
         return None
-    recording = torch.is_grad_enabled()
+    recording = not recorded and torch.is_grad_enabled()
     views = []
     for t in tensors:
         if t is None:
@@ -79,12 +82,14 @@ def _numpy_side() -> tuple:
     return numpy_adapter, namespace_of, Statistics, _numpy_kernels
 
 
-def _on_numpy_kernels(torch, method: str, tensors, layout: Layout, **options) -> Any:
+def _on_numpy_kernels(
+    torch, method: str, tensors, layout: Layout, recorded: bool = False, **options
+) -> Any:
     """The NumPy adapter's ``method`` on NumPy views of ``tensors`` (and the layout's
     statistics), its results as tensors sharing their memory; or ``NotImplemented``
     when the tensors do not qualify (:func:`_numpy_views`) or the NumPy adapter declines."""
     stats = layout.stats
-    views = _numpy_views(torch, [*tensors, *(() if stats is None else stats)])
+    views = _numpy_views(torch, [*tensors, *(() if stats is None else stats)], recorded)
     if views is None:
         return NotImplemented
     numpy_adapter, namespace_of, Statistics, kernels = _numpy_side()
@@ -105,6 +110,80 @@ def _on_numpy_kernels(torch, method: str, tensors, layout: Layout, **options) ->
     if result is NotImplemented:
         return NotImplemented
     return type(result)(*(None if a is None else torch.from_numpy(a) for a in result))
+
+
+def _recorded_kernels(torch, adapter, xp, x, gain, bias, layout: Layout, need_stats: bool):
+    """The compiled NumPy kernels where autograd records: one node, its backward compiled too.
+
+    For the batch-norm layout only (batch statistics or given ones). torch's
+    native ``batch_norm`` needs a shifted copy of ``x`` to keep normcore's
+    accuracy (:func:`_first_values`), an extra pass and allocation in every
+    forward; the channel kernels are exact without it, and measured faster
+    than torch.nn forward and backward together (docs/performance.md). The
+    layer-norm layout keeps aten's kernels: the row kernels' backward
+    recomputes the statistics and measured 1.8-2.3x aten's (256x512, one
+    thread). The forward runs here, then :func:`_kernel_node` attaches its
+    output to autograd's graph; statistics for running averages
+    (``need_stats``) are constants, as torch's own are. ``NotImplemented``
+    where the kernels decline (the native path runs), and for given
+    statistics that need a gradient themselves.
+    """
+    stats = layout.stats
+    if layout.channel_axis(x.ndim) is None or not layout.center:
+        return NotImplemented
+    if stats is not None and any(s is not None and s.requires_grad for s in stats):
+        return NotImplemented
+    result = _on_numpy_kernels(
+        torch, "normalize", (x, gain, bias), layout, recorded=True, need_stats=need_stats
+    )
+    if result is NotImplemented:
+        return NotImplemented
+    mean, var = (None, None) if stats is None else stats
+    y = _kernel_node(torch).apply((result.y, adapter, xp, layout), x, gain, bias, mean, var)
+    return Normalized(y, result.mean, result.var)
+
+
+@functools.cache
+def _kernel_node(torch):
+    """The autograd function of :func:`_recorded_kernels` (torch imported lazily).
+
+    Its backward runs the NumPy adapter's compiled backward on NumPy views.
+    Where that declines, where the backward itself is recorded
+    (``create_graph=True``: a double backward) or runs under a transform
+    (``is_grads_batched``, ``torch.func``), it runs the reference backward,
+    composed of torch operations and so differentiable at every order; the
+    two agree to rounding (the suite checks both against torch.nn and finite
+    differences).
+    """
+
+    class CompiledKernels(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, computed, x, gain, bias, mean, var):
+            y, ctx.adapter, ctx.xp, ctx.layout = computed
+            # saved (not only kept in the layout) so that autograd checks that
+            # none was modified in place before the backward
+            ctx.save_for_backward(x, gain, bias, mean, var)
+            return y
+
+        @staticmethod
+        def backward(ctx, dy):
+            x, gain, bias, _, _ = ctx.saved_tensors
+            wanted = ctx.needs_input_grad[1:4]
+            grads = NotImplemented
+            # (is_grads_batched hands in a legacy batched dy with no transform on the stack)
+            batched = torch._C._functorch.is_legacy_batchedtensor(dy)
+            if not torch.is_grad_enabled() and not _transformed(torch) and not batched:
+                grads = _on_numpy_kernels(
+                    torch, "normalize_backward", (dy.contiguous(), x, gain, bias), ctx.layout
+                )
+            if grads is NotImplemented:
+                grads = primitive.normalize_backward(
+                    ctx.adapter, ctx.xp, dy, x, gain, bias, ctx.layout
+                )
+            return (None, *(g if w else None for g, w in zip(grads, wanted, strict=True)), None,
+                    None)  # fmt: skip
+
+    return CompiledKernels
 
 
 def _overflowed(rstd) -> bool:
@@ -349,9 +428,14 @@ class TorchAdapter(Adapter):
         if layout.stats is None and not concrete:
             return NotImplemented  # the overflow check reads values: the reference's has no branch
         if concrete:
-            result = _on_numpy_kernels(
-                torch, "normalize", (x, gain, bias), layout, need_stats=need_stats
-            )
+            if torch.is_grad_enabled() and any(
+                t is not None and t.requires_grad for t in (x, gain, bias)
+            ):
+                result = _recorded_kernels(torch, self, xp, x, gain, bias, layout, need_stats)
+            else:
+                result = _on_numpy_kernels(
+                    torch, "normalize", (x, gain, bias), layout, need_stats=need_stats
+                )
             if result is not NotImplemented:
                 return result
         if (

@@ -96,8 +96,13 @@ def backend(request, monkeypatch):
 
 
 @pytest.fixture(params=PATHS)
-def path(request):
-    """The code path (fast or reference), for tests that make their own inputs (normcore.torch)."""
+def path(request, monkeypatch):
+    """The code path (fast or reference), for tests that make their own inputs (normcore.torch).
+
+    As with :func:`backend`, the NumPy adapter's kernels serve every size on the
+    fast path (CPU tensors reach them too), so that small inputs test them.
+    """
+    monkeypatch.setattr(numpy_adapter, "small_channels", 0)
     with normcore.reference_path(request.param == "reference"):
         yield request.param
 

@@ -153,8 +153,10 @@ class _Ops(torch.utils._python_dispatch.TorchDispatchMode):
 def test_cpu_tensors_autograd_does_not_record_run_the_numpy_kernels(recorded, method):
     """Plain CPU tensors that autograd does not record run the NumPy adapter's kernels on
     their own memory (one pass; torch's native kernels need a shifted copy first to be
-    exact); tensors autograd records keep torch's native kernels. Both give exactly the
-    bias for constant rows/channels of 1e5 and the float64 result elsewhere."""
+    exact). Where autograd records, batch norm runs them too, as one autograd node whose
+    backward runs the compiled backward; layer norm keeps aten's kernels (faster in its
+    backward). All give exactly the bias for constant rows/channels of 1e5 and the
+    float64 result elsewhere, and the float64 gradients."""
     axis, shape = (-1, (64, 300)) if method == "layer_norm" else (1, (64, 3, 16, 16))
     width = shape[axis]
     gen = torch.Generator().manual_seed(0)
@@ -171,9 +173,23 @@ def test_cpu_tensors_autograd_does_not_record_run_the_numpy_kernels(recorded, me
     with _Ops() as ops, torch.no_grad() if recorded == "no_grad" else contextlib.nullcontext():
         y = call(x, gain, bias, axis=axis)
     native = {"layer_norm": "native_layer_norm", "batch_norm": "native_batch_norm"}[method]
-    assert (native in str(ops.names)) == (recorded == "requires_grad"), ops.names
+    aten = method == "layer_norm" and recorded == "requires_grad"
+    assert (native in str(ops.names)) == aten, ops.names
     assert y.requires_grad == (recorded == "requires_grad")
     assert y.dtype == torch.float32 and type(y) is torch.Tensor
+    if recorded == "requires_grad":
+        dy = torch.randn(shape, generator=gen)
+        with _Ops() as ops:
+            (dx,) = torch.autograd.grad(y, x, dy)
+        assert (f"{native}_backward" in str(ops.names)) == aten, ops.names
+        x64 = x.detach().double().requires_grad_()
+        reduce64 = (-1,) if method == "layer_norm" else (0, 2, 3)
+        view64 = (1, width) if method == "layer_norm" else (1, width, 1, 1)
+        centred64 = x64 - x64.mean(reduce64, keepdim=True)
+        y64 = centred64 / torch.sqrt((centred64**2).mean(reduce64, keepdim=True) + 1e-5)
+        y64 = y64 * gain.double().view(view64)
+        (dx64,) = torch.autograd.grad(y64, x64, dy.double())
+        torch.testing.assert_close(dx.double(), dx64, rtol=0, atol=2e-3)
     y = y.detach()
     if method == "layer_norm":
         assert torch.equal(y[1], bias)

@@ -493,6 +493,31 @@ def test_double_backward_by_finite_differences(path, name, args, training, shape
     assert torch.autograd.gradgradcheck(call, (x, weight, bias))
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_batched_and_checkpointed_gradients_equal_torch(path, training):
+    """``is_grads_batched`` (a legacy batched gradient reaches the backward) and
+    ``torch.utils.checkpoint`` (the forward runs again in the backward) give
+    torch.nn's gradients: the compiled kernels' autograd node hands the first to
+    the reference backward and recomputes its statistics for the second."""
+    from torch.utils.checkpoint import checkpoint
+
+    ours, theirs = normcore.torch.BatchNorm2d(3).double(), torch.nn.BatchNorm2d(3).double()
+    randomize(theirs, 11)
+    ours.load_state_dict(theirs.state_dict())
+    gen = torch.Generator().manual_seed(12)
+    x = torch.randn(4, 3, 2, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    dys = torch.randn(5, 4, 3, 2, 2, generator=gen, dtype=torch.float64)
+    results = []
+    for module in (ours, theirs):
+        module.train(training)
+        y = module(x)
+        (batched,) = torch.autograd.grad(y, x, dys, is_grads_batched=True)
+        checkpointed = checkpoint(module, x, use_reentrant=False)
+        (dx,) = torch.autograd.grad(checkpointed, x, dys[0])
+        results.append((batched, dx, grads(module)))
+    assert_all_close(results[0], results[1], 1e-10)
+
+
 @pytest.mark.parametrize(
     ("name", "args", "kwargs"),
     [
