@@ -328,6 +328,14 @@ def _groups_forward_kernel(t0, t1, x, g, b, groups, eps, y, rstd):
         rstd[r] = _normalize_row(x[r], g[r % groups], b[r % groups], eps, True, y[r])[1]
 
 
+def _per_row(v, fill, groups, length, spatial, dtype):
+    """gain/bias (G, C/G) or None expanded to one value per element of a group's row:
+    (G, C/G * S), each channel's value repeated over its S spatial values."""
+    if v is None:
+        return np.full((groups, length), fill, dtype)
+    return np.repeat(np.asarray(v, dtype).reshape(groups, length // spatial), spatial, axis=1)
+
+
 def groups_forward(x, gain, bias, *, eps, groups, spatial):
     """Group norm's forward: rows of ``x`` (N * G, C/G * S) normalized one at a time.
 
@@ -338,18 +346,61 @@ def groups_forward(x, gain, bias, *, eps, groups, spatial):
     says a variance overflowed (the caller then runs the reference).
     """
     rows, length = x.shape
-    per_channel = length // spatial
-
-    def expanded(v, fill):
-        if v is None:
-            return np.full((groups, length), fill, x.dtype)
-        return np.repeat(np.asarray(v, x.dtype).reshape(groups, per_channel), spatial, axis=1)
-
     y = np.empty((rows, length), x.dtype)
     rstd = np.empty(rows, x.dtype)
-    _spread(_groups_forward_kernel, rows, x.size, x, expanded(gain, 1), expanded(bias, 0),
-            groups, float(eps), y, rstd)  # fmt: skip
+    g = _per_row(gain, 1, groups, length, spatial, x.dtype)
+    b = _per_row(bias, 0, groups, length, spatial, x.dtype)
+    _spread(_groups_forward_kernel, rows, x.size, x, g, b, groups, float(eps), y, rstd)
     return y, rstd
+
+
+@njit(**_JIT)
+def _groups_backward_kernel(t0, t1, dy, x, g, groups, eps, dx, nchunks, pg, pb, need_pg, need_pb,
+                            rstd):  # fmt: skip
+    rows = x.shape[0]
+    none = rstd[:0]  # the statistics are recomputed: no saved mean/rstd
+    for c in range(t0, t1):
+        for r in range(c * rows // nchunks, (c + 1) * rows // nchunks):
+            k = r % groups
+            # pg/pb are (1, 1, 1) placeholders when not needed
+            rstd[r] = _row_backward(x[r], dy[r], g[k], eps, True, False, none, none, r, dx[r],
+                                    pg[c if need_pg else 0, k if need_pg else 0],
+                                    pb[c if need_pb else 0, k if need_pb else 0], need_pg,
+                                    need_pb)  # fmt: skip
+
+
+def groups_backward(dy, x, gain, *, eps, groups, spatial, need_dgain, need_dbias):
+    """Gradients of :func:`groups_forward`: ``(dx, dgain, dbias, rstd)``.
+
+    Each (example, group) row runs :func:`rows_backward`'s per-row code with
+    the row's expanded gain; the dgain/dbias terms go to float64 partials per
+    chunk of rows and per group, summed afterwards in a fixed order over the
+    chunks and each channel's spatial values, so the result does not depend
+    on the threads. ``dgain``/``dbias`` are (G, C/G) (None where not needed);
+    an rstd of 0 or NaN says a variance overflowed (the caller then runs the
+    reference).
+    """
+    rows, length = x.shape
+    pdtype = x.dtype if gain is None else np.dtype(gain.dtype)
+    g = _per_row(gain, 1, groups, length, spatial, x.dtype)
+    nchunks = max(1, min(rows, _MAX_CHUNKS, _MAX_PARTIAL_VALUES // (groups * length)))
+    partials = (nchunks, groups, length)
+    pg = np.zeros(partials if need_dgain else (1, 1, 1))
+    pb = np.zeros(partials if need_dbias else (1, 1, 1))
+    dx = np.empty((rows, length), x.dtype)
+    rstd = np.empty(rows, x.dtype)
+    _spread(
+        _groups_backward_kernel, nchunks, x.size,
+        dy, x, g, groups, float(eps), dx, nchunks, pg, pb, bool(need_dgain), bool(need_dbias),
+        rstd,
+    )  # fmt: skip
+
+    def per_channel(p):
+        return p.sum(axis=0).reshape(groups, length // spatial, spatial).sum(axis=2).astype(pdtype)
+
+    dgain = per_channel(pg) if need_dgain else None
+    dbias = per_channel(pb) if need_dbias else None
+    return dx, dgain, dbias, rstd
 
 
 # --------------------------------------------------------------------------

@@ -235,6 +235,15 @@ class NumPyAdapter(Adapter):
                 dy.reshape(-1, width), x.reshape(-1, width), _flat(gain), eps=layout.eps,
                 center=layout.center, rstd_out=rstd, **need,
             )  # fmt: skip
+        elif _group_layout(x, layout) and layout.stats is None:
+            fused = getattr(kernels, "groups_backward", None)  # the numba kernels only
+            if fused is None or x.dtype == numpy.float16 or not layout.center:
+                return NotImplemented
+            n, groups = x.shape[0], x.shape[1]
+            dx, dgain, dbias, rstd = fused(
+                dy.reshape(n * groups, -1), x.reshape(n * groups, -1), gain, eps=layout.eps,
+                groups=groups, spatial=math.prod(x.shape[3:]), **need,
+            )  # fmt: skip
         else:
             axis = layout.channel_axis(x.ndim)
             if axis is None or not layout.center or x.size < self.small_channels:

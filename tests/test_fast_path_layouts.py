@@ -474,6 +474,19 @@ def test_random_contiguous_layouts_match_the_reference(kernel_set, data):
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale)
 
 
+def _spied_numba_kernel(monkeypatch, name):
+    """The numba kernels in force, with ``name`` wrapped: the list it returns grows by
+    one entry per call (skips without numba)."""
+    numba_kernels = pytest.importorskip(
+        "normcore.backends._numba_kernels", reason="numba cannot be imported"
+    )
+    monkeypatch.setattr(config.settings, "numba", True)
+    ran = []
+    real = getattr(numba_kernels, name)
+    monkeypatch.setattr(numba_kernels, name, lambda *a, **k: ran.append(1) or real(*a, **k))
+    return ran
+
+
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the NaN group
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_numba_group_norm_forward_matches_the_reference(monkeypatch, dtype):
@@ -483,15 +496,7 @@ def test_numba_group_norm_forward_matches_the_reference(monkeypatch, dtype):
     values near 1e200 (squares overflow) make the kernel decline, and the
     reference's scaled statistics answer. The spy counts the kernel's calls.
     """
-    numba_kernels = pytest.importorskip(
-        "normcore.backends._numba_kernels", reason="numba cannot be imported"
-    )
-    monkeypatch.setattr(config.settings, "numba", True)
-    ran = []
-    real = numba_kernels.groups_forward
-    monkeypatch.setattr(
-        numba_kernels, "groups_forward", lambda *a, **k: ran.append(1) or real(*a, **k)
-    )
+    ran = _spied_numba_kernel(monkeypatch, "groups_forward")
     rng = np.random.default_rng(3)
     x = (rng.normal(size=(3, 12, 5, 4)) * 2 + 7).astype(dtype)
     x[1, 4:8] = 1e4  # example 1, group 1 (of 3): constant
@@ -514,3 +519,56 @@ def test_numba_group_norm_forward_matches_the_reference(monkeypatch, dtype):
     got = normcore.group_norm(x, 3, gain, bias)
     np.testing.assert_array_equal(got[1, 4:8], np.broadcast_to(bias[4:8, None, None], (4, 5, 4)))
     assert np.isnan(got[2, :4]).all() and np.isfinite(got[2, 4:]).all()
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the NaN group
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the reference, 1e200
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_numba_group_norm_backward_matches_the_reference(monkeypatch, dtype):
+    """Group norm's backward kernel: each (example, group) a row, per-channel gain.
+
+    Against the reference path in float64 on the same rounded values: with and
+    without parameters, one group and one channel per group, a shape large
+    enough for the pool's threads (this module's threshold: 2**16 values); a
+    NaN stays in its group; float64 values near 1e200 (squares overflow) make
+    the kernel decline and the reference's scaled statistics answer. The spy
+    counts the kernel's calls.
+    """
+    ran = _spied_numba_kernel(monkeypatch, "groups_backward")
+    rng = np.random.default_rng(4)
+    cases = [((3, 12, 5, 4), 3), ((2, 6, 7), 1), ((4, 8), 8), ((8, 32, 32, 32), 4)]
+    tol = {"float32": 2e-5, "float64": 1e-12}[dtype]
+
+    def as64(*arrays):
+        return [None if a is None else a.astype("float64") for a in arrays]
+
+    for shape, groups in cases:
+        x = (rng.normal(size=shape) * 2 + 7).astype(dtype)
+        dy = rng.normal(size=shape).astype(dtype)
+        gain, bias = (rng.normal(size=shape[1]).astype(dtype) for _ in range(2))
+        for g, b in [(gain, bias), (None, None), (gain, None)]:
+            ran.clear()
+            got = normcore.group_norm_backward(dy, x, groups, g, b)
+            assert len(ran) == 1
+            with normcore.reference_path():
+                want = normcore.group_norm_backward(*as64(dy, x), groups, *as64(g, b))
+            for a, w in zip(got, want, strict=True):
+                if w is None:  # a parameter that is None has no gradient
+                    assert a is None
+                    continue
+                assert a.dtype == x.dtype
+                scale = max(1.0, float(np.abs(w).max()))  # dgain/dbias are sums over the batch
+                np.testing.assert_allclose(a, w, rtol=tol, atol=tol * scale)
+    x = (rng.normal(size=(3, 12, 5)) + 1).astype(dtype)
+    x[2, 0, 1] = np.nan  # example 2, group 0 (of 3)
+    grads = normcore.group_norm_backward(np.ones_like(x), x, 3, None, None)
+    assert np.isnan(grads.dx[2, :4]).all() and np.isfinite(grads.dx[2, 4:]).all()
+    assert np.isfinite(grads.dx[:2]).all()
+    if dtype == "float64":
+        huge = rng.normal(size=(2, 6, 3)) * 1e200
+        ran.clear()
+        got = normcore.group_norm_backward(huge * 1e-200, huge, 2).dx
+        assert len(ran) == 1  # ran, then declined: its rstd said the variance overflowed
+        with normcore.reference_path():
+            want = normcore.group_norm_backward(huge * 1e-200, huge, 2).dx
+        np.testing.assert_array_equal(got, want)
