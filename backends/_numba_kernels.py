@@ -64,9 +64,10 @@ _MAX_CHUNKS = 32
 _MAX_PARTIAL_VALUES = 1 << 20
 # Task ranges handed to each thread of the pool per kernel call (see _spread).
 _RANGES_PER_THREAD = 4
-# The channel kernels hand work to the pool twice per call (statistics, then the
-# normalizing pass; sums, then dx): measured, threads repay their hand-offs from
-# about twice the elements the row kernels need (2**21 float32 values, not 2**20).
+# The channel kernels hand work to the pool twice in most calls (statistics, then
+# the normalizing pass; sums, then dx): measured, threads repay their hand-offs
+# from about twice the elements the row kernels need (2**21 float32 values, not
+# 2**20).  The NumPy-only kernels keep the one threshold, 2**20.
 _CHANNEL_WORK = 2
 # "reassoc" (and no other fast-math flag) lets LLVM vectorise the sum loops,
 # which otherwise run one dependent float64 add at a time and take twice as

@@ -57,8 +57,8 @@ _MAX_ROW = 1 << 16
 # the pool and waiting for it costs a fixed 110-300 us on the 2-core development
 # VM (an empty two-thread spread: 112 us), which threads repay only from about
 # 2**20 float32 values per hand-off (docs/performance.md, "Threads from 2**20
-# values"; 2**16, the earlier value, made calls of 2**17-2**19 values 1.3-3.8x
-# slower than one thread).
+# values"; 2**16, the earlier value, made calls of 2**17-2**18 values 1.4-3.8x
+# slower than one thread, and most kernels still lost at 2**19).
 _PARALLEL_MIN = 1 << 20
 # Read once: os.cpu_count() reads /sys on Linux, about 14 us, and every kernel
 # call asks (a layer-normalized LSTM step makes several).

@@ -121,7 +121,7 @@ def _recorded_kernels(torch, adapter, xp, x, gain, bias, layout: Layout, need_st
     forward; the channel kernels are exact without it, and measured faster
     than torch.nn forward and backward together (docs/performance.md). The
     layer-norm layout keeps aten's kernels: the row kernels' backward
-    recomputes the statistics and measured 1.8-2.3x aten's (256x512, one
+    recomputes the statistics and measured 1.9-3.4x aten's (256x512, one
     thread). The forward runs here, then :func:`_kernel_node` attaches its
     output to autograd's graph; statistics for running averages
     (``need_stats``) are constants, as torch's own are. ``NotImplemented``
@@ -150,7 +150,8 @@ def _kernel_node(torch):
     Its backward runs the NumPy adapter's compiled backward on NumPy views.
     Where that declines, where the backward itself is recorded
     (``create_graph=True``: a double backward) or runs under a transform
-    (``is_grads_batched``, ``torch.func``), it runs the reference backward,
+    (``is_grads_batched``, or a ``torch.func`` transform of the backward of a
+    graph recorded outside it), it runs the reference backward,
     composed of torch operations and so differentiable at every order; the
     two agree to rounding (the suite checks both against torch.nn and finite
     differences).

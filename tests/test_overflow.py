@@ -267,7 +267,12 @@ KERNEL_METHODS = {
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
 @pytest.mark.parametrize("use_numba", [False, True], ids=["numpy-kernels", "numba-kernels"])
 def test_both_numpy_kernel_sets(monkeypatch, rng, name, dtype, use_numba):
-    """The NumPy and the numba kernels decline overflowing statistics to the reference."""
+    """The NumPy and the numba kernels decline overflowing statistics to the reference.
+
+    The pool's threads share calls from 2**16 values here (normally 2**20), so that
+    the long rows also run the threaded code.
+    """
+    from normcore.backends import _numpy_kernels
     from normcore.backends.numpy import adapter
 
     from normcore._plumbing import config
@@ -277,6 +282,7 @@ def test_both_numpy_kernel_sets(monkeypatch, rng, name, dtype, use_numba):
         pytest.importorskip("numba", reason="numba is not installed (extra 'numba')")
     monkeypatch.setattr(config.settings, "numba", use_numba)
     monkeypatch.setattr(adapter, "small_channels", 0)
+    monkeypatch.setattr(_numpy_kernels, "_PARALLEL_MIN", 1 << 16)
     method = KERNEL_METHODS[name]
     backend = by_name("numpy")
     scales = (HUGE[dtype], 1.0, TINY[dtype], LARGEST[dtype] / 4)

@@ -150,7 +150,7 @@ class _Ops(torch.utils._python_dispatch.TorchDispatchMode):
 
 @pytest.mark.parametrize("recorded", ["plain", "no_grad", "requires_grad"])
 @pytest.mark.parametrize("method", ["layer_norm", "batch_norm"])
-def test_cpu_tensors_autograd_does_not_record_run_the_numpy_kernels(recorded, method):
+def test_cpu_tensors_autograd_does_not_record_run_the_numpy_kernels(recorded, method, monkeypatch):
     """Plain CPU tensors that autograd does not record run the NumPy adapter's kernels on
     their own memory (one pass; torch's native kernels need a shifted copy first to be
     exact). Where autograd records, batch norm runs them too, as one autograd node whose
@@ -179,9 +179,19 @@ def test_cpu_tensors_autograd_does_not_record_run_the_numpy_kernels(recorded, me
     assert y.dtype == torch.float32 and type(y) is torch.Tensor
     if recorded == "requires_grad":
         dy = torch.randn(shape, generator=gen)
+        from normcore.backends.numpy import adapter as numpy_adapter
+
+        compiled = []
+        real = numpy_adapter.normalize_backward
+        monkeypatch.setattr(
+            numpy_adapter,
+            "normalize_backward",
+            lambda *a, **k: compiled.append(1) or real(*a, **k),
+        )
         with _Ops() as ops:
             (dx,) = torch.autograd.grad(y, x, dy)
         assert (f"{native}_backward" in str(ops.names)) == aten, ops.names
+        assert len(compiled) == (not aten)  # the compiled backward, not the reference's
         x64 = x.detach().double().requires_grad_()
         reduce64 = (-1,) if method == "layer_norm" else (0, 2, 3)
         view64 = (1, width) if method == "layer_norm" else (1, width, 1, 1)

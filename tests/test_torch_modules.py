@@ -495,10 +495,10 @@ def test_double_backward_by_finite_differences(path, name, args, training, shape
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_batched_and_checkpointed_gradients_equal_torch(path, training):
-    """``is_grads_batched`` (a legacy batched gradient reaches the backward) and
-    ``torch.utils.checkpoint`` (the forward runs again in the backward) give
-    torch.nn's gradients: the compiled kernels' autograd node hands the first to
-    the reference backward and recomputes its statistics for the second."""
+    """``is_grads_batched`` (a legacy batched gradient reaches the backward), the
+    backward under ``torch.func.vmap`` and ``torch.utils.checkpoint`` (the forward
+    runs again in the backward) give torch.nn's gradients: the compiled kernels'
+    autograd node hands the first two to the reference backward."""
     from torch.utils.checkpoint import checkpoint
 
     ours, theirs = normcore.torch.BatchNorm2d(3).double(), torch.nn.BatchNorm2d(3).double()
@@ -511,11 +511,31 @@ def test_batched_and_checkpointed_gradients_equal_torch(path, training):
     for module in (ours, theirs):
         module.train(training)
         y = module(x)
-        (batched,) = torch.autograd.grad(y, x, dys, is_grads_batched=True)
+        (batched,) = torch.autograd.grad(y, x, dys, is_grads_batched=True, retain_graph=True)
+        # the backward under torch.func.vmap, of a graph recorded outside it
+        mapped = torch.func.vmap(lambda v, y=y: torch.autograd.grad(y, x, v, retain_graph=True))
+        (vmapped,) = mapped(dys)
         checkpointed = checkpoint(module, x, use_reentrant=False)
         (dx,) = torch.autograd.grad(checkpointed, x, dys[0])
-        results.append((batched, dx, grads(module)))
+        results.append((batched, vmapped, dx, grads(module)))
     assert_all_close(results[0], results[1], 1e-10)
+
+
+def test_batch_norm_refuses_a_backward_after_its_input_changed_in_place(monkeypatch):
+    """As torch.nn's: the compiled kernels' autograd node saved its input, and autograd
+    checks its version (the reference path saves no such input: its gradient does not
+    depend on the changed values)."""
+    from normcore.backends.numpy import adapter as numpy_adapter
+
+    monkeypatch.setattr(numpy_adapter, "small_channels", 0)  # the node, at this size too
+    for nn in (torch.nn, normcore.torch):
+        module = nn.BatchNorm2d(3).double()
+        x = torch.randn(4, 3, 2, 2, dtype=torch.float64, requires_grad=True)
+        h = x * 1.0
+        y = module(h)
+        h.add_(1.0)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            y.sum().backward()
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ Run it with normcore and numba installed::
 
     python docs/measurements/kernel_threads.py
 
-For float32 inputs of 2**18 to 2**22 values (rows of 512 for layer norm,
+For float32 inputs of 2**17 to 2**23 values (rows of 512 for layer norm,
 (32, 64, -1) for the batch-norm layout), the median time of each numba kernel
 capped at one thread and at two, with the pool's size threshold
 (``_numpy_kernels._PARALLEL_MIN``) set to 0 so that both run at every size.
@@ -43,7 +43,7 @@ def _calls(x):
 def main() -> None:
     _numpy_kernels._PARALLEL_MIN = 0
     rng = np.random.default_rng(0)
-    for power in range(18, 23):
+    for power in range(17, 24):
         n = 1 << power
         number = max(1, 2_000_000 // n)
         cells = []
